@@ -1,0 +1,66 @@
+//! `refvmm`: the thin reference VMM that shows the workspace crates working together.
+//!
+//! Each subcommand lives in its own module; this file only parses the command line,
+//! dispatches, and prints errors with their causes.
+
+mod demo;
+mod host;
+mod plan;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The reference VMM for PCI passthrough on KVM.
+#[derive(Parser)]
+#[command(name = "refvmm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the one-instruction machine (`mov $7, %rax`) and show trap-and-emulate at work.
+    Demo(demo::DemoArgs),
+    /// Show a device's trap/map plan from its `lspci -vv` output (no hardware, no KVM).
+    Plan(plan::PlanArgs),
+    /// Move a host PCI device from its driver to `vfio-pci`.
+    Bind(host::BindArgs),
+    /// Give a device bound to `vfio-pci` back to the driver it had.
+    Unbind(host::UnbindArgs),
+    /// Say whether a host device can be passed through, and if not, why and what to do.
+    Check(host::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Bind(args) => host::bind(args),
+        Command::Unbind(args) => host::unbind(args),
+        Command::Check(args) => host::check(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report_error(err.as_ref());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints an error and every cause under it, one per line, so the user sees the whole story.
+fn report_error(err: &dyn std::error::Error) {
+    eprintln!("refvmm: error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+}
+
+/// What every subcommand returns: a boxed error whose chain `report_error` prints.
+pub type CmdResult = Result<(), Box<dyn std::error::Error>>;
