@@ -1,0 +1,41 @@
+//! The host side of passthrough: finding a PCI device, binding it to vfio-pci, checking that
+//! it can be passed through, and opening it through VFIO.
+//!
+//! Everything reads and writes under a [`HostPaths`] (default `/sys`, `/dev`, `/proc`,
+//! `/run/refvmm`), so the same code runs against a fake tree in tests ([`fake`]).
+//!
+//! | file | concept |
+//! |---|---|
+//! | `address.rs` | [`PciAddress`]: `0000:01:00.0`, `01:00.0`, sysfs paths |
+//! | `paths.rs` | [`HostPaths`]: every sysfs/procfs/dev path in one place |
+//! | `sysfs.rs` | [`HostDevice`], [`IommuGroup`], [`IommuStatus`]: what the kernel says |
+//! | `bind.rs` | [`Binder`]: to vfio-pci and back, through a [`SysfsWriter`] |
+//! | `check.rs` | [`Readiness`]: the passthrough checklist |
+//! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
+//! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
+//! | `info.rs` | [`DeviceInfo`]: regions (sparse mmap, MSI-X mappable) and IRQs as plain data |
+//! | `fake.rs` | [`fake::FakeHost`], [`fake::FakeKernel`]: a fake tree for tests |
+
+mod address;
+mod bind;
+mod check;
+pub mod fake;
+mod info;
+mod limits;
+mod open;
+mod paths;
+mod sysfs;
+
+pub use address::{AddressError, PciAddress};
+pub use bind::{BindError, BindMethod, BindRecord, BindStep, Binder, KernelSysfs, SysfsWriter};
+pub use check::{CheckItem, CheckKind, CheckOptions, MEMLOCK_WARN_BELOW, Readiness, Status};
+pub use info::{
+    DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, RegionInfo, RegionKind, SparseArea,
+};
+pub use limits::{MemlockLimit, ProcessLimits, format_bytes};
+pub use open::{OpenError, OpenedDevice};
+pub use paths::HostPaths;
+pub use sysfs::{
+    CpuVendor, DriverOverride, GroupMember, HostDevice, IommuGroup, IommuStatus, KernelIommuParams,
+    MemberState, PciClass, SysfsError, VFIO_PCI_DRIVER, is_vfio_driver,
+};
