@@ -1,0 +1,552 @@
+#!/usr/bin/env bash
+# The nested VFIO test bed (issue 7): Linux (L2) under QEMU TCG with an emulated Intel IOMMU and an emulated NVMe,
+# where vfio-pci, the type1 IOMMU and KVM all work. One command fetches what it needs (Debian packages, unpacked
+# into a cache; nothing is installed into /), builds a static refvmm, packs an initramfs, boots L2 under `timeout`
+# and checks the markers its /init prints. See tests/testbed/README.md for the knobs and how to read the output.
+#
+#   tests/testbed/run.sh            # exit 0: every step passed; otherwise non-zero with a pointer to the log
+# shellcheck disable=SC2086 # lists of .deb names and module paths are word-split on purpose (no spaces in them)
+set -euo pipefail
+set -E # the ERR trap also fires inside functions
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+
+# ---- knobs (README.md "Knobs") ------------------------------------------------------------------------------
+CACHE=${TESTBED_CACHE:-$REPO/build/testbed}
+INTERACTIVE=${TESTBED_INTERACTIVE:-0}      # 1: QEMU in the foreground, a shell in L2 at the end
+TIMEOUT=${TESTBED_TIMEOUT:-300}            # seconds per L2 boot, hard limit
+[ "$INTERACTIVE" != 1 ] || TIMEOUT=${TESTBED_TIMEOUT:-3600}
+RETRIES=${TESTBED_RETRIES:-1}              # extra boots after a hang (timeout or RCU stall), never after a FAIL
+KEEP=${TESTBED_KEEP:-0}                    # 1: keep the disk image and initramfs of a passing run
+APT_UPDATE=${TESTBED_APT_UPDATE:-auto}     # auto (when lists are missing or older than APT_MAX_AGE days) | always | never
+APT_MAX_AGE=${TESTBED_APT_MAX_AGE:-7}
+KERNEL_PKG=${TESTBED_KERNEL_PKG:-}         # default: what linux-image-amd64 depends on
+KERNEL_IMAGE=${TESTBED_KERNEL:-}           # a bzImage with everything built in, instead of a Debian kernel package
+CARGO_DIR=${TESTBED_CARGO_TARGET_DIR:-$REPO/target/testbed}
+REFVMM_PREBUILT=${TESTBED_REFVMM:-}        # a static refvmm to use instead of building one
+PAYLOAD_DIR=${TESTBED_PAYLOAD:-$HERE/payload}
+HOST_TOOL=${TESTBED_HOST_TOOL:-refvmm}     # refvmm | sysfs | auto (refvmm if it has the commands): who does check/bind/unbind in L2
+SERIAL=${TESTBED_SERIAL:-REFVMM-TESTBED-0001}
+PATTERN_LBA=${TESTBED_PATTERN_LBA:-100}
+DISK_MIB=${TESTBED_DISK_MIB:-64}
+SMP=${TESTBED_SMP:-2}
+MEM=${TESTBED_MEM:-2G}
+APPEND_EXTRA=${TESTBED_APPEND:-}           # extra kernel command-line words
+QEMU_EXTRA=${TESTBED_QEMU_ARGS:-}          # extra QEMU arguments (word-split)
+RUST_LOG_L2=${TESTBED_RUST_LOG:-}          # RUST_LOG for refvmm inside L2
+
+# What QEMU is given with -nodefaults (TESTBED.md): the NVMe is the first device after the host bridge.
+NVME_BDF=0000:00:01.0
+NVME_ID=1b36:0010
+# Modules L2 needs; their dependencies come from modules.dep. kvm_amd/kvm_intel: /init loads the one the CPU has.
+MODULES="nvme e1000e vfio vfio_iommu_type1 vfio_pci kvm kvm_amd kvm_intel"
+QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu"
+
+case $HOST_TOOL in refvmm | sysfs | auto) ;; *)
+    echo "testbed: TESTBED_HOST_TOOL must be refvmm, sysfs or auto, not '$HOST_TOOL'" >&2
+    exit 2
+    ;;
+esac
+[[ $TIMEOUT =~ ^[0-9]+$ && $RETRIES =~ ^[0-9]+$ && $PATTERN_LBA =~ ^[0-9]+$ && $DISK_MIB =~ ^[0-9]+$ ]] || {
+    echo "testbed: TESTBED_TIMEOUT, TESTBED_RETRIES, TESTBED_PATTERN_LBA and TESTBED_DISK_MIB take whole numbers" >&2
+    exit 2
+}
+[[ $SERIAL =~ ^[A-Za-z0-9._-]{1,20}$ ]] || {
+    echo "testbed: TESTBED_SERIAL must be 1-20 characters of [A-Za-z0-9._-] (the NVMe serial field)" >&2
+    exit 2
+}
+[ $((PATTERN_LBA + 1)) -le $((DISK_MIB * 2048)) ] || {
+    echo "testbed: TESTBED_PATTERN_LBA=$PATTERN_LBA is beyond the ${DISK_MIB} MiB disk" >&2
+    exit 2
+}
+
+DEBS=$CACHE/debs
+RUN=$CACHE/run
+LOGS=$RUN/logs
+
+# ---- output: stages with wall-clock timings -----------------------------------------------------------------
+T0=$EPOCHREALTIME
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+exec 3>&1 # the terminal; stage bodies write their noise to the stage log
+say() { printf '    %s\n' "$*" >&3; }
+STAGE=setup
+STAGE_LOG=/dev/null
+STAGE_N=0
+on_error() {
+    local rc=$1 line=$2
+    # In a subshell (a command substitution) only leave it: the main shell decides whether that is fatal.
+    [ "$BASHPID" = "$$" ] || exit "$rc"
+    trap - ERR
+    printf '\nTESTBED FAIL: stage "%s" failed (exit %s at run.sh:%s) after %ss in all.\n' \
+        "$STAGE" "$rc" "$line" "$(since "$T0")" >&3
+    if [ -s "$STAGE_LOG" ]; then
+        printf "Last lines of %s:\n" "$STAGE_LOG" >&3
+        tail -n 25 "$STAGE_LOG" | sed "s/^/  | /" >&3
+    fi
+    if [ -n "${BOOT_LOG:-}" ] && [ -s "$BOOT_LOG" ]; then
+        printf "Last lines of the L2 serial log %s (before its kernel log dump):\n" "$BOOT_LOG" >&3
+        sed "/^TESTBED: DMESG BEGIN/,/^TESTBED: DMESG END/d" "$BOOT_LOG" | tr -d "\r" | tail -n 30 | sed "s/^/  | /" >&3
+    fi
+    exit 1
+}
+trap 'on_error $? $LINENO' ERR
+die() { # die MESSAGE: a failure with a reason (the ERR trap adds the stage and log)
+    say "error: $*"
+    echo "error: $*"
+    return 1
+}
+# stage "title" function: runs the function with stdout/stderr in its own log, and prints its wall time.
+stage() {
+    local title=$1 t
+    shift
+    STAGE=$title
+    STAGE_N=$((STAGE_N + 1))
+    STAGE_LOG=$LOGS/$(printf '%02d' "$STAGE_N")-${title// /-}.log
+    printf '==> [%6ss] %s\n' "$(since "$T0")" "$title" >&3
+    t=$EPOCHREALTIME
+    "$@" >"$STAGE_LOG" 2>&1
+    printf '    done in %ss\n' "$(since "$t")" >&3
+}
+
+mkdir -p "$CACHE" "$DEBS"
+# One run at a time per cache: the run directory and the unpacked trees are shared.
+exec 9>"$CACHE/.lock"
+if ! flock -n 9; then
+    echo "testbed: another run holds $CACHE/.lock; waiting for it" >&3
+    flock 9
+fi
+rm -rf "$RUN"
+mkdir -p "$LOGS"
+printf 'testbed: cache %s, logs %s\n' "$CACHE" "$LOGS" >&3
+
+# ---- 1. apt lists -------------------------------------------------------------------------------------------
+APT_UPDATED=0
+apt_update() {
+    if [ "$(id -u)" -ne 0 ]; then
+        say "warning: not root, cannot run apt-get update; using the lists as they are"
+        return 0
+    fi
+    say "apt-get update ($1)"
+    if ! apt-get update -q; then
+        say "warning: apt-get update failed; continuing with the lists as they are"
+    fi
+    APT_UPDATED=1
+}
+stage_apt_lists() {
+    local newest age_days
+    newest=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -printf '%T@\n' 2>/dev/null | sort -n | tail -n 1)
+    case $APT_UPDATE in
+    always) apt_update "TESTBED_APT_UPDATE=always" ;;
+    never) say "lists not refreshed (TESTBED_APT_UPDATE=never)" ;;
+    auto)
+        if [ -z "$newest" ]; then
+            apt_update "no package lists"
+        else
+            age_days=$(awk -v t="$newest" -v now="$(date +%s)" 'BEGIN { printf "%d", (now - t) / 86400 }')
+            if [ "$age_days" -gt "$APT_MAX_AGE" ]; then
+                apt_update "lists are $age_days days old, more than TESTBED_APT_MAX_AGE=$APT_MAX_AGE"
+            else
+                say "lists are $age_days days old: used as they are"
+            fi
+        fi
+        ;;
+    *) die "TESTBED_APT_UPDATE must be auto, always or never, not '$APT_UPDATE'" ;;
+    esac
+}
+
+# ---- 2. fetch -----------------------------------------------------------------------------------------------
+APT_OPTS=(-o Debug::NoLocking=1 -o Dir::Cache::archives="$DEBS")
+[ "$(id -u)" -ne 0 ] || APT_OPTS+=(-o APT::Sandbox::User=root)
+# --print-uris leaves out what the archives directory already holds: resolve against an empty one.
+RESOLVE_DIR=$CACHE/.resolve
+RESOLVE_OPTS=(-o Debug::NoLocking=1 -o Dir::Cache::archives="$RESOLVE_DIR")
+# uris_to_files: the file names (as apt stores them) from `--print-uris` output.
+uris_to_files() { awk "/^'/ { print \$2 }"; }
+resolve_sets() {
+    rm -rf "$RESOLVE_DIR"
+    mkdir -p "$RESOLVE_DIR/partial"
+    if [ -n "$KERNEL_IMAGE" ]; then
+        KERNEL_PKG=""
+    elif [ -z "$KERNEL_PKG" ]; then
+        KERNEL_PKG=$(apt-cache show --no-all-versions linux-image-amd64 |
+            sed -n 's/^Depends: .*\(linux-image-[0-9][^ ,]*-amd64\).*/\1/p' | sed -n 1p)
+        [ -n "$KERNEL_PKG" ] || die "cannot tell which kernel linux-image-amd64 depends on (apt-cache show linux-image-amd64)"
+    fi
+    # The named QEMU packages, plus the libraries this host lacks (what `apt-get install` would bring).
+    QEMU_DEBS=$(
+        {
+            apt-get download --print-uris "${RESOLVE_OPTS[@]}" $QEMU_PKGS
+            apt-get install -qq --download-only --no-install-recommends --print-uris "${RESOLVE_OPTS[@]}" qemu-system-x86
+        } | uris_to_files | sort -u
+    )
+    [ -n "$QEMU_DEBS" ] || die "apt resolved no QEMU packages"
+    KERNEL_DEB=""
+    if [ -n "$KERNEL_PKG" ]; then
+        KERNEL_DEB=$(apt-get download --print-uris "${RESOLVE_OPTS[@]}" "$KERNEL_PKG" | uris_to_files)
+        [ -n "$KERNEL_DEB" ] || die "apt has no $KERNEL_PKG"
+    fi
+    BUSYBOX_DEB=$(apt-get download --print-uris "${RESOLVE_OPTS[@]}" busybox-static | uris_to_files)
+    [ -n "$BUSYBOX_DEB" ] || die "apt has no busybox-static"
+    # Every .deb the bed uses (file names carry no spaces).
+    ALL_DEBS="$QEMU_DEBS $KERNEL_DEB $BUSYBOX_DEB"
+}
+missing_debs() { # missing_debs FILE...: the ones not in the cache yet
+    local f
+    for f in "$@"; do [ -s "$DEBS/$f" ] || echo "$f"; done
+}
+download_all() {
+    local missing
+    missing=$(missing_debs $QEMU_DEBS)
+    if [ -n "$missing" ]; then
+        say "downloading $(echo "$missing" | wc -l) QEMU packages"
+        (cd "$DEBS" && apt-get download "${APT_OPTS[@]}" $QEMU_PKGS)
+        apt-get install -y -q --download-only --no-install-recommends "${APT_OPTS[@]}" qemu-system-x86
+    fi
+    if [ -n "$(missing_debs $KERNEL_DEB "$BUSYBOX_DEB")" ]; then
+        say "downloading $KERNEL_PKG busybox-static"
+        (cd "$DEBS" && apt-get download "${APT_OPTS[@]}" $KERNEL_PKG busybox-static)
+    fi
+    [ -z "$(missing_debs $ALL_DEBS)" ]
+}
+stage_fetch() {
+    resolve_sets
+    if ! download_all; then
+        # Usually a stale list naming a version the mirror dropped: refresh once and resolve again.
+        [ "$APT_UPDATED" = 0 ] || die "packages are missing after a download: $(missing_debs $ALL_DEBS)"
+        apt_update "a download failed"
+        resolve_sets
+        download_all || die "packages are still missing: $(missing_debs $ALL_DEBS)"
+    fi
+    local f bytes=0
+    for f in $ALL_DEBS; do bytes=$((bytes + $(stat -c %s "$DEBS/$f"))); done
+    say "$(echo "$QEMU_DEBS" | wc -l) QEMU debs, ${KERNEL_DEB:-no kernel (TESTBED_KERNEL=$KERNEL_IMAGE)}, $BUSYBOX_DEB: $((bytes / 1048576)) MiB in $DEBS"
+    # Older versions are never mixed in (every tree is keyed on its .deb names); drop them to bound the cache.
+    local keep
+    keep=$(printf '%s\n' $ALL_DEBS)
+    for f in "$DEBS"/*.deb; do
+        [ -e "$f" ] || continue
+        # With TESTBED_KERNEL the kernel package is only unused for now: keep it.
+        [[ -z $KERNEL_DEB && $f == */linux-image-* ]] && continue
+        if ! grep -qxF "$(basename "$f")" <<<"$keep"; then
+            say "removing superseded $(basename "$f")"
+            rm -f "$f"
+        fi
+    done
+}
+
+# ---- 3. unpack ----------------------------------------------------------------------------------------------
+# unpack_tree DIR DEB...: dpkg -x every .deb into DIR unless DIR/.complete says it was done for exactly these.
+unpack_tree() {
+    local dir=$1 deb
+    shift
+    if [ -e "$dir/.complete" ]; then
+        echo "reusing $dir"
+        return 0
+    fi
+    rm -rf "$dir" "$dir.tmp"
+    mkdir -p "$dir.tmp"
+    for deb in "$@"; do dpkg -x "$DEBS/$deb" "$dir.tmp"; done
+    printf '%s\n' "$@" >"$dir.tmp/.debs"
+    touch "$dir.tmp/.complete"
+    mv "$dir.tmp" "$dir"
+    UNPACKED="$UNPACKED $(basename "$dir")"
+}
+stage_unpack() {
+    local key
+    UNPACKED=""
+    key=$(echo "$QEMU_DEBS" | sha256sum | cut -c1-12)
+    QEMU_ROOT=$CACHE/qemu-$key
+    KERNEL_ROOT=$CACHE/kernel-${KERNEL_DEB%.deb}
+    [ -n "$KERNEL_DEB" ] || KERNEL_ROOT=$CACHE/kernel-none
+    BUSYBOX_ROOT=$CACHE/busybox-${BUSYBOX_DEB%.deb}
+    unpack_tree "$QEMU_ROOT" $QEMU_DEBS
+    [ -z "$KERNEL_DEB" ] || unpack_tree "$KERNEL_ROOT" "$KERNEL_DEB"
+    unpack_tree "$BUSYBOX_ROOT" "$BUSYBOX_DEB"
+    # Trees of other versions: never used again (their keys differ), so drop them.
+    local d
+    for d in "$CACHE"/qemu-* "$CACHE"/kernel-* "$CACHE"/busybox-*; do
+        [ -d "$d" ] || continue
+        case $d in "$QEMU_ROOT" | "$KERNEL_ROOT" | "$BUSYBOX_ROOT") continue ;; esac
+        [[ -z $KERNEL_DEB && $d == "$CACHE"/kernel-* ]] && continue
+        say "removing superseded $(basename "$d")"
+        rm -rf "$d"
+    done
+    say "unpacked:${UNPACKED:- nothing (all reused)}"
+
+    BUSYBOX=$BUSYBOX_ROOT/bin/busybox
+    [ -x "$BUSYBOX" ] || die "busybox-static has no bin/busybox"
+    if [ -n "$KERNEL_IMAGE" ]; then
+        # A custom kernel (e.g. with iommufd) has what the bed needs built in: no modules go into the initramfs.
+        [ -f "$KERNEL_IMAGE" ] || die "TESTBED_KERNEL=$KERNEL_IMAGE is not a file"
+        VMLINUZ=$KERNEL_IMAGE
+        KVER=custom
+        KMODS=""
+    else
+        local vmlinuz
+        vmlinuz=$(find "$KERNEL_ROOT/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | sed -n 1p)
+        [ -n "$vmlinuz" ] || die "$KERNEL_DEB has no boot/vmlinuz-*"
+        VMLINUZ=$vmlinuz
+        KVER=${vmlinuz##*/vmlinuz-}
+        KMODS=$KERNEL_ROOT/lib/modules/$KVER
+        # The package ships no modules.dep (its postinst makes one): make it with busybox depmod, once.
+        if [ ! -s "$KMODS/modules.dep" ]; then
+            "$BUSYBOX" depmod -b "$KERNEL_ROOT" "$KVER"
+            [ -s "$KMODS/modules.dep" ] || die "busybox depmod made no $KMODS/modules.dep"
+        fi
+    fi
+
+    QEMU=$QEMU_ROOT/usr/bin/qemu-system-x86_64
+    QEMU_LD=$QEMU_ROOT/usr/lib/x86_64-linux-gnu:$QEMU_ROOT/lib/x86_64-linux-gnu
+    # Debian's QEMU looks for firmware in /usr/share/qemu, /usr/share/seabios and /usr/lib/ipxe/qemu: point it at
+    # the unpacked ones instead (-L may be given more than once; the first match wins).
+    QEMU_FW=(-L "$QEMU_ROOT/usr/share/qemu" -L "$QEMU_ROOT/usr/share/seabios" -L "$QEMU_ROOT/usr/lib/ipxe/qemu")
+    local missing
+    missing=$(LD_LIBRARY_PATH=$QEMU_LD ldd "$QEMU" | awk '/not found/ { print $1 }' | tr '\n' ' ')
+    [ -z "$missing" ] || die "the unpacked QEMU lacks libraries: $missing(install them, or report which package apt did not bring)"
+    say "$(LD_LIBRARY_PATH=$QEMU_LD "$QEMU" --version | sed -n 1p); kernel $KVER; $("$BUSYBOX" 2>&1 | sed -n 1p | cut -d' ' -f1-2)"
+}
+
+# ---- 4. refvmm ----------------------------------------------------------------------------------------------
+stage_refvmm() {
+    if [ -n "$REFVMM_PREBUILT" ]; then
+        REFVMM=$REFVMM_PREBUILT
+        say "using TESTBED_REFVMM=$REFVMM"
+    else
+        # A static-pie: the initramfs has no libc. --target keeps RUSTFLAGS off build scripts and proc macros.
+        (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$CARGO_DIR" \
+            cargo build --release --target x86_64-unknown-linux-gnu -p refvmm)
+        REFVMM=$CARGO_DIR/x86_64-unknown-linux-gnu/release/refvmm
+    fi
+    [ -x "$REFVMM" ] || die "no refvmm binary at $REFVMM"
+    if ! ldd "$REFVMM" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
+        die "$REFVMM is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static' and --target"
+    fi
+    say "$REFVMM ($(($(stat -c %s "$REFVMM") / 1024)) KiB, static)"
+}
+
+# ---- 5. payload (optional) ----------------------------------------------------------------------------------
+stage_payload() {
+    PAYLOAD_OUT=$RUN/payload
+    mkdir -p "$PAYLOAD_OUT"
+    if [ ! -d "$PAYLOAD_DIR" ]; then
+        say "no $PAYLOAD_DIR: L2 runs the host-side steps only"
+        return 0
+    fi
+    cp -a "$PAYLOAD_DIR"/. "$PAYLOAD_OUT"/
+    if [ -f "$PAYLOAD_DIR/build.sh" ]; then
+        say "running $PAYLOAD_DIR/build.sh"
+        (cd "$REPO" && TESTBED_PAYLOAD_OUT="$PAYLOAD_OUT" TESTBED_CARGO_TARGET_DIR="$CARGO_DIR" TESTBED_REFVMM="$REFVMM" \
+            TESTBED_SERIAL="$SERIAL" TESTBED_PATTERN_LBA="$PATTERN_LBA" bash "$PAYLOAD_DIR/build.sh")
+    fi
+    say "payload: $(cd "$PAYLOAD_OUT" && find . -type f | sed 's|^\./||' | sort | tr '\n' ' ')"
+}
+
+# ---- 6. disk image and initramfs ----------------------------------------------------------------------------
+# The 512-byte block at PATTERN_LBA: 32 records of 16 ASCII bytes, "LBA=0100 REC=00\n" .. "LBA=0100 REC=31\n".
+# Readable in a hex dump, and every record differs, so a block read from the wrong place never matches.
+write_pattern() {
+    local k
+    for k in $(seq 0 31); do printf 'LBA=%04d REC=%02d\n' "$PATTERN_LBA" "$k"; done >"$1"
+    [ "$(stat -c %s "$1")" -eq 512 ] || die "pattern block is not 512 bytes (TESTBED_PATTERN_LBA too large?)"
+}
+stage_disk() {
+    DISK=$RUN/nvme.img
+    write_pattern "$RUN/pattern.bin"
+    truncate -s "${DISK_MIB}M" "$DISK"
+    dd if="$RUN/pattern.bin" of="$DISK" bs=512 seek="$PATTERN_LBA" conv=notrunc status=none
+    say "$DISK: ${DISK_MIB} MiB raw, LBA $PATTERN_LBA (512-byte blocks) holds the pattern; NVMe serial $SERIAL"
+}
+module_closure() { # the .ko paths (relative to KMODS) of MODULES and their dependencies; BUILTIN_MODS on the side
+    awk -v want="$MODULES" -v builtin_file="$KMODS/modules.builtin" '
+        function norm(p) { sub(/.*\//, "", p); sub(/\.ko(\.(xz|zst|gz))?$/, "", p); gsub(/-/, "_", p); return p }
+        BEGIN { while ((getline line < builtin_file) > 0) builtin[norm(line)] = 1 }
+        { key = $1; sub(/:$/, "", key); path[norm(key)] = key; deps[norm(key)] = $0 }
+        END {
+            n = split(want, w, " ")
+            for (i = 1; i <= n; i++) {
+                m = w[i]; gsub(/-/, "_", m)
+                if (m in builtin) { print "builtin " m; continue }
+                if (!(m in path)) { print "missing " m; continue }
+                # modules.dep lists every dependency, not only the direct ones.
+                k = split(deps[m], d, " ")
+                for (j = 1; j <= k; j++) { p = d[j]; sub(/:$/, "", p); if (!(p in seen)) { seen[p] = 1; print "module " p } }
+            }
+        }' "$KMODS/modules.dep"
+}
+# copy_modules STAGING: MODULES and their dependencies into STAGING/lib/modules, plus a modules.dep for them.
+copy_modules() {
+    local st=$1 closure missing f
+    closure=$(module_closure)
+    missing=$(awk '$1 == "missing" { print $2 }' <<<"$closure" | tr '\n' ' ')
+    [ -z "$missing" ] || die "kernel $KVER has no module(s): $missing"
+    BUILTIN_MODS=$(awk '$1 == "builtin" { print $2 }' <<<"$closure" | tr '\n' ' ')
+    MODULE_COUNT=0
+    while read -r f; do
+        mkdir -p "$st/lib/modules/$KVER/$(dirname "$f")"
+        MODULE_COUNT=$((MODULE_COUNT + 1))
+        case $f in
+        # busybox modprobe may not read compressed modules: decompress at build time (xz, or busybox's own).
+        *.ko.xz) if command -v xz >/dev/null; then xz -dc "$KMODS/$f"; else "$BUSYBOX" xz -dc "$KMODS/$f"; fi \
+            >"$st/lib/modules/$KVER/${f%.xz}" ;;
+        *.ko.zst) zstd -dqc "$KMODS/$f" >"$st/lib/modules/$KVER/${f%.zst}" ;;
+        *.ko.gz) gzip -dc "$KMODS/$f" >"$st/lib/modules/$KVER/${f%.gz}" ;;
+        *) cp "$KMODS/$f" "$st/lib/modules/$KVER/$f" ;;
+        esac
+    done < <(awk '$1 == "module" { print $2 }' <<<"$closure")
+    cp "$KMODS"/modules.builtin "$KMODS"/modules.order "$st/lib/modules/$KVER/" 2>/dev/null || true
+    "$BUSYBOX" depmod -b "$st" "$KVER"
+}
+stage_initramfs() {
+    local st=$RUN/initramfs.d f
+    rm -rf "$st"
+    mkdir -p "$st"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc/testbed,payload,lib/modules/"$KVER"}
+    # busybox and its applet links
+    cp "$BUSYBOX" "$st/bin/busybox"
+    "$BUSYBOX" --list-full | while read -r f; do
+        [ "$f" = bin/busybox ] || [ -e "$st/$f" ] || ln -s /bin/busybox "$st/$f"
+    done
+    # modules
+    if [ -n "$KMODS" ]; then
+        copy_modules "$st"
+    else
+        BUILTIN_MODS=$MODULES
+        MODULE_COUNT=0
+    fi
+    # refvmm, the expected pattern block, the payload
+    cp "$REFVMM" "$st/bin/refvmm"
+    cp "$RUN/pattern.bin" "$st/etc/testbed/pattern.bin"
+    cp -a "$PAYLOAD_OUT"/. "$st/payload/"
+    # /init from the template
+    sed -e "s|@KVER@|$KVER|" -e "s|@NVME_BDF@|$NVME_BDF|" -e "s|@NVME_ID@|$NVME_ID|" \
+        -e "s|@NVME_SERIAL@|$SERIAL|" -e "s|@PATTERN_LBA@|$PATTERN_LBA|" -e "s|@MODULES@|$MODULES|" \
+        -e "s|@BUILTIN@|${BUILTIN_MODS% }|" -e "s|@HOST_TOOL@|$HOST_TOOL|" -e "s|@INTERACTIVE@|$INTERACTIVE|" \
+        -e "s|@RUST_LOG@|$RUST_LOG_L2|" "$HERE/init.sh.in" >"$st/init"
+    chmod 755 "$st/init"
+    ! grep -n '@[A-Z_]*@' "$st/init" || die "init.sh.in has a token run.sh does not fill in"
+    INITRD=$RUN/initramfs.cpio.gz
+    (cd "$st" && find . | sort | "$BUSYBOX" cpio -o -H newc | gzip -1 >"$INITRD")
+    say "$INITRD: $(($(stat -c %s "$INITRD") / 1024)) KiB; $MODULE_COUNT modules (built in: ${BUILTIN_MODS:-none})"
+}
+
+# ---- 7. boot L2 ---------------------------------------------------------------------------------------------
+STALL_RE='rcu: INFO: rcu_(sched|preempt) (self-)?detected stall|detected stalls on CPUs'
+qemu_cmd() { # the command line from TESTBED.md, with the unpacked firmware
+    local append="console=ttyS0 intel_iommu=on iommu=pt panic=-1 $APPEND_EXTRA" serial=stdio
+    [ "$INTERACTIVE" = 1 ] && serial=mon:stdio
+    # shellcheck disable=SC2054,SC2206 # the commas are QEMU's option syntax; QEMU_EXTRA is word-split on purpose
+    QEMU_CMD=("$QEMU" "${QEMU_FW[@]}"
+        -machine q35 -accel tcg -cpu max -smp "$SMP" -m "$MEM"
+        -device intel-iommu,intremap=on,caching-mode=on
+        -drive "file=$DISK,if=none,id=n0,format=raw" -device "nvme,drive=n0,serial=$SERIAL"
+        -device e1000e,netdev=u0 -netdev user,id=u0
+        -kernel "$VMLINUZ" -initrd "$INITRD" -append "${append% }"
+        -nographic -no-reboot -nodefaults -serial "$serial" $QEMU_EXTRA)
+}
+# boot_once N: one L2 boot; sets BOOT_OUTCOME to exited|timeout|stall|nopoweroff, and BOOT_LOG.
+boot_once() {
+    local n=$1 pid rc=0 t0 t_init="" t_result=""
+    BOOT_LOG=$RUN/serial-$n.log
+    t0=$EPOCHREALTIME
+    LD_LIBRARY_PATH=$QEMU_LD timeout -k 10 "$TIMEOUT" "${QEMU_CMD[@]}" </dev/null >"$BOOT_LOG" 2>&1 &
+    pid=$!
+    BOOT_OUTCOME=exited
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 0.5
+        if [ -z "$t_init" ] && grep -q '^TESTBED: INIT' "$BOOT_LOG"; then
+            t_init=$(since "$t0")
+            say "attempt $n: /init started ${t_init}s after QEMU"
+        fi
+        if [ -z "$t_result" ] && grep -q '^TESTBED: RESULT' "$BOOT_LOG"; then
+            t_result=$EPOCHREALTIME
+        fi
+        if grep -qE "$STALL_RE" "$BOOT_LOG"; then
+            BOOT_OUTCOME=stall
+            kill -TERM "$pid" 2>/dev/null || true
+            break
+        fi
+        # The verdict is in but L2 did not power off: stop it rather than waiting for the timeout.
+        if [ -n "$t_result" ] && [ "$(since "$t_result" | cut -d. -f1)" -ge 20 ]; then
+            BOOT_OUTCOME=nopoweroff
+            kill -TERM "$pid" 2>/dev/null || true
+            break
+        fi
+    done
+    wait "$pid" || rc=$?
+    [ "$rc" -eq 124 ] && [ "$BOOT_OUTCOME" = exited ] && BOOT_OUTCOME=timeout
+    say "attempt $n: QEMU ended ($BOOT_OUTCOME, exit $rc) after $(since "$t0")s; serial log $BOOT_LOG"
+}
+stage_boot() {
+    qemu_cmd
+    printf 'LD_LIBRARY_PATH=%q ' "$QEMU_LD" >"$RUN/qemu-cmd.sh"
+    printf '%q ' timeout "$TIMEOUT" "${QEMU_CMD[@]}" >>"$RUN/qemu-cmd.sh"
+    echo >>"$RUN/qemu-cmd.sh"
+    cat "$RUN/qemu-cmd.sh"
+    if [ "$INTERACTIVE" = 1 ]; then
+        BOOT_LOG=$RUN/serial-1.log
+        say "interactive: L2's console follows (Ctrl-A X quits QEMU); also logged to $BOOT_LOG"
+        LD_LIBRARY_PATH=$QEMU_LD timeout "$TIMEOUT" "${QEMU_CMD[@]}" 2>&1 | tee "$BOOT_LOG" >&3 || true
+        BOOT_OUTCOME=exited
+        return 0
+    fi
+    local n=1
+    while :; do
+        boot_once "$n"
+        case $BOOT_OUTCOME in
+        timeout | stall)
+            if [ "$n" -le "$RETRIES" ]; then
+                local why=$BOOT_OUTCOME
+                [ "$why" = stall ] && why="RCU stall in L2: $(grep -aE -m 1 "$STALL_RE" "$BOOT_LOG" | tr -d '\r')"
+                say "attempt $n hung ($why): booting again"
+                n=$((n + 1))
+                continue
+            fi
+            ;;
+        esac
+        break
+    done
+}
+
+# ---- 8. verdict ---------------------------------------------------------------------------------------------
+stage_verify() {
+    local steps fails result
+    steps=$(grep -a '^TESTBED: STEP ' "$BOOT_LOG" | tr -d '\r' || true)
+    if [ -n "$steps" ]; then
+        printf '%s\n' "${steps//TESTBED: STEP /    }" >&3
+    fi
+    grep -a '^TESTBED: NOTE ' "$BOOT_LOG" | tr -d '\r' | sed 's/^TESTBED: /    /' >&3 || true
+    fails=$(grep -c ' FAIL ' <<<"$steps" || true)
+    result=$(grep -a '^TESTBED: RESULT ' "$BOOT_LOG" | tr -d '\r' | tail -n 1 || true)
+    say "${result:-no RESULT line}"
+    case $BOOT_OUTCOME in
+    timeout) die "L2 did not finish within TESTBED_TIMEOUT=${TIMEOUT}s (last lines: tail $BOOT_LOG)" ;;
+    stall) die "L2 hit an RCU stall on every attempt (see $BOOT_LOG)" ;;
+    esac
+    grep -aq 'Kernel panic' "$BOOT_LOG" && die "L2 kernel panic: $(grep -a -m 1 'Kernel panic' "$BOOT_LOG" | tr -d '\r')"
+    [ -n "$result" ] || die "L2 printed no RESULT line (see $BOOT_LOG)"
+    [ "$fails" -eq 0 ] || die "$fails step(s) failed (see $BOOT_LOG)"
+    [[ $result == "TESTBED: RESULT PASS"* ]] || die "L2 says: $result"
+    [ "$BOOT_OUTCOME" = exited ] || say "warning: L2 did not power off by itself after its verdict"
+    if [ -f "$PAYLOAD_DIR/post-check.sh" ]; then
+        say "running $PAYLOAD_DIR/post-check.sh"
+        TESTBED_DISK="$DISK" TESTBED_LOG="$BOOT_LOG" TESTBED_SERIAL="$SERIAL" TESTBED_PATTERN_LBA="$PATTERN_LBA" \
+            bash "$PAYLOAD_DIR/post-check.sh"
+    fi
+}
+
+stage "apt lists" stage_apt_lists
+stage "fetch packages" stage_fetch
+stage "unpack" stage_unpack
+stage "build refvmm" stage_refvmm
+stage "payload" stage_payload
+stage "disk image" stage_disk
+stage "initramfs" stage_initramfs
+stage "boot L2" stage_boot
+[ "$INTERACTIVE" = 1 ] && { printf 'testbed: interactive run over after %ss; log %s\n' "$(since "$T0")" "$BOOT_LOG" >&3; exit 0; }
+
+stage "verdict" stage_verify
+if [ "$KEEP" != 1 ]; then
+    rm -rf "$DISK" "$INITRD" "$RUN/initramfs.d"
+fi
+printf '\nTESTBED PASS in %ss; serial log %s\n' "$(since "$T0")" "$BOOT_LOG" >&3
