@@ -1,14 +1,421 @@
-//! `refvmm plan` (placeholder until its issue lands).
+//! `refvmm plan`: shows which byte ranges of a device's BARs a guest would reach directly and
+//! which the VMM would trap, from the device's `lspci -vv` output. No hardware, no KVM.
+//!
+//! Parsing is `pci_config::lspci`; planning and rendering are `trap_map`. This module only
+//! reads the input, converts the parsed device into a [`DeviceLayout`]
+//! ([`layout_from_lspci`]), and prints.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 
 use clap::Args;
+use pci_config::lspci::{self, LspciDevice, LspciError};
+use pci_config::{BarKind as PciBarKind, Bdf};
+use trap_map::view::{self, GuestPlacement};
+use trap_map::{
+    BarInfo, BarKind, DeviceLayout, DevicePlan, MsixInfo, MsixRelocation, PageSize, Policy,
+    RelocationKind,
+};
 
 use crate::CmdResult;
 
 /// Options of `refvmm plan`.
-#[derive(Args)]
-pub struct PlanArgs {}
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  sudo lspci -vvnn -s 01:00.0 | refvmm plan
+  refvmm plan nvme.txt --page-size 64K --msix-relocation auto
+  refvmm plan all-devices.txt --device 0000:03:00.0 --at 0=0xfe000000 --trap-pba
+
+lspci cannot tell what the host kernel allows to mmap, so every memory BAR is assumed
+mmappable (VFIO_REGION_INFO_FLAG_MMAP) with its MSI-X table pages mmappable too
+(VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, Linux 4.16+ with interrupt remapping); use
+--not-mmappable and --no-msix-mappable to describe other hosts.")]
+pub struct PlanArgs {
+    /// File with `lspci -vv` output (optionally with `-nn` and `-xxx` hex); `-` or nothing reads
+    /// standard input.
+    pub input: Option<PathBuf>,
+    /// The device to plan, when the input holds several (e.g. 0000:01:00.0 or 01:00.0).
+    #[arg(long, value_name = "BDF")]
+    pub device: Option<Bdf>,
+    /// Host page size: 4K, 16K or 64K.
+    #[arg(long, value_name = "SIZE", default_value = "4K")]
+    pub page_size: PageSize,
+    /// Trap every BAR byte (nothing mapped), e.g. to trace all device accesses.
+    #[arg(long)]
+    pub trap_all: bool,
+    /// Trap and emulate the MSI-X PBA even when it sits on a page of its own.
+    #[arg(long)]
+    pub trap_pba: bool,
+    /// Move the MSI-X table and PBA: off, auto, or bar0..bar5 (QEMU's x-msix-relocation).
+    #[arg(long, value_name = "WHERE", default_value = "off")]
+    pub msix_relocation: MsixRelocation,
+    /// Guest address of a BAR, BAR=ADDR with ADDR in hex (repeatable); BARs not given are placed
+    /// naturally aligned from 0xc0000000 (I/O BARs from port 0xc000).
+    #[arg(long = "at", value_name = "BAR=ADDR", value_parser = parse_at)]
+    pub at: Vec<(u8, u64)>,
+    /// Treat BAR n as not mmappable by the host (repeatable).
+    #[arg(long, value_name = "BAR")]
+    pub not_mmappable: Vec<u8>,
+    /// Assume the host refuses to mmap MSI-X table pages (no VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:
+    /// kernels before 4.16, or no interrupt remapping).
+    #[arg(long)]
+    pub no_msix_mappable: bool,
+}
+
+/// Why `refvmm plan` cannot show a plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanCmdError {
+    /// The input could not be read.
+    #[error("cannot read {what}")]
+    Read {
+        /// The file, or standard input.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lspci text could not be used.
+    #[error("cannot use the lspci input")]
+    Lspci(#[source] LspciError),
+    /// Several devices and no `--device`.
+    #[error("the input lists {count} devices ({list}): pick one with --device BDF")]
+    SeveralDevices {
+        /// How many.
+        count: usize,
+        /// Their addresses.
+        list: String,
+    },
+    /// A BAR without `[size=...]`.
+    #[error(
+        "device {bdf}: BAR {bar} has no [size=...] in the lspci text; run `sudo lspci -vv` so \
+         lspci can size it"
+    )]
+    BarWithoutSize {
+        /// The device.
+        bdf: Bdf,
+        /// The BAR.
+        bar: u8,
+    },
+    /// lspci could not read the capabilities.
+    #[error(
+        "device {bdf}: lspci printed `Capabilities: <access denied>`, so whether the device has \
+         MSI-X (and where its table is) is unknown; run lspci as root (`sudo lspci -vv`)"
+    )]
+    CapabilitiesDenied {
+        /// The device.
+        bdf: Bdf,
+    },
+    /// MSI-X without table/PBA location.
+    #[error(
+        "device {bdf}: the MSI-X capability has no Vector table/PBA lines; run `sudo lspci -vv` \
+         (not -v) so lspci prints them"
+    )]
+    MsixWithoutLocation {
+        /// The device.
+        bdf: Bdf,
+    },
+    /// An option names a BAR the device does not have.
+    #[error("{option} {bar}: device {bdf} has no BAR {bar} (it has: {have})")]
+    UnknownBar {
+        /// The option.
+        option: &'static str,
+        /// The BAR given.
+        bar: u8,
+        /// The device.
+        bdf: Bdf,
+        /// The BARs it has.
+        have: String,
+    },
+    /// The layout cannot be planned.
+    #[error("device {bdf}: cannot plan")]
+    Plan {
+        /// The device.
+        bdf: Bdf,
+        /// Why.
+        #[source]
+        source: trap_map::PlanError,
+    },
+    /// The guest placement is not usable.
+    #[error("device {bdf}: cannot place the BARs in the guest")]
+    Placement {
+        /// The device.
+        bdf: Bdf,
+        /// Why.
+        #[source]
+        source: trap_map::PlacementError,
+    },
+}
+
+/// Parses `--at BAR=ADDR` (`0=fe000000`, `bar2=0xfe000000`).
+fn parse_at(s: &str) -> Result<(u8, u64), String> {
+    let (bar, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not BAR=ADDR (e.g. 0=0xfe000000)"))?;
+    let bar_text = bar.trim().to_ascii_lowercase();
+    let bar = bar_text
+        .strip_prefix("bar")
+        .unwrap_or(&bar_text)
+        .parse::<u8>()
+        .ok()
+        .filter(|b| *b < 6)
+        .ok_or_else(|| format!("`{bar}` is not a BAR number 0 to 5"))?;
+    let hex = addr
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X");
+    let addr = u64::from_str_radix(&hex.replace('_', ""), 16)
+        .map_err(|_| format!("`{addr}` is not a hex address (e.g. 0xfe000000)"))?;
+    Ok((bar, addr))
+}
+
+/// Converts what lspci says about a device into the planner's input. lspci cannot tell what the
+/// host allows to mmap, so memory BARs are mmappable unless listed in `not_mmappable`, and the
+/// MSI-X table pages are mmappable when `msix_mappable`.
+pub fn layout_from_lspci(
+    dev: &LspciDevice,
+    not_mmappable: &[u8],
+    msix_mappable: bool,
+) -> Result<DeviceLayout, PlanCmdError> {
+    let bdf = dev.bdf();
+    if dev.capabilities_access_denied() {
+        return Err(PlanCmdError::CapabilitiesDenied { bdf });
+    }
+    let mut bars = Vec::new();
+    for b in dev.bars() {
+        let size = b
+            .size
+            .ok_or(PlanCmdError::BarWithoutSize { bdf, bar: b.index })?;
+        let kind = match b.kind {
+            PciBarKind::Io => BarKind::Io,
+            PciBarKind::Memory32 => BarKind::Memory32,
+            PciBarKind::Memory64 => BarKind::Memory64,
+        };
+        let mut bar = BarInfo {
+            index: b.index,
+            size,
+            kind,
+            prefetchable: b.prefetchable,
+            mmappable: kind.is_memory(),
+            sparse_mmap: None,
+            msix_mappable,
+        };
+        if not_mmappable.contains(&b.index) {
+            bar = bar.not_mmappable();
+        }
+        bars.push(bar);
+    }
+    for &bar in not_mmappable {
+        if dev.bar(bar).is_none() {
+            return Err(unknown_bar(dev, "--not-mmappable", bar));
+        }
+    }
+    let msix = match dev.msix() {
+        None => None,
+        Some(m) => {
+            let (Some(table), Some(pba)) = (m.table, m.pba) else {
+                return Err(PlanCmdError::MsixWithoutLocation { bdf });
+            };
+            Some(MsixInfo {
+                entries: m.table_size,
+                table_bar: table.bir,
+                table_offset: table.offset,
+                pba_bar: pba.bir,
+                pba_offset: pba.offset,
+            })
+        }
+    };
+    Ok(DeviceLayout { bars, msix })
+}
+
+fn unknown_bar(dev: &LspciDevice, option: &'static str, bar: u8) -> PlanCmdError {
+    let have: Vec<String> = dev.bars().iter().map(|b| b.index.to_string()).collect();
+    PlanCmdError::UnknownBar {
+        option,
+        bar,
+        bdf: dev.bdf(),
+        have: if have.is_empty() {
+            "none".into()
+        } else {
+            have.join(", ")
+        },
+    }
+}
+
+fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError> {
+    match input {
+        Some(path) if path.as_os_str() != "-" => {
+            std::fs::read_to_string(path).map_err(|source| PlanCmdError::Read {
+                what: path.display().to_string(),
+                source,
+            })
+        }
+        _ => {
+            if std::io::stdin().is_terminal() {
+                eprintln!(
+                    "refvmm plan: reading `lspci -vv` output from the terminal; end with Ctrl-D"
+                );
+            }
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|source| PlanCmdError::Read {
+                    what: "standard input".into(),
+                    source,
+                })?;
+            Ok(text)
+        }
+    }
+}
+
+fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
+    if let Some(bdf) = bdf {
+        return lspci::find_device(text, bdf).map_err(PlanCmdError::Lspci);
+    }
+    let mut devices = lspci::parse_devices(text).map_err(PlanCmdError::Lspci)?;
+    if devices.len() > 1 {
+        let list: Vec<String> = devices.iter().map(|d| d.bdf().to_string()).collect();
+        return Err(PlanCmdError::SeveralDevices {
+            count: devices.len(),
+            list: list.join(", "),
+        });
+    }
+    Ok(devices.remove(0))
+}
 
 /// Runs `refvmm plan`.
-pub fn run(_args: PlanArgs) -> CmdResult {
-    Err("refvmm plan is not implemented yet".into())
+pub fn run(args: PlanArgs) -> CmdResult {
+    let text = read_input(args.input.as_ref())?;
+    let dev = pick_device(&text, args.device)?;
+    let bdf = dev.bdf();
+    let layout = layout_from_lspci(&dev, &args.not_mmappable, !args.no_msix_mappable)?;
+    let policy = Policy {
+        trap_all: args.trap_all,
+        trap_pba: args.trap_pba,
+        msix_relocation: args.msix_relocation,
+    };
+    let plan = DevicePlan::new(&layout, args.page_size, policy)
+        .map_err(|source| PlanCmdError::Plan { bdf, source })?;
+    let mut fixed = GuestPlacement::new();
+    for &(bar, address) in &args.at {
+        if plan.bar(bar).is_none() {
+            return Err(unknown_bar(&dev, "--at", bar).into());
+        }
+        fixed.set(bar, address);
+    }
+    let placement = GuestPlacement::auto(&plan, &fixed)
+        .map_err(|source| PlanCmdError::Placement { bdf, source })?;
+    let name = bdf.to_string();
+    let mtree = view::render_mtree(&plan, &placement, &name)
+        .map_err(|source| PlanCmdError::Placement { bdf, source })?;
+    let traps = view::render_trap_table(&plan, &placement)
+        .map_err(|source| PlanCmdError::Placement { bdf, source })?;
+
+    print!("{}", header(&dev, &args, &plan));
+    println!();
+    print!("{mtree}");
+    println!("Trapped ranges:");
+    print!("{traps}");
+    println!();
+    println!("Summary:");
+    print!("{}", view::render_summary(&plan));
+    Ok(())
+}
+
+/// What was planned and under which assumptions.
+fn header(dev: &LspciDevice, args: &PlanArgs, plan: &DevicePlan) -> String {
+    let ids = match (dev.vendor_id(), dev.device_id()) {
+        (Some(v), Some(d)) => format!(" [{v:04x}:{d:04x}]"),
+        _ => String::new(),
+    };
+    let mut out = format!(
+        "Device {}: {}{ids}{}\n",
+        dev.bdf(),
+        dev.class_name(),
+        if dev.description().is_empty() {
+            String::new()
+        } else {
+            format!(" {}", dev.description())
+        }
+    );
+    let policy = plan.policy();
+    out += &format!(
+        "Host page size {}; policy: {}{}; MSI-X relocation {}\n",
+        plan.page_size(),
+        if policy.trap_all {
+            "trap everything"
+        } else {
+            "trap only what must be trapped"
+        },
+        if policy.trap_pba {
+            ", trap the PBA"
+        } else {
+            ""
+        },
+        policy.msix_relocation,
+    );
+    let not_mmappable = if args.not_mmappable.is_empty() {
+        "every memory BAR is mmappable".to_string()
+    } else {
+        let list: Vec<String> = args.not_mmappable.iter().map(u8::to_string).collect();
+        format!("memory BARs except {} are mmappable", list.join(", "))
+    };
+    out += &format!(
+        "Assumed (lspci cannot tell): {not_mmappable}; the host {} MSI-X table pages{}\n",
+        if args.no_msix_mappable {
+            "refuses to mmap"
+        } else {
+            "allows mmap of"
+        },
+        if args.no_msix_mappable {
+            ""
+        } else {
+            " (VFIO_REGION_INFO_CAP_MSIX_MAPPABLE; --no-msix-mappable for older hosts)"
+        },
+    );
+    if let Some(m) = plan.msix() {
+        out += &format!(
+            "MSI-X: {} vectors; guest sees the table in BAR {} at {:#x}, the PBA in BAR {} at \
+             {:#x} ({})\n",
+            m.entries,
+            m.table_bar,
+            m.table_offset,
+            m.pba_bar,
+            m.pba_offset,
+            if m.pba_emulated {
+                "PBA trapped and emulated"
+            } else {
+                "PBA on a page of its own: mapped, the guest reads the hardware PBA"
+            }
+        );
+    } else {
+        out += "MSI-X: none\n";
+    }
+    if let Some(rom) = dev.rom() {
+        out += &format!(
+            "Expansion ROM{}: not part of the plan; a VMM traps it and serves reads from a copy\n",
+            rom.size
+                .map(|s| format!(" ({})", view::human_size(s)))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(r) = plan.relocation() {
+        let how = match r.kind {
+            RelocationKind::NewBar { kind } => format!("a new {kind} BAR {}", r.bar),
+            RelocationKind::ExtendedBar { original_size } => format!(
+                "BAR {} doubled from {} to {}",
+                r.bar,
+                view::human_size(original_size),
+                view::human_size(r.bar_size)
+            ),
+        };
+        out += &format!(
+            "MSI-X relocated into {how}: {} at offset {:#x}, no device register shares it\n",
+            view::human_size(r.size),
+            r.offset
+        );
+    } else if policy.msix_relocation == MsixRelocation::Auto {
+        out += "MSI-X relocation (auto): not done, it would not map more of the device\n";
+    }
+    out
 }

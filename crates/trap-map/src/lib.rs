@@ -1,1 +1,24 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod layout;
+mod msix;
+mod page;
+mod plan;
+mod ranges;
+mod relocation;
+pub mod view;
+
+pub use layout::{
+    BAR_SLOTS, BarInfo, BarKind, DeviceLayout, MSIX_ENTRY_SIZE, MSIX_MAX_ENTRIES, MsixInfo,
+    MsixRelocation, ParseRelocationError, Policy, SparseArea,
+};
+pub use msix::{FireOutcome, MsixEntry, MsixError, MsixEvent, MsixTable};
+pub use page::{PageSize, ParsePageSizeError};
+pub use plan::{
+    BarPlan, DevicePlan, MsixPlacement, MsixStructure, PlanError, Segment, SegmentKind,
+    TrapHandling, TrapReason,
+};
+pub use relocation::{Relocation, RelocationKind};
+pub use view::{GuestPlacement, PlacementError};
