@@ -1,1 +1,23 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod bar;
+mod bdf;
+pub mod capability;
+mod error;
+pub mod events;
+pub mod header;
+pub mod lspci;
+pub mod registers;
+mod space;
+pub mod virtualized;
+
+pub use bar::{BarDef, BarError, BarKind, RomDef};
+pub use bdf::{Bdf, BdfParseError};
+pub use capability::{CapId, Capability, CapabilityError, CapabilityId, ExtCapabilityId};
+pub use error::{AccessError, ConfigError};
+pub use events::{BridgeWindow, ConfigEvent, ConfigEvents};
+pub use header::{Command, DeviceIds, HeaderType, Status};
+pub use registers::{BitKind, ConfigSize, RegisterFile};
+pub use space::{BarInfo, ConfigSpace, RomInfo};
+pub use virtualized::{ConfigBackend, VirtualizedConfig};

@@ -1,0 +1,346 @@
+//! [`ConfigSpace`]: the register model of one function plus the side effects a VMM cares about.
+//!
+//! `mod.rs` holds the type, construction and guest accesses; `bars.rs` the BAR/ROM definitions,
+//! `capabilities.rs` the capability accessors and editing, `side_effects.rs` the table of
+//! registers whose writes produce events.
+
+mod bars;
+mod capabilities;
+mod side_effects;
+
+use crate::bar::{BarDef, BarKind};
+use crate::capability;
+use crate::error::{AccessError, ConfigError};
+use crate::events::{BridgeWindow, ConfigEvents};
+use crate::header::{Command, DeviceIds, HeaderType, Status, install_default_masks, offset};
+use crate::registers::{BitKind, ConfigSize, RegisterFile, check_access};
+
+/// A BAR as the VMM sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BarInfo {
+    /// BAR index (lower index for 64-bit BARs).
+    pub index: u8,
+    /// What it decodes.
+    pub kind: BarKind,
+    /// Prefetchable (memory BARs).
+    pub prefetchable: bool,
+    /// Region size in bytes.
+    pub size: u64,
+    /// Committed base address: the last address the guest programmed that was not a sizing
+    /// probe. This is where the VMM should map the region (when decode is on).
+    pub address: u64,
+    /// A sizing probe is in progress (the register reads back the size mask).
+    pub sizing: bool,
+}
+
+/// The expansion ROM BAR as the VMM sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RomInfo {
+    /// ROM size in bytes.
+    pub size: u32,
+    /// Committed base address (see [`BarInfo::address`]).
+    pub address: u32,
+    /// ROM address decode enable bit.
+    pub enabled: bool,
+    /// A sizing probe is in progress.
+    pub sizing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BarSlot {
+    def: BarDef,
+    probing: [bool; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RomSlot {
+    size: u32,
+    committed: u32,
+    probing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchKind {
+    Command,
+    Bar(u8),
+    Rom,
+    Window(BridgeWindow),
+    Msi,
+    Msix,
+}
+
+/// A register whose writes have side effects, found through a per-byte index so the write path
+/// stays a table lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Watch {
+    start: u16,
+    len: u16,
+    kind: WatchKind,
+}
+
+/// The configuration space of one emulated (or shadowed) PCI function.
+///
+/// It owns the register bytes and their masks ([`RegisterFile`]), knows the header layout, the
+/// BAR and ROM definitions and the MSI/MSI-X capabilities, and turns guest writes into
+/// [`ConfigEvent`](crate::ConfigEvent)s. It never does I/O.
+///
+/// # Events
+///
+/// [`write`](Self::write) returns the side effects of the write, in order:
+///
+/// - **Command**: [`ConfigEvent::DecodeChanged`](crate::ConfigEvent::DecodeChanged) when the memory or I/O enable bit changes
+///   (carrying the new state of both), [`ConfigEvent::BusMasterChanged`](crate::ConfigEvent::BusMasterChanged),
+///   [`ConfigEvent::IntxDisableChanged`](crate::ConfigEvent::IntxDisableChanged).
+/// - **BARs**: [`ConfigEvent::BarMoved`](crate::ConfigEvent::BarMoved) when the BAR's *committed* address changes. A write
+///   that sets every bit of a BAR dword's address field (bits 31:4 of a memory BAR, 31:2 of an
+///   I/O BAR, all of the upper dword of a 64-bit BAR) — the "write all ones" of the sizing
+///   protocol, PCI 3.0 §6.2.5.1 — starts a *probe*: the register reads back the size mask but
+///   the committed address is kept and nothing is reported, even while decode is on (the VMM
+///   keeps its mapping; the guest does not access the BAR while it sizes it). The next write of
+///   anything else to that dword ends the probe, and if the address then differs from the
+///   committed one a single `BarMoved` is reported. So probe-and-restore reports nothing.
+///   A 64-bit BAR programmed one dword at a time passes through a transient address after the
+///   first dword; that is reported as a move too (it is what the register holds). Guests avoid
+///   mapping the transient by turning memory decode off around the update, as Linux does
+///   (`pci_std_update_resource`), so a VMM that maps BARs only while `DecodeChanged` says memory
+///   decode is on never maps it.
+/// - **Expansion ROM**: [`ConfigEvent::RomMoved`](crate::ConfigEvent::RomMoved) with the same probe rule (address field bits
+///   31:11), then [`ConfigEvent::RomEnableChanged`](crate::ConfigEvent::RomEnableChanged) when bit 0 changes.
+/// - **Bridges**: [`ConfigEvent::BridgeWindowChanged`](crate::ConfigEvent::BridgeWindowChanged) when a window register changes.
+/// - **MSI / MSI-X**: [`ConfigEvent::MsiChanged`](crate::ConfigEvent::MsiChanged) when any MSI register changes value,
+///   [`ConfigEvent::MsixChanged`](crate::ConfigEvent::MsixChanged) when the MSI-X enable or function-mask bit changes.
+///
+/// Device-side setters ([`set_u8`](Self::set_u8) and friends) never produce events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSpace {
+    regs: RegisterFile,
+    header: HeaderType,
+    bars: [Option<BarSlot>; 6],
+    rom: Option<RomSlot>,
+    watch_at: Box<[u8; 256]>,
+    watches: Vec<Watch>,
+}
+
+impl ConfigSpace {
+    /// A new function with the given header layout, size and identification, no BARs and no
+    /// capabilities. Writable bits follow the header's defaults
+    /// ([`install_default_masks`](crate::header::install_default_masks)).
+    pub fn new(header: HeaderType, size: ConfigSize, ids: DeviceIds) -> Self {
+        let mut regs = RegisterFile::new(size);
+        // All offsets are inside the 64-byte header: these stores cannot fail.
+        let _ = regs.set(offset::VENDOR_ID, &ids.vendor_id.to_le_bytes());
+        let _ = regs.set(offset::DEVICE_ID, &ids.device_id.to_le_bytes());
+        let _ = regs.set(offset::REVISION_ID, &[ids.revision]);
+        let _ = regs.set(offset::CLASS_PROG, &ids.class_code.to_le_bytes()[..3]);
+        let _ = regs.set(offset::HEADER_TYPE, &[header.register_value()]);
+        if header == HeaderType::Endpoint {
+            let _ = regs.set(
+                offset::SUBSYSTEM_VENDOR_ID,
+                &ids.subsystem_vendor_id.to_le_bytes(),
+            );
+            let _ = regs.set(offset::SUBSYSTEM_ID, &ids.subsystem_id.to_le_bytes());
+        }
+        install_default_masks(&mut regs, header);
+        let mut space = ConfigSpace {
+            regs,
+            header,
+            bars: [None; 6],
+            rom: None,
+            watch_at: Box::new([0; 256]),
+            watches: Vec::new(),
+        };
+        space.rebuild_watches();
+        space
+    }
+
+    /// Adopts a snapshot of a real function's configuration space (256 or 4096 bytes, e.g. read
+    /// from a VFIO config region or an `lspci -xxx` dump).
+    ///
+    /// Header masks are the defaults for its header type; the registers of recognised
+    /// capabilities in the parseable part of each chain get their masks (a broken chain is
+    /// logged and the rest ignored). Reserved header bits are forced to zero. BARs and the ROM
+    /// stay read-only until given a size with [`set_bar`](Self::set_bar) /
+    /// [`set_rom`](Self::set_rom), because the registers alone cannot tell the size.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let size = ConfigSize::from_len(bytes.len())
+            .ok_or(ConfigError::BadSnapshotLength { len: bytes.len() })?;
+        let header = HeaderType::from_register(bytes[offset::HEADER_TYPE as usize]).ok_or(
+            ConfigError::UnsupportedHeaderType {
+                header_type: bytes[offset::HEADER_TYPE as usize] & 0x7f,
+            },
+        )?;
+        let mut regs = RegisterFile::new(size);
+        regs.set(0, bytes)?;
+        install_default_masks(&mut regs, header);
+        let (caps, err) = capability::capabilities_lenient(bytes);
+        if let Some(e) = err {
+            log::warn!("pci-config: snapshot capability chain: {e}; later capabilities ignored");
+        }
+        for cap in &caps {
+            capability::install_masks(&mut regs, cap);
+        }
+        let mut space = ConfigSpace {
+            regs,
+            header,
+            bars: [None; 6],
+            rom: None,
+            watch_at: Box::new([0; 256]),
+            watches: Vec::new(),
+        };
+        space.rebuild_watches();
+        Ok(space)
+    }
+
+    // ----- identity and raw state -------------------------------------------------------
+
+    /// Header layout.
+    pub fn header_type(&self) -> HeaderType {
+        self.header
+    }
+
+    /// Size class (256 or 4096 bytes).
+    pub fn size(&self) -> ConfigSize {
+        self.regs.size()
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.regs.len()
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        self.regs.is_empty()
+    }
+
+    /// Current register contents.
+    pub fn bytes(&self) -> &[u8] {
+        self.regs.bytes()
+    }
+
+    /// The register model with its mask tables.
+    pub fn registers(&self) -> &RegisterFile {
+        &self.regs
+    }
+
+    /// Identification registers.
+    pub fn ids(&self) -> DeviceIds {
+        DeviceIds::from_bytes(self.bytes()).unwrap_or_default()
+    }
+
+    /// Command register.
+    pub fn command(&self) -> Command {
+        Command(self.regs.get(offset::COMMAND as usize, 2) as u16)
+    }
+
+    /// Status register.
+    pub fn status(&self) -> Status {
+        Status(self.regs.get(offset::STATUS as usize, 2) as u16)
+    }
+
+    // ----- guest accesses ----------------------------------------------------------------
+
+    /// Guest read of 1, 2 or 4 bytes at any offset (see the [crate docs](crate) for the
+    /// semantics of unaligned accesses). On error `buf` is filled with `0xff`.
+    pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.regs.read(offset, buf)
+    }
+
+    /// Guest byte read.
+    pub fn read_u8(&self, offset: u16) -> Result<u8, AccessError> {
+        let mut b = [0u8; 1];
+        self.read(offset, &mut b).map(|_| b[0])
+    }
+
+    /// Guest word read.
+    pub fn read_u16(&self, offset: u16) -> Result<u16, AccessError> {
+        let mut b = [0u8; 2];
+        self.read(offset, &mut b).map(|_| u16::from_le_bytes(b))
+    }
+
+    /// Guest dword read.
+    pub fn read_u32(&self, offset: u16) -> Result<u32, AccessError> {
+        let mut b = [0u8; 4];
+        self.read(offset, &mut b).map(|_| u32::from_le_bytes(b))
+    }
+
+    /// Guest write of 1, 2 or 4 bytes at any offset, through the masks; returns its side
+    /// effects (see [Events](Self#events)). A refused access changes nothing.
+    pub fn write(&mut self, offset: u16, data: &[u8]) -> Result<ConfigEvents, AccessError> {
+        check_access(offset, data.len(), self.regs.len())?;
+        let start = offset as usize;
+        let len = data.len();
+        let mut touched = [0u8; 4];
+        let mut n = 0;
+        for at in start..(start + len).min(256) {
+            let w = self.watch_at[at];
+            if w != 0 && !touched[..n].contains(&w) {
+                touched[n] = w;
+                n += 1;
+            }
+        }
+        let mut before = [0u8; 4];
+        before[..len].copy_from_slice(&self.regs.bytes()[start..start + len]);
+        self.regs.apply_write(offset, data);
+        let mut events = ConfigEvents::new();
+        for &w in &touched[..n] {
+            let watch = self.watches[w as usize - 1];
+            self.react(watch, start, data, &before[..len], &mut events);
+        }
+        Ok(events)
+    }
+
+    /// Guest byte write.
+    pub fn write_u8(&mut self, offset: u16, v: u8) -> Result<ConfigEvents, AccessError> {
+        self.write(offset, &[v])
+    }
+
+    /// Guest word write.
+    pub fn write_u16(&mut self, offset: u16, v: u16) -> Result<ConfigEvents, AccessError> {
+        self.write(offset, &v.to_le_bytes())
+    }
+
+    /// Guest dword write.
+    pub fn write_u32(&mut self, offset: u16, v: u32) -> Result<ConfigEvents, AccessError> {
+        self.write(offset, &v.to_le_bytes())
+    }
+
+    // ----- device-side setup --------------------------------------------------------------
+
+    /// Device-side store bypassing the masks (initialisation, or hardware setting a status bit
+    /// such as [`Status::INTERRUPT`]). Produces no events; BAR/ROM committed addresses follow
+    /// the stored value. Reserved bits stay zero.
+    pub fn set(&mut self, offset: u16, bytes: &[u8]) -> Result<(), AccessError> {
+        self.regs.set(offset, bytes)?;
+        self.resync();
+        Ok(())
+    }
+
+    /// Device-side byte store (see [`set`](Self::set)).
+    pub fn set_u8(&mut self, offset: u16, v: u8) -> Result<(), AccessError> {
+        self.set(offset, &[v])
+    }
+
+    /// Device-side word store (see [`set`](Self::set)).
+    pub fn set_u16(&mut self, offset: u16, v: u16) -> Result<(), AccessError> {
+        self.set(offset, &v.to_le_bytes())
+    }
+
+    /// Device-side dword store (see [`set`](Self::set)).
+    pub fn set_u32(&mut self, offset: u16, v: u32) -> Result<(), AccessError> {
+        self.set(offset, &v.to_le_bytes())
+    }
+
+    /// Changes what the bits in `mask` (little-endian bytes at `offset`) do on writes, e.g. to
+    /// make a device-specific register writable. Do not use it on BAR or ROM registers: their
+    /// masks come from [`set_bar`](Self::set_bar).
+    pub fn set_bits(&mut self, offset: u16, mask: &[u8], kind: BitKind) -> Result<(), AccessError> {
+        self.regs.set_bits(offset, mask, kind)
+    }
+
+    /// Sets or clears the multi-function bit of the header type register.
+    pub fn set_multifunction(&mut self, on: bool) {
+        let v = self.header.register_value() | if on { 0x80 } else { 0 };
+        let _ = self.regs.set(offset::HEADER_TYPE, &[v]);
+    }
+}

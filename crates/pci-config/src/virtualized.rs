@@ -1,0 +1,353 @@
+//! A configuration space in front of a real device: each bit is either emulated (served from
+//! our [`ConfigSpace`]) or passed through to the device behind a [`ConfigBackend`], like the
+//! per-bit `emulated_config_bits` mask of QEMU's `hw/vfio/pci.c`.
+//!
+//! # Semantics
+//!
+//! - **Reads** merge: emulated bits come from the model, the others from the backend.
+//!   The backend is not called when every byte of the access is fully emulated.
+//! - **Writes** always go through the model first, so its masks apply and its
+//!   [`ConfigEvent`](crate::ConfigEvent)s are produced for every bit (for passthrough bits
+//!   the model is a shadow: it tracks, say, Command.Memory so that `DecodeChanged` is reported,
+//!   while the guest reads the device's value). Then the bytes holding passthrough bits are
+//!   forwarded to the backend. Emulated bits never reach the device: in a byte that mixes both,
+//!   the emulated positions carry the device's current value (read first), except
+//!   write-1-to-clear positions, which carry 0, so forwarding cannot change or clear a bit the
+//!   guest does not own.
+//! - Backend accesses are split into naturally aligned 1-, 2- and 4-byte pieces, so a backend
+//!   (e.g. a VFIO config region) never sees an unaligned or 3-byte access.
+//!
+//! # Backend errors
+//!
+//! A device that fails a config access (surprise removal, reset in progress) looks to the guest
+//! like a device that fell off the bus: failed reads return all-ones for the passthrough bits
+//! (emulated bits are still served), failed writes are dropped. Either way the view logs a
+//! warning and counts the failure ([`backend_errors`](VirtualizedConfig::backend_errors)); the
+//! guest access itself still succeeds, because a guest must never be able to turn a device
+//! error into a VMM error.
+//!
+//! # Passthrough defaults
+//!
+//! [`VirtualizedConfig::passthrough`] sets up what a VFIO passthrough device needs, as QEMU
+//! does: BARs and the expansion ROM are emulated (the guest's addresses must never reach the
+//! real device; the VMM maps BARs where the guest puts them, told by `BarMoved`), so are the
+//! interrupt line and pin, the multi-function bit (cleared: the guest sees one function), the
+//! capability list pointers and headers (so capabilities can be hidden), and the whole MSI and
+//! MSI-X capabilities (interrupt routing is the VMM's job; the guest must not program the
+//! device's real MSI address). Everything else — Command and Status, IDs, the PCI Express
+//! capability, vendor registers — is passed through.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::capability::{self, CapId, CapabilityError, CapabilityId, HiddenCapability};
+use crate::error::AccessError;
+use crate::events::ConfigEvents;
+use crate::header::{Status, offset};
+use crate::registers::check_access;
+use crate::space::ConfigSpace;
+
+/// The device behind a [`VirtualizedConfig`]: its configuration space, e.g. the VFIO config
+/// region (`pread`/`pwrite` at the region offset plus `offset`).
+///
+/// Accesses are 1, 2 or 4 bytes wide and naturally aligned.
+pub trait ConfigBackend {
+    /// Reads `data.len()` bytes at `offset`.
+    fn read(&self, offset: u16, data: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` at `offset`.
+    fn write(&self, offset: u16, data: &[u8]) -> io::Result<()>;
+}
+
+impl<T: ConfigBackend + ?Sized> ConfigBackend for &T {
+    fn read(&self, offset: u16, data: &mut [u8]) -> io::Result<()> {
+        (**self).read(offset, data)
+    }
+    fn write(&self, offset: u16, data: &[u8]) -> io::Result<()> {
+        (**self).write(offset, data)
+    }
+}
+
+impl<T: ConfigBackend + ?Sized> ConfigBackend for Box<T> {
+    fn read(&self, offset: u16, data: &mut [u8]) -> io::Result<()> {
+        (**self).read(offset, data)
+    }
+    fn write(&self, offset: u16, data: &[u8]) -> io::Result<()> {
+        (**self).write(offset, data)
+    }
+}
+
+impl<T: ConfigBackend + ?Sized> ConfigBackend for std::sync::Arc<T> {
+    fn read(&self, offset: u16, data: &mut [u8]) -> io::Result<()> {
+        (**self).read(offset, data)
+    }
+    fn write(&self, offset: u16, data: &[u8]) -> io::Result<()> {
+        (**self).write(offset, data)
+    }
+}
+
+/// Calls `f(offset, range)` for naturally aligned pieces of 4, 2 or 1 bytes covering
+/// `start..start + len` (relative ranges into the access buffer).
+fn aligned_pieces(start: u16, len: usize, mut f: impl FnMut(u16, std::ops::Range<usize>)) {
+    let mut i = 0;
+    while i < len {
+        let at = start as usize + i;
+        let left = len - i;
+        let size = [4usize, 2, 1]
+            .into_iter()
+            .find(|&s| s <= left && at % s == 0)
+            .unwrap_or(1);
+        f(at as u16, i..i + size);
+        i += size;
+    }
+}
+
+/// A configuration space whose bits are each emulated or passed through.
+#[derive(Debug)]
+pub struct VirtualizedConfig<B> {
+    model: ConfigSpace,
+    emulated: Box<[u8]>,
+    backend: B,
+    backend_errors: AtomicU64,
+}
+
+impl<B: ConfigBackend> VirtualizedConfig<B> {
+    /// A view where every bit is passed through; `model` is the shadow (typically
+    /// [`ConfigSpace::from_bytes`] of the device's current config). Mark bits emulated with
+    /// [`emulate`](Self::emulate).
+    pub fn new(model: ConfigSpace, backend: B) -> Self {
+        let len = model.len();
+        VirtualizedConfig {
+            model,
+            emulated: vec![0; len].into_boxed_slice(),
+            backend,
+            backend_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// A view with the passthrough defaults described in the [module docs](self). Define the
+    /// BARs and ROM in `model` (sizes from the VFIO region info) before or after; their
+    /// registers are emulated either way.
+    pub fn passthrough(mut model: ConfigSpace, backend: B) -> Self {
+        model.set_multifunction(false);
+        let mut v = Self::new(model, backend);
+        let header = v.model.header_type();
+        let bar_bytes = 4 * header.bar_count();
+        v.emulate_range(offset::BAR0, bar_bytes);
+        v.emulate_range(header.rom_offset(), 4);
+        v.emulate_range(offset::INTERRUPT_LINE, 2);
+        let _ = v.emulate(offset::HEADER_TYPE, &[0x80]);
+        v.emulate_range(offset::CAPABILITY_LIST, 1);
+        let _ = v.emulate(offset::STATUS, &Status::CAP_LIST.to_le_bytes());
+        let (caps, _) = capability::capabilities_lenient(v.model.bytes());
+        for c in &caps {
+            match c.id {
+                CapId::Standard(CapabilityId::MSI) | CapId::Standard(CapabilityId::MSIX) => {
+                    v.emulate_range(c.offset, c.len as usize)
+                }
+                CapId::Standard(_) => v.emulate_range(c.offset + 1, 1),
+                CapId::Extended(_) => v.emulate_range(c.offset, 4),
+            }
+        }
+        v
+    }
+
+    /// Marks the bits set in `mask` (little-endian bytes at `offset`) as emulated.
+    pub fn emulate(&mut self, offset: u16, mask: &[u8]) -> Result<(), AccessError> {
+        crate::registers::check_range(offset, mask.len(), self.emulated.len())?;
+        for (i, m) in mask.iter().enumerate() {
+            self.emulated[offset as usize + i] |= m;
+        }
+        Ok(())
+    }
+
+    /// Marks the bits set in `mask` as passed through.
+    pub fn pass_through(&mut self, offset: u16, mask: &[u8]) -> Result<(), AccessError> {
+        crate::registers::check_range(offset, mask.len(), self.emulated.len())?;
+        for (i, m) in mask.iter().enumerate() {
+            self.emulated[offset as usize + i] &= !m;
+        }
+        Ok(())
+    }
+
+    fn emulate_range(&mut self, offset: u16, len: usize) {
+        let start = (offset as usize).min(self.emulated.len());
+        let end = (offset as usize + len).min(self.emulated.len());
+        self.emulated[start..end].fill(0xff);
+    }
+
+    /// The per-bit emulation mask (1 = emulated), one byte per config byte.
+    pub fn emulated_mask(&self) -> &[u8] {
+        &self.emulated
+    }
+
+    /// True when bit `bit` of the byte at `offset` is emulated.
+    pub fn is_emulated(&self, offset: u16, bit: u8) -> bool {
+        bit < 8
+            && self
+                .emulated
+                .get(offset as usize)
+                .is_some_and(|m| m & (1 << bit) != 0)
+    }
+
+    /// The model (emulated registers and shadow).
+    pub fn model(&self) -> &ConfigSpace {
+        &self.model
+    }
+
+    /// The model, mutable: define BARs, relocate the MSI-X table, set device-side bits.
+    pub fn model_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.model
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Splits the view into its model and backend.
+    pub fn into_parts(self) -> (ConfigSpace, B) {
+        (self.model, self.backend)
+    }
+
+    /// Number of backend accesses that failed so far.
+    pub fn backend_errors(&self) -> u64 {
+        self.backend_errors.load(Ordering::Relaxed)
+    }
+
+    fn backend_failed(&self, what: &str, offset: u16, len: usize, e: &io::Error) {
+        self.backend_errors.fetch_add(1, Ordering::Relaxed);
+        log::warn!("pci-config: backend {what} of {len} bytes at {offset:#x} failed: {e}");
+    }
+
+    /// Reads the device bytes of an access; failed pieces read as all-ones.
+    fn read_device(&self, offset: u16, dev: &mut [u8]) {
+        aligned_pieces(offset, dev.len(), |at, r| {
+            if let Err(e) = self.backend.read(at, &mut dev[r.clone()]) {
+                self.backend_failed("read", at, r.len(), &e);
+                dev[r].fill(0xff);
+            }
+        });
+    }
+
+    /// Hides the capability at `offset` from the guest: unlinks it in the model (see
+    /// [`ConfigSpace::hide_capability`]) and emulates its bytes and the rewritten pointers, so
+    /// the guest reads zeros there and its writes never reach the device.
+    pub fn hide_capability(&mut self, offset: u16) -> Result<HiddenCapability, CapabilityError> {
+        let hidden = self.model.hide_capability(offset)?;
+        let c = hidden.capability;
+        self.emulate_range(c.offset, c.len as usize);
+        for &(o, l) in &hidden.patched {
+            self.emulate_range(o, l as usize);
+        }
+        Ok(hidden)
+    }
+
+    /// Guest read of 1, 2 or 4 bytes. On an access error `buf` is all-ones.
+    pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.model.read(offset, buf)?;
+        let o = offset as usize;
+        let emu = &self.emulated[o..o + buf.len()];
+        if emu.iter().all(|&m| m == 0xff) {
+            return Ok(());
+        }
+        let mut dev = [0u8; 4];
+        let dev = &mut dev[..buf.len()];
+        self.read_device(offset, dev);
+        for i in 0..buf.len() {
+            buf[i] = (buf[i] & emu[i]) | (dev[i] & !emu[i]);
+        }
+        Ok(())
+    }
+
+    /// Guest dword read.
+    pub fn read_u32(&self, offset: u16) -> Result<u32, AccessError> {
+        let mut b = [0u8; 4];
+        self.read(offset, &mut b).map(|_| u32::from_le_bytes(b))
+    }
+
+    /// Guest word read.
+    pub fn read_u16(&self, offset: u16) -> Result<u16, AccessError> {
+        let mut b = [0u8; 2];
+        self.read(offset, &mut b).map(|_| u16::from_le_bytes(b))
+    }
+
+    /// Guest write of 1, 2 or 4 bytes; returns the model's events (see the
+    /// [module docs](self) for how the write is split).
+    pub fn write(&mut self, offset: u16, data: &[u8]) -> Result<ConfigEvents, AccessError> {
+        check_access(offset, data.len(), self.model.len())?;
+        let events = self.model.write(offset, data)?;
+        let o = offset as usize;
+        let len = data.len();
+        let emu = &self.emulated[o..o + len];
+        if emu.iter().all(|&m| m == 0xff) {
+            return Ok(events);
+        }
+        let mut value = [0u8; 4];
+        value[..len].copy_from_slice(data);
+        if emu.iter().any(|&m| m != 0 && m != 0xff) {
+            let mut dev = [0u8; 4];
+            let mut failed = false;
+            aligned_pieces(offset, len, |at, r| {
+                if let Err(e) = self.backend.read(at, &mut dev[r.clone()]) {
+                    self.backend_failed("read-before-write", at, r.len(), &e);
+                    failed = true;
+                }
+            });
+            if failed {
+                return Ok(events);
+            }
+            let w1c = &self.model.registers().w1cmask()[o..o + len];
+            for i in 0..len {
+                value[i] = (data[i] & !emu[i]) | (dev[i] & emu[i] & !w1c[i]);
+            }
+        }
+        // Forward each run of bytes that holds passthrough bits.
+        let mut i = 0;
+        while i < len {
+            if emu[i] == 0xff {
+                i += 1;
+                continue;
+            }
+            let run_start = i;
+            while i < len && emu[i] != 0xff {
+                i += 1;
+            }
+            let run = run_start..i;
+            aligned_pieces(offset + run_start as u16, run.len(), |at, r| {
+                let r = r.start + run_start..r.end + run_start;
+                if let Err(e) = self.backend.write(at, &value[r.clone()]) {
+                    self.backend_failed("write", at, r.len(), &e);
+                }
+            });
+        }
+        Ok(events)
+    }
+
+    /// Guest dword write.
+    pub fn write_u32(&mut self, offset: u16, v: u32) -> Result<ConfigEvents, AccessError> {
+        self.write(offset, &v.to_le_bytes())
+    }
+
+    /// Guest word write.
+    pub fn write_u16(&mut self, offset: u16, v: u16) -> Result<ConfigEvents, AccessError> {
+        self.write(offset, &v.to_le_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aligned_pieces;
+
+    #[test]
+    fn pieces_are_aligned() {
+        let mut v = Vec::new();
+        aligned_pieces(0x43, 4, |at, r| v.push((at, r.len())));
+        assert_eq!(v, [(0x43, 1), (0x44, 2), (0x46, 1)]);
+        v.clear();
+        aligned_pieces(0x40, 4, |at, r| v.push((at, r.len())));
+        assert_eq!(v, [(0x40, 4)]);
+        v.clear();
+        aligned_pieces(0x41, 3, |at, r| v.push((at, r.len())));
+        assert_eq!(v, [(0x41, 1), (0x42, 2)]);
+    }
+}

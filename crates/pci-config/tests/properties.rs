@@ -1,0 +1,334 @@
+//! Properties of the register model, BARs and capability editing, checked with proptest.
+
+use std::cell::RefCell;
+use std::io;
+
+use proptest::prelude::*;
+
+use pci_config::capability::{
+    self, BarOffset, CapId, ExpressCapability, MsiCapability, MsixCapability, PortType,
+    PowerManagement,
+};
+use pci_config::{
+    BarDef, BarKind, ConfigBackend, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds,
+    ExtCapabilityId, HeaderType, RomDef, VirtualizedConfig,
+};
+
+/// One guest access: offset, width (1, 2 or 4) and value.
+fn access(len: usize) -> impl Strategy<Value = (u16, usize, u32)> {
+    (
+        0..len as u16,
+        prop_oneof![Just(1usize), Just(2), Just(4)],
+        any::<u32>(),
+    )
+        .prop_map(|(o, w, v)| (o - o % w as u16, w, v))
+}
+
+/// Accesses biased towards the interesting registers (header, BARs, capabilities).
+fn accesses(len: usize) -> impl Strategy<Value = Vec<(u16, usize, u32)>> {
+    let hot = (
+        0u16..0x100,
+        prop_oneof![Just(1usize), Just(2), Just(4)],
+        prop_oneof![Just(u32::MAX), Just(0), any::<u32>()],
+    )
+        .prop_map(|(o, w, v)| (o, w, v));
+    prop::collection::vec(prop_oneof![3 => hot, 1 => access(len)], 1..64)
+}
+
+fn rich_device() -> ConfigSpace {
+    let ids = DeviceIds {
+        vendor_id: 0x1234,
+        device_id: 0x5678,
+        class_code: 0x020000,
+        ..Default::default()
+    };
+    let mut c = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Extended, ids);
+    c.set_bar(0, BarDef::memory64(0x4000).at(0xfebd_0000))
+        .unwrap();
+    c.set_bar(2, BarDef::io(64)).unwrap();
+    c.set_bar(3, BarDef::memory32(0x1000)).unwrap();
+    c.set_bar(4, BarDef::memory64(1 << 32).prefetchable())
+        .unwrap();
+    c.set_rom(RomDef::new(0x10000)).unwrap();
+    c.add_capability(PowerManagement::new(true)).unwrap();
+    c.add_capability(MsiCapability::new(8, true, true)).unwrap();
+    c.add_capability(MsixCapability::new(
+        16,
+        BarOffset {
+            bir: 0,
+            offset: 0x2000,
+        },
+        BarOffset {
+            bir: 0,
+            offset: 0x3000,
+        },
+    ))
+    .unwrap();
+    c.add_capability(ExpressCapability::new(PortType::Endpoint))
+        .unwrap();
+    c.add_extended_capability(ExtCapabilityId::AER, 2, &[])
+        .unwrap();
+    c.add_extended_capability(ExtCapabilityId::ARI, 1, &[])
+        .unwrap();
+    c
+}
+
+fn check_invariants(
+    initial: &ConfigSpace,
+    before: &[u8],
+    now: &ConfigSpace,
+) -> Result<(), TestCaseError> {
+    let regs = now.registers();
+    for (i, &old) in before.iter().enumerate() {
+        let ro = !(regs.wmask()[i] | regs.w1cmask()[i]);
+        prop_assert_eq!(
+            now.bytes()[i] & ro,
+            initial.bytes()[i] & ro,
+            "read-only bits of byte {:#x} changed",
+            i
+        );
+        let w1c = regs.w1cmask()[i];
+        prop_assert_eq!(
+            now.bytes()[i] & w1c & !old,
+            0,
+            "a W1C bit of byte {:#x} was set by a write",
+            i
+        );
+        prop_assert_eq!(
+            now.bytes()[i] & regs.rsvdmask()[i],
+            0,
+            "reserved bits of byte {:#x} are not zero",
+            i
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Read-only bits never change, W1C bits only clear, reserved bits stay zero, under any
+    /// sequence of guest writes.
+    #[test]
+    fn read_only_bits_never_change(writes in accesses(4096)) {
+        let initial = rich_device();
+        let mut c = initial.clone();
+        // set some W1C bits so clearing is exercised
+        c.set_u16(0x06, initial.status().0 | 0xf900).unwrap();
+        let initial = c.clone();
+        for (o, w, v) in writes {
+            let before = c.bytes().to_vec();
+            match c.write(o, &v.to_le_bytes()[..w]) {
+                Ok(_) => check_invariants(&initial, &before, &c)?,
+                // accesses running past the end are refused and change nothing
+                Err(_) => prop_assert_eq!(c.bytes(), &before[..]),
+            }
+        }
+    }
+
+    /// The same on snapshots of arbitrary devices (random bytes, random capability chains).
+    #[test]
+    fn read_only_bits_never_change_on_snapshots(
+        mut bytes in prop::collection::vec(any::<u8>(), 256),
+        bridge in any::<bool>(),
+        writes in accesses(256),
+    ) {
+        bytes[0x0e] = bridge as u8;
+        let initial = ConfigSpace::from_bytes(&bytes).unwrap();
+        let mut c = initial.clone();
+        for (o, w, v) in writes {
+            let before = c.bytes().to_vec();
+            match c.write(o, &v.to_le_bytes()[..w]) {
+                Ok(_) => check_invariants(&initial, &before, &c)?,
+                // accesses running past the end are refused and change nothing
+                Err(_) => prop_assert_eq!(c.bytes(), &before[..]),
+            }
+        }
+    }
+
+    /// Whatever is written, a BAR reads back naturally aligned with its flags intact, and the
+    /// committed address the VMM maps is aligned too.
+    #[test]
+    fn bars_stay_naturally_aligned(
+        kind in prop_oneof![Just(BarKind::Io), Just(BarKind::Memory32), Just(BarKind::Memory64)],
+        size_log2 in 2u32..40,
+        pf in any::<bool>(),
+        writes in prop::collection::vec((0u16..8, prop_oneof![Just(1usize), Just(2), Just(4)], any::<u32>()), 1..32),
+    ) {
+        let size = match kind {
+            BarKind::Io => 1u64 << size_log2.clamp(2, 8),
+            BarKind::Memory32 => 1u64 << size_log2.clamp(4, 31),
+            BarKind::Memory64 => 1u64 << size_log2.max(4),
+        };
+        let def = BarDef { kind, size, prefetchable: pf && kind != BarKind::Io, address: 0 };
+        let mut c = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, DeviceIds::default());
+        c.set_bar(0, def).unwrap();
+        for (o, w, v) in writes {
+            let o = 0x10 + o - o % w as u16;
+            c.write(o, &v.to_le_bytes()[..w]).unwrap();
+            let lo = c.read_u32(0x10).unwrap();
+            prop_assert_eq!(lo & !def.write_mask() as u32, def.flag_bits(), "flag bits changed");
+            let reg = if kind == BarKind::Memory64 {
+                (c.read_u32(0x14).unwrap() as u64) << 32 | lo as u64
+            } else {
+                lo as u64
+            };
+            let addr = reg & !(if kind == BarKind::Io { 0x3 } else { 0xf });
+            prop_assert_eq!(addr % size, 0, "register address {:#x} not aligned to {:#x}", addr, size);
+            prop_assert_eq!(c.bar(0).unwrap().address % size, 0);
+        }
+    }
+
+    /// Write all-ones, read back, restore: the size decoded from the read-back is the true size,
+    /// the address is unchanged, and nothing is reported.
+    #[test]
+    fn sizing_returns_the_true_size(
+        kind in prop_oneof![Just(BarKind::Io), Just(BarKind::Memory32), Just(BarKind::Memory64)],
+        size_log2 in 2u32..48,
+        slot in 0usize..5,
+        addr_seed in any::<u64>(),
+        decode_on in any::<bool>(),
+    ) {
+        let size = match kind {
+            BarKind::Io => 1u64 << size_log2.clamp(2, 8),
+            BarKind::Memory32 => 1u64 << size_log2.clamp(4, 31),
+            BarKind::Memory64 => 1u64 << size_log2.max(4),
+        };
+        let limit = if kind == BarKind::Memory64 { u64::MAX } else { u32::MAX as u64 };
+        let address = (addr_seed & limit) & !(size - 1);
+        let def = BarDef { kind, size, prefetchable: false, address };
+        let mut c = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, DeviceIds::default());
+        c.set_bar(slot, def).unwrap();
+        if decode_on {
+            c.write_u16(0x04, 0x3).unwrap();
+        }
+        let reg = 0x10 + 4 * slot as u16;
+        let orig_lo = c.read_u32(reg).unwrap();
+        prop_assert!(c.write_u32(reg, u32::MAX).unwrap().is_empty());
+        let lo = c.read_u32(reg).unwrap();
+        let mask = if kind == BarKind::Memory64 {
+            let orig_hi = c.read_u32(reg + 4).unwrap();
+            prop_assert!(c.write_u32(reg + 4, u32::MAX).unwrap().is_empty());
+            let hi = c.read_u32(reg + 4).unwrap();
+            prop_assert!(c.write_u32(reg + 4, orig_hi).unwrap().is_empty());
+            (hi as u64) << 32 | (lo & !0xf) as u64
+        } else if kind == BarKind::Io {
+            0xffff_ffff_0000_0000 | (lo & !0x3) as u64
+        } else {
+            0xffff_ffff_0000_0000 | (lo & !0xf) as u64
+        };
+        prop_assert_eq!((!mask).wrapping_add(1), size);
+        prop_assert!(c.write_u32(reg, orig_lo).unwrap().is_empty());
+        prop_assert_eq!(c.bar(slot).unwrap().address, address);
+        prop_assert!(!c.bar(slot).unwrap().sizing);
+    }
+
+    /// Hiding any capability of a random chain leaves an acyclic chain that reaches every other
+    /// capability in the same order.
+    #[test]
+    fn hiding_keeps_chain_acyclic_and_reachable(
+        std_slots in prop::sample::subsequence((0x10u16..0x40).collect::<Vec<_>>(), 1..12),
+        std_order in any::<prop::sample::Index>(),
+        ext_slots in prop::sample::subsequence((0x40u16..0x400).collect::<Vec<_>>(), 1..12),
+        ids in prop::collection::vec(0x15u8..0xff, 12),
+        pick in any::<prop::sample::Index>(),
+        extended in any::<bool>(),
+    ) {
+        let mut b = vec![0u8; 4096];
+        b[0x06] = 0x10;
+        // standard chain: dword slots 0x40..0xfc in a shuffled order, unknown IDs (2 bytes each)
+        let mut std_offs: Vec<u16> = std_slots.iter().map(|s| s * 4).collect();
+        let rot = std_order.index(std_offs.len());
+        std_offs.rotate_left(rot);
+        b[0x34] = std_offs[0] as u8;
+        for (i, &o) in std_offs.iter().enumerate() {
+            b[o as usize] = ids[i];
+            b[o as usize + 1] = std_offs.get(i + 1).copied().unwrap_or(0) as u8;
+        }
+        // extended chain starting at 0x100
+        let mut ext_offs: Vec<u16> = ext_slots.iter().map(|s| s * 4).collect();
+        ext_offs.retain(|&o| o != 0x100);
+        ext_offs.insert(0, 0x100);
+        for (i, &o) in ext_offs.iter().enumerate() {
+            let next = ext_offs.get(i + 1).copied().unwrap_or(0) as u32;
+            let h = (0x30 + i as u32) | 1 << 16 | next << 20;
+            b[o as usize..o as usize + 4].copy_from_slice(&h.to_le_bytes());
+        }
+        let before = capability::capabilities(&b).unwrap();
+        let chain: Vec<u16> = before.iter().filter(|c| c.id.is_extended() == extended).map(|c| c.offset).collect();
+        let victim = chain[pick.index(chain.len())];
+        capability::hide_capability(&mut b, victim).unwrap();
+        let after = capability::capabilities(&b).expect("chain must stay valid (acyclic, in range)");
+        let expected: Vec<u16> = before
+            .iter()
+            .map(|c| c.offset)
+            .filter(|&o| o != victim || (extended && o == 0x100))
+            .collect();
+        let got: Vec<u16> = after.iter().map(|c| c.offset).collect();
+        prop_assert_eq!(got, expected);
+        if extended && victim == 0x100 {
+            prop_assert_eq!(after.iter().find(|c| c.offset == 0x100).unwrap().id, CapId::Extended(ExtCapabilityId::NULL));
+        }
+    }
+
+    /// The chain walker terminates and never panics on arbitrary bytes.
+    #[test]
+    fn walker_is_total(bytes in prop::collection::vec(any::<u8>(), 4096)) {
+        let _ = capability::capabilities(&bytes);
+        let (caps, _) = capability::capabilities_lenient(&bytes);
+        prop_assert!(caps.len() <= 48 + 960);
+    }
+}
+
+struct Recorder {
+    regs: RefCell<Vec<u8>>,
+    writes: RefCell<Vec<(u16, Vec<u8>)>>,
+}
+
+impl ConfigBackend for Recorder {
+    fn read(&self, offset: u16, data: &mut [u8]) -> io::Result<()> {
+        let o = offset as usize;
+        data.copy_from_slice(&self.regs.borrow()[o..o + data.len()]);
+        Ok(())
+    }
+    fn write(&self, offset: u16, data: &[u8]) -> io::Result<()> {
+        self.writes.borrow_mut().push((offset, data.to_vec()));
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Through the passthrough view, no guest write ever reaches the device's BARs, ROM,
+    /// interrupt line or MSI/MSI-X capabilities, and every BAR move is reported aligned.
+    #[test]
+    fn passthrough_never_forwards_emulated_registers(writes in accesses(4096)) {
+        let dev = Recorder { regs: RefCell::new(rich_device().bytes().to_vec()), writes: RefCell::new(Vec::new()) };
+        let mut model = ConfigSpace::from_bytes(&dev.regs.borrow().clone()).unwrap();
+        model.set_bar(0, BarDef::memory64(0x4000)).unwrap();
+        let mut v = VirtualizedConfig::passthrough(model, &dev);
+        let msi = v.model().msi().unwrap();
+        let msix = v.model().msix().unwrap();
+        let protected = |o: usize| {
+            (0x10..0x28).contains(&o)
+                || (0x30..0x34).contains(&o)
+                || o == 0x3c
+                || (msi.offset as usize..msi.offset as usize + msi.len() as usize).contains(&o)
+                || (msix.offset as usize..msix.offset as usize + 12).contains(&o)
+        };
+        for (o, w, val) in writes {
+            let events = v.write(o, &val.to_le_bytes()[..w]).unwrap();
+            for e in events {
+                if let ConfigEvent::BarMoved { bar: 0, new, .. } = e {
+                    prop_assert_eq!(new % 0x4000, 0);
+                }
+            }
+        }
+        for (o, data) in dev.writes.borrow().iter() {
+            for i in 0..data.len() {
+                prop_assert!(!protected(*o as usize + i), "write reached protected byte {:#x}", *o as usize + i);
+            }
+        }
+    }
+}
