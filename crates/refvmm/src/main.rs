@@ -34,6 +34,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -49,6 +50,18 @@ fn main() -> ExitCode {
             report_error(err.as_ref());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets `refvmm ... | head` end quietly instead of panicking in `println!`.
+///
+/// Rust ignores SIGPIPE, so a closed pipe turns every later `println!` into a panic; the
+/// default action ends the process the way every other command-line tool does.
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE and no handler code is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
