@@ -4,30 +4,16 @@
 //!
 //! Run briefly: `cargo bench -p passthrough-benches --bench config_access -- --warm-up-time 1 --measurement-time 2`
 
-use std::cell::RefCell;
 use std::hint::black_box;
-use std::io;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pci_config::capability::{BarOffset, MsixCapability, PowerManagement};
-use pci_config::{
-    BarDef, ConfigBackend, ConfigSize, ConfigSpace, DeviceIds, HeaderType, VirtualizedConfig,
-};
+use pci_config::capability::PowerManagement;
+use pci_config::{BarDef, ConfigSize, ConfigSpace, DeviceIds, HeaderType};
 
-struct MemoryBackend(RefCell<Vec<u8>>);
-
-impl ConfigBackend for MemoryBackend {
-    fn read(&self, offset: u16, data: &mut [u8]) -> io::Result<()> {
-        let o = offset as usize;
-        data.copy_from_slice(&self.0.borrow()[o..o + data.len()]);
-        Ok(())
-    }
-    fn write(&self, offset: u16, data: &[u8]) -> io::Result<()> {
-        let o = offset as usize;
-        self.0.borrow_mut()[o..o + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
+// The in-memory device and the passthrough view the pci-config tests use.
+#[path = "../../crates/pci-config/tests/common/mod.rs"]
+mod common;
+use common::{MockDevice, msix_in_bar0, passthrough_view};
 
 fn nvme() -> ConfigSpace {
     let ids = DeviceIds {
@@ -39,26 +25,9 @@ fn nvme() -> ConfigSpace {
     let mut c = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Extended, ids);
     c.set_bar(0, BarDef::memory64(0x4000).at(0xfebd_0000))
         .unwrap();
-    c.add_capability(MsixCapability::new(
-        65,
-        BarOffset {
-            bir: 0,
-            offset: 0x2000,
-        },
-        BarOffset {
-            bir: 0,
-            offset: 0x3000,
-        },
-    ))
-    .unwrap();
+    c.add_capability(msix_in_bar0(65)).unwrap();
     c.add_capability(PowerManagement::new(true)).unwrap();
     c
-}
-
-fn view(backend: &MemoryBackend) -> VirtualizedConfig<&MemoryBackend> {
-    let mut model = ConfigSpace::from_bytes(&backend.0.borrow()).unwrap();
-    model.set_bar(0, BarDef::memory64(0x4000)).unwrap();
-    VirtualizedConfig::passthrough(model, backend)
 }
 
 fn config_space(c: &mut Criterion) {
@@ -83,8 +52,8 @@ fn config_space(c: &mut Criterion) {
 
 fn virtualized(c: &mut Criterion) {
     let mut g = c.benchmark_group("virtualized");
-    let backend = MemoryBackend(RefCell::new(nvme().bytes().to_vec()));
-    let mut v = view(&backend);
+    let backend = MockDevice::quiet(nvme().bytes());
+    let mut v = passthrough_view(&backend);
     g.bench_function("read_u32 passthrough (IDs)", |b| {
         b.iter(|| v.read_u32(black_box(0)).unwrap())
     });

@@ -222,25 +222,17 @@ impl GuestMemoryDma {
         let mut state = self.lock();
         let limits = self.mapper.refresh_limits()?;
         if state.devices.is_empty() {
-            let ram_bytes: u64 = state
+            let ram: Vec<&TrackedRegion> = state
                 .regions
                 .values()
                 .filter(|r| r.kind == RegionKind::Ram)
-                .map(|r| {
-                    split_region(r.range, r.host_addr, self.options.ram_perm, &limits)
-                        .mappings
-                        .iter()
-                        .map(|m| m.size)
-                        .sum::<u64>()
-                })
+                .collect();
+            let ram_bytes = ram
+                .iter()
+                .map(|r| self.ram_bytes(r.range, r.host_addr, &limits))
                 .sum();
-            let ram_regions = state
-                .regions
-                .values()
-                .filter(|r| r.kind == RegionKind::Ram)
-                .count();
             self.check_memlock(
-                &format!("guest RAM for {device} ({ram_regions} region(s))"),
+                &format!("guest RAM for {device} ({} region(s))", ram.len()),
                 ram_bytes,
             )?;
             let starts: Vec<u64> = state.regions.keys().copied().collect();
@@ -359,6 +351,16 @@ impl GuestMemoryDma {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Bytes that mapping the RAM region `range` at `host_addr` would pin on this host (the
+    /// parts outside the valid IOVA ranges are not mapped, so not pinned).
+    fn ram_bytes(&self, range: IovaRange, host_addr: u64, limits: &HostIommuLimits) -> u64 {
+        split_region(range, host_addr, self.options.ram_perm, limits)
+            .mappings
+            .iter()
+            .map(|m| m.size)
+            .sum()
+    }
+
     fn check_memlock(&self, what: &str, bytes: u64) -> Result<(), DmaError> {
         if bytes == 0 {
             return Ok(());
@@ -418,21 +420,14 @@ impl GuestMemoryDma {
             mapped: Vec::new(),
             excluded: Vec::new(),
         };
-        let limits = if state.devices.is_empty() {
-            self.mapper.limits()
-        } else {
-            let limits = self.mapper.limits();
+        let limits = self.mapper.limits();
+        if !state.devices.is_empty() {
             if region.kind == RegionKind::Ram {
-                let bytes = split_region(range, host_addr, self.options.ram_perm, &limits)
-                    .mappings
-                    .iter()
-                    .map(|m| m.size)
-                    .sum();
+                let bytes = self.ram_bytes(range, host_addr, &limits);
                 self.check_memlock(&format!("hot-added guest RAM {range}"), bytes)?;
             }
             self.map_region(&mut region, &limits)?;
-            limits
-        };
+        }
         let report = region.report(&limits);
         state.regions.insert(gpa, region);
         Ok(report)

@@ -19,7 +19,7 @@ use std::io;
 use std::mem::size_of;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 
 use iommufd_bindings::{
     iommu_ioas_iova_ranges, iommu_ioas_map, iommu_iova_range,
@@ -32,10 +32,10 @@ use vfio_ioctls::VfioIommufd;
 
 use crate::devnode::{IOMMUFD_PATH, open_rw};
 use crate::error::DmaError;
+use crate::kernel::KernelMappings;
 use crate::mapper::{DmaMapper, DmaMapping, HostIommuLimits};
-use crate::memlock::{self, MemlockBudget};
+use crate::memlock::MemlockBudget;
 use crate::range::IovaRange;
-use crate::table::MappingTable;
 
 mod ioctl {
     use iommufd_bindings::{IOMMUFD_CMD_IOAS_IOVA_RANGES, IOMMUFD_TYPE};
@@ -73,18 +73,12 @@ fn iommufd_io_error(e: IommufdError) -> io::Error {
 pub struct IommufdMapper {
     iommufd: Arc<IommuFd>,
     ioas: Arc<IommufdIoas>,
-    name: String,
-    limits: RwLock<HostIommuLimits>,
-    table: Mutex<MappingTable>,
+    state: KernelMappings,
 }
 
 impl std::fmt::Debug for IommufdMapper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IommufdMapper")
-            .field("name", &self.name)
-            .field("limits", &self.limits)
-            .field("mappings", &self.table().len())
-            .finish()
+        f.debug_tuple("IommufdMapper").field(&self.state).finish()
     }
 }
 
@@ -116,9 +110,7 @@ impl IommufdMapper {
         let mapper = IommufdMapper {
             iommufd,
             ioas,
-            name,
-            limits: RwLock::new(HostIommuLimits::unrestricted()),
-            table: Mutex::new(MappingTable::default()),
+            state: KernelMappings::new(name),
         };
         mapper.refresh_limits()?;
         Ok(mapper)
@@ -132,10 +124,6 @@ impl IommufdMapper {
     /// The IOAS; attach devices (or a `VfioIommufd`) to it.
     pub fn ioas(&self) -> &Arc<IommufdIoas> {
         &self.ioas
-    }
-
-    fn table(&self) -> MutexGuard<'_, MappingTable> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `IOMMU_IOAS_IOVA_RANGES`: the allowed ranges and the IOVA alignment.
@@ -192,26 +180,19 @@ impl IommufdMapper {
 
 impl DmaMapper for IommufdMapper {
     fn name(&self) -> &str {
-        &self.name
+        self.state.name()
     }
 
     fn limits(&self) -> HostIommuLimits {
-        self.limits
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.state.limits()
     }
 
     fn refresh_limits(&self) -> Result<HostIommuLimits, DmaError> {
-        let setup = |source: io::Error, hint: &str| DmaError::Setup {
-            mapper: self.name.clone(),
-            op: "IOMMU_IOAS_IOVA_RANGES",
-            source,
-            hint: hint.to_string(),
-        };
-        let (ranges, align) = self
-            .query_ranges()
-            .map_err(|e| setup(e, "is the IOAS still allocated on this iommufd?"))?;
+        let op = "IOMMU_IOAS_IOVA_RANGES";
+        let (ranges, align) = self.query_ranges().map_err(|e| {
+            self.state
+                .setup_error(op, e, "is the IOAS still allocated on this iommufd?")
+        })?;
         // SAFETY: sysconf has no memory-safety preconditions.
         let host_page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let host_page = u64::try_from(host_page).unwrap_or(4096).max(1);
@@ -219,87 +200,50 @@ impl DmaMapper for IommufdMapper {
         let page_size = align.max(host_page).next_power_of_two();
         // iommufd has no per-IOAS mapping count limit (unlike type1's dma_entry_limit).
         let limits = HostIommuLimits::new(ranges, page_size, None).map_err(|e| {
-            setup(
+            self.state.setup_error(
+                op,
                 io::Error::other(e.to_string()),
                 "no IOVA is usable: the attached devices reserve everything",
             )
         })?;
-        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits.clone();
+        self.state.set_limits(limits.clone());
         Ok(limits)
     }
 
     fn memlock_budget(&self) -> Result<Option<MemlockBudget>, DmaError> {
-        MemlockBudget::current()
-            .map(Some)
-            .map_err(|source| DmaError::Setup {
-                mapper: self.name.clone(),
-                op: "reading RLIMIT_MEMLOCK and /proc/self/status",
-                source,
-                hint: "is /proc mounted?".to_string(),
-            })
+        self.state.memlock_budget().map(Some)
     }
 
     unsafe fn map(&self, mapping: DmaMapping) -> Result<(), DmaError> {
-        let limits = self.limits();
-        let mut table = self.table();
-        let range = table.check_map(&self.name, &limits, &mapping)?;
-        if let Some(budget) = self.memlock_budget()? {
-            budget
-                .check(&format!("IOVA {range}"), mapping.size)
-                .map_err(|shortfall| DmaError::Memlock {
-                    mapper: self.name.clone(),
-                    shortfall,
-                })?;
-        }
-        let mut flags = iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
-        if mapping.perm.readable() {
-            flags |= iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
-        }
-        if mapping.perm.writable() {
-            flags |= iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
-        }
-        let arg = iommu_ioas_map {
-            size: size_of::<iommu_ioas_map>() as u32,
-            flags,
-            ioas_id: self.ioas.id(),
-            __reserved: 0,
-            user_va: mapping.host_addr,
-            length: mapping.size,
-            iova: mapping.iova,
-        };
-        // The memory `arg` names is covered by the caller's `DmaMapper::map` contract.
-        self.iommufd
-            .map_iommu_ioas(&arg)
-            .map_err(|e| DmaError::MapFailed {
-                mapper: self.name.clone(),
-                op: "IOMMU_IOAS_MAP",
-                range,
-                host_addr: mapping.host_addr,
-                source: iommufd_io_error(e),
-            })?;
-        table.insert(mapping);
-        memlock::note_pinned(mapping.size);
-        Ok(())
+        self.state.map(mapping, "IOMMU_IOAS_MAP", |m| {
+            let mut flags = iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
+            if m.perm.readable() {
+                flags |= iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
+            }
+            if m.perm.writable() {
+                flags |= iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
+            }
+            let arg = iommu_ioas_map {
+                size: size_of::<iommu_ioas_map>() as u32,
+                flags,
+                ioas_id: self.ioas.id(),
+                __reserved: 0,
+                user_va: m.host_addr,
+                length: m.size,
+                iova: m.iova,
+            };
+            // The memory `arg` names is covered by the caller's `DmaMapper::map` contract.
+            self.iommufd.map_iommu_ioas(&arg).map_err(iommufd_io_error)
+        })
     }
 
     fn unmap(&self, iova: u64, size: u64) -> Result<DmaMapping, DmaError> {
-        let mut table = self.table();
-        let m = table.check_unmap(&self.name, iova, size)?;
-        let range = m.iova_range().expect("recorded mappings are valid");
-        self.ioas
-            .unmap(iova, size)
-            .map_err(|e| DmaError::UnmapFailed {
-                mapper: self.name.clone(),
-                op: "IOMMU_IOAS_UNMAP",
-                range,
-                source: iommufd_io_error(e),
-            })?;
-        table.remove(iova);
-        memlock::note_unpinned(size);
-        Ok(m)
+        self.state.unmap(iova, size, "IOMMU_IOAS_UNMAP", |m| {
+            self.ioas.unmap(m.iova, m.size).map_err(iommufd_io_error)
+        })
     }
 
     fn mappings(&self) -> Vec<DmaMapping> {
-        self.table().iter().copied().collect()
+        self.state.mappings()
     }
 }

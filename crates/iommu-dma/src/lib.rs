@@ -6,6 +6,7 @@ mod error;
 mod fault;
 mod guest_sync;
 pub mod iommufd;
+mod kernel;
 mod mapper;
 mod memlock;
 mod range;

@@ -17,7 +17,7 @@ use std::io;
 use std::mem::size_of;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, vfio_iommu_type1_dma_map,
@@ -26,9 +26,9 @@ use vfio_ioctls::{VfioContainer, VfioDeviceFd, VfioError};
 
 use crate::devnode::{VFIO_CONTAINER_PATH, open_failure};
 use crate::error::DmaError;
+use crate::kernel::KernelMappings;
 use crate::mapper::{DmaMapper, DmaMapping, DmaPerm, HostIommuLimits};
-use crate::memlock::{self, MemlockBudget};
-use crate::table::MappingTable;
+use crate::memlock::MemlockBudget;
 use crate::type1_info;
 
 mod ioctl {
@@ -86,18 +86,12 @@ fn setup_error(mapper: String, op: &'static str, source: io::Error, hint: &str) 
 /// the order of set-up.
 pub struct VfioType1Mapper {
     container: Arc<VfioContainer>,
-    name: String,
-    limits: RwLock<HostIommuLimits>,
-    table: Mutex<MappingTable>,
+    state: KernelMappings,
 }
 
 impl std::fmt::Debug for VfioType1Mapper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VfioType1Mapper")
-            .field("name", &self.name)
-            .field("limits", &self.limits)
-            .field("mappings", &self.table().len())
-            .finish()
+        f.debug_tuple("VfioType1Mapper").field(&self.state).finish()
     }
 }
 
@@ -111,9 +105,7 @@ impl VfioType1Mapper {
         );
         let mapper = VfioType1Mapper {
             container,
-            name,
-            limits: RwLock::new(HostIommuLimits::unrestricted()),
-            table: Mutex::new(MappingTable::default()),
+            state: KernelMappings::new(name),
         };
         mapper.refresh_limits()?;
         Ok(mapper)
@@ -124,14 +116,15 @@ impl VfioType1Mapper {
         &self.container
     }
 
-    fn table(&self) -> MutexGuard<'_, MappingTable> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn map_ioctl(&self, m: &DmaMapping) -> io::Result<()> {
+    /// `VFIO_IOMMU_MAP_DMA` of `m`.
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`DmaMapper::map`] holds for `m`.
+    unsafe fn map_ioctl(&self, m: &DmaMapping) -> io::Result<()> {
         if m.perm == DmaPerm::ReadWrite {
-            // SAFETY: the caller of `DmaMapper::map` upholds the contract of
-            // `VfioContainer::vfio_dma_map`, which is the same contract.
+            // SAFETY: our caller upholds `DmaMapper::map`'s contract for `m`, which is the
+            // contract of `VfioContainer::vfio_dma_map`.
             let res = unsafe {
                 self.container.vfio_dma_map(
                     m.iova,
@@ -159,7 +152,8 @@ impl VfioType1Mapper {
             size: m.size,
         };
         // SAFETY: the fd is a VFIO container and `arg` a complete vfio_iommu_type1_dma_map the
-        // kernel only reads; the memory it names is covered by `DmaMapper::map`'s contract.
+        // kernel only reads; the memory it names is covered by `DmaMapper::map`'s contract,
+        // which our caller upholds.
         let ret = unsafe {
             vmm_sys_util::ioctl::ioctl_with_ref(&*self.container, VFIO_IOMMU_MAP_DMA(), &arg)
         };
@@ -172,17 +166,15 @@ impl VfioType1Mapper {
 
 impl DmaMapper for VfioType1Mapper {
     fn name(&self) -> &str {
-        &self.name
+        self.state.name()
     }
 
     fn limits(&self) -> HostIommuLimits {
-        self.limits
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.state.limits()
     }
 
     fn refresh_limits(&self) -> Result<HostIommuLimits, DmaError> {
+        let op = "VFIO_IOMMU_GET_INFO";
         let info = type1_info::query(&*self.container).map_err(|source| {
             let hint = match source.raw_os_error() {
                 Some(libc::EINVAL) | Some(libc::ENOTTY) => {
@@ -191,13 +183,12 @@ impl DmaMapper for VfioType1Mapper {
                 }
                 _ => "see the kernel log (dmesg) for VFIO messages",
             };
-            setup_error(self.name.clone(), "VFIO_IOMMU_GET_INFO", source, hint)
+            self.state.setup_error(op, source, hint)
         })?;
-        let in_use = self.table().len() as u32;
+        let in_use = u32::try_from(self.state.len()).unwrap_or(u32::MAX);
         let limits = info.to_limits(in_use).map_err(|e| {
-            setup_error(
-                self.name.clone(),
-                "VFIO_IOMMU_GET_INFO",
+            self.state.setup_error(
+                op,
                 io::Error::other(e.to_string()),
                 "the kernel's answer makes no sense; report this with the kernel version",
             )
@@ -205,73 +196,40 @@ impl DmaMapper for VfioType1Mapper {
         if info.iova_ranges.is_none() {
             log::info!(
                 "{}: kernel reports no valid IOVA ranges (pre-5.4); assuming all IOVAs are valid",
-                self.name
+                self.name()
             );
         }
-        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits.clone();
+        self.state.set_limits(limits.clone());
         Ok(limits)
     }
 
     fn memlock_budget(&self) -> Result<Option<MemlockBudget>, DmaError> {
-        MemlockBudget::current().map(Some).map_err(|source| {
-            setup_error(
-                self.name.clone(),
-                "reading RLIMIT_MEMLOCK and /proc/self/status",
-                source,
-                "is /proc mounted?",
-            )
-        })
+        self.state.memlock_budget().map(Some)
     }
 
     unsafe fn map(&self, mapping: DmaMapping) -> Result<(), DmaError> {
-        let limits = self.limits();
-        let mut table = self.table();
-        let range = table.check_map(&self.name, &limits, &mapping)?;
-        if let Some(budget) = self.memlock_budget()? {
-            budget
-                .check(&format!("IOVA {range}"), mapping.size)
-                .map_err(|shortfall| DmaError::Memlock {
-                    mapper: self.name.clone(),
-                    shortfall,
-                })?;
-        }
-        self.map_ioctl(&mapping)
-            .map_err(|source| DmaError::MapFailed {
-                mapper: self.name.clone(),
-                op: "VFIO_IOMMU_MAP_DMA",
-                range,
-                host_addr: mapping.host_addr,
-                source,
-            })?;
-        table.insert(mapping);
-        memlock::note_pinned(mapping.size);
-        Ok(())
+        self.state.map(mapping, "VFIO_IOMMU_MAP_DMA", |m| {
+            // SAFETY: `m` is `mapping`, for which our caller upholds `DmaMapper::map`'s
+            // contract.
+            unsafe { self.map_ioctl(m) }
+        })
     }
 
     fn unmap(&self, iova: u64, size: u64) -> Result<DmaMapping, DmaError> {
-        let mut table = self.table();
-        let m = table.check_unmap(&self.name, iova, size)?;
-        let range = m.iova_range().expect("recorded mappings are valid");
-        self.container
-            .vfio_dma_unmap(iova, size as usize)
-            .map_err(|e| DmaError::UnmapFailed {
-                mapper: self.name.clone(),
-                op: "VFIO_IOMMU_UNMAP_DMA",
-                range,
-                source: match e {
+        self.state.unmap(iova, size, "VFIO_IOMMU_UNMAP_DMA", |m| {
+            self.container
+                .vfio_dma_unmap(m.iova, m.size as usize)
+                .map_err(|e| match e {
                     VfioError::IommuDmaUnmap(errno) => io::Error::from_raw_os_error(errno.errno()),
                     VfioError::InvalidDmaUnmapSize => {
                         io::Error::other("the kernel unmapped a different size than was mapped")
                     }
                     other => io::Error::other(other.to_string()),
-                },
-            })?;
-        table.remove(iova);
-        memlock::note_unpinned(size);
-        Ok(m)
+                })
+        })
     }
 
     fn mappings(&self) -> Vec<DmaMapping> {
-        self.table().iter().copied().collect()
+        self.state.mappings()
     }
 }

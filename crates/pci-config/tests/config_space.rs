@@ -1,5 +1,8 @@
 //! Register behaviour of `ConfigSpace`: header, Command/Status, BARs, ROM, events, capabilities.
 
+mod common;
+
+use common::msix_in_bar0;
 use pci_config::capability::{
     BarOffset, CapabilityError, ExpressCapability, MsiCapability, MsixCapability, PortType,
     PowerManagement, VendorCapability,
@@ -383,19 +386,7 @@ fn capabilities_add_parse_and_write() {
     let mut c = device();
     let pm = c.add_capability(PowerManagement::new(true)).unwrap();
     let msi = c.add_capability(MsiCapability::new(4, true, true)).unwrap();
-    let msix = c
-        .add_capability(MsixCapability::new(
-            65,
-            BarOffset {
-                bir: 0,
-                offset: 0x2000,
-            },
-            BarOffset {
-                bir: 0,
-                offset: 0x3000,
-            },
-        ))
-        .unwrap();
+    let msix = c.add_capability(msix_in_bar0(65)).unwrap();
     let exp = c
         .add_capability(ExpressCapability::new(PortType::Endpoint))
         .unwrap();

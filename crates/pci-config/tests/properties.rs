@@ -1,17 +1,16 @@
 //! Properties of the register model, BARs and capability editing, checked with proptest.
 
-use std::cell::RefCell;
-use std::io;
+mod common;
 
+use common::{MockDevice, msix_in_bar0, passthrough_view};
 use proptest::prelude::*;
 
 use pci_config::capability::{
-    self, BarOffset, CapId, ExpressCapability, MsiCapability, MsixCapability, PortType,
-    PowerManagement,
+    self, CapId, ExpressCapability, MsiCapability, PortType, PowerManagement,
 };
 use pci_config::{
-    BarDef, BarKind, ConfigBackend, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds,
-    ExtCapabilityId, HeaderType, RomDef, VirtualizedConfig,
+    BarDef, BarKind, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, ExtCapabilityId, HeaderType,
+    RomDef,
 };
 
 /// One guest access: offset, width (1, 2 or 4) and value.
@@ -52,18 +51,7 @@ fn rich_device() -> ConfigSpace {
     c.set_rom(RomDef::new(0x10000)).unwrap();
     c.add_capability(PowerManagement::new(true)).unwrap();
     c.add_capability(MsiCapability::new(8, true, true)).unwrap();
-    c.add_capability(MsixCapability::new(
-        16,
-        BarOffset {
-            bir: 0,
-            offset: 0x2000,
-        },
-        BarOffset {
-            bir: 0,
-            offset: 0x3000,
-        },
-    ))
-    .unwrap();
+    c.add_capability(msix_in_bar0(16)).unwrap();
     c.add_capability(ExpressCapability::new(PortType::Endpoint))
         .unwrap();
     c.add_extended_capability(ExtCapabilityId::AER, 2, &[])
@@ -280,23 +268,6 @@ proptest! {
     }
 }
 
-struct Recorder {
-    regs: RefCell<Vec<u8>>,
-    writes: RefCell<Vec<(u16, Vec<u8>)>>,
-}
-
-impl ConfigBackend for Recorder {
-    fn read(&self, offset: u16, data: &mut [u8]) -> io::Result<()> {
-        let o = offset as usize;
-        data.copy_from_slice(&self.regs.borrow()[o..o + data.len()]);
-        Ok(())
-    }
-    fn write(&self, offset: u16, data: &[u8]) -> io::Result<()> {
-        self.writes.borrow_mut().push((offset, data.to_vec()));
-        Ok(())
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -304,10 +275,8 @@ proptest! {
     /// interrupt line or MSI/MSI-X capabilities, and every BAR move is reported aligned.
     #[test]
     fn passthrough_never_forwards_emulated_registers(writes in accesses(4096)) {
-        let dev = Recorder { regs: RefCell::new(rich_device().bytes().to_vec()), writes: RefCell::new(Vec::new()) };
-        let mut model = ConfigSpace::from_bytes(&dev.regs.borrow().clone()).unwrap();
-        model.set_bar(0, BarDef::memory64(0x4000)).unwrap();
-        let mut v = VirtualizedConfig::passthrough(model, &dev);
+        let dev = MockDevice::new(rich_device().bytes());
+        let mut v = passthrough_view(&dev);
         let msi = v.model().msi().unwrap();
         let msix = v.model().msix().unwrap();
         let protected = |o: usize| {
@@ -325,9 +294,9 @@ proptest! {
                 }
             }
         }
-        for (o, data) in dev.writes.borrow().iter() {
-            for i in 0..data.len() {
-                prop_assert!(!protected(*o as usize + i), "write reached protected byte {:#x}", *o as usize + i);
+        for (o, len) in dev.writes() {
+            for at in o as usize..o as usize + len {
+                prop_assert!(!protected(at), "write reached protected byte {:#x}", at);
             }
         }
     }

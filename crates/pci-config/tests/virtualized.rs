@@ -1,72 +1,14 @@
 //! The virtualized view in front of a mock device.
 
-use std::cell::{Cell, RefCell};
-use std::io;
+mod common;
 
-use pci_config::capability::{
-    BarOffset, CapabilityId, MsiCapability, MsixCapability, PowerManagement,
-};
+use common::{MockDevice, msix_in_bar0, passthrough_view as view};
+use pci_config::capability::{CapabilityId, MsiCapability, PowerManagement};
 use pci_config::header::offset;
 use pci_config::{
-    BarDef, Command, ConfigBackend, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, HeaderType,
-    Status, VirtualizedConfig,
+    BarDef, Command, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, HeaderType, Status,
+    VirtualizedConfig,
 };
-
-/// A device that stores whatever is written and records every access.
-struct MockDevice {
-    regs: RefCell<Vec<u8>>,
-    log: RefCell<Vec<(char, u16, usize)>>,
-    fail: Cell<bool>,
-}
-
-impl MockDevice {
-    fn new(bytes: &[u8]) -> Self {
-        MockDevice {
-            regs: RefCell::new(bytes.to_vec()),
-            log: RefCell::new(Vec::new()),
-            fail: Cell::new(false),
-        }
-    }
-    fn take_log(&self) -> Vec<(char, u16, usize)> {
-        std::mem::take(&mut self.log.borrow_mut())
-    }
-    fn writes(&self) -> Vec<(u16, usize)> {
-        self.take_log()
-            .into_iter()
-            .filter(|a| a.0 == 'w')
-            .map(|a| (a.1, a.2))
-            .collect()
-    }
-}
-
-impl ConfigBackend for MockDevice {
-    fn read(&self, offset: u16, data: &mut [u8]) -> io::Result<()> {
-        assert!(
-            matches!(data.len(), 1 | 2 | 4) && offset as usize % data.len() == 0,
-            "unaligned backend read"
-        );
-        self.log.borrow_mut().push(('r', offset, data.len()));
-        if self.fail.get() {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "device gone"));
-        }
-        let o = offset as usize;
-        data.copy_from_slice(&self.regs.borrow()[o..o + data.len()]);
-        Ok(())
-    }
-    fn write(&self, offset: u16, data: &[u8]) -> io::Result<()> {
-        assert!(
-            matches!(data.len(), 1 | 2 | 4) && offset as usize % data.len() == 0,
-            "unaligned backend write"
-        );
-        self.log.borrow_mut().push(('w', offset, data.len()));
-        if self.fail.get() {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "device gone"));
-        }
-        let o = offset as usize;
-        self.regs.borrow_mut()[o..o + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
 
 /// A "real" device: 64-bit BAR0 at 0xfebd0000 (16K), PM, MSI, MSI-X, multi-function bit set.
 fn real_device() -> ConfigSpace {
@@ -82,30 +24,11 @@ fn real_device() -> ConfigSpace {
     c.add_capability(PowerManagement::new(false)).unwrap();
     c.add_capability(MsiCapability::new(1, true, false))
         .unwrap();
-    c.add_capability(MsixCapability::new(
-        5,
-        BarOffset {
-            bir: 0,
-            offset: 0x2000,
-        },
-        BarOffset {
-            bir: 0,
-            offset: 0x3000,
-        },
-    ))
-    .unwrap();
+    c.add_capability(msix_in_bar0(5)).unwrap();
     c.set_u8(offset::INTERRUPT_PIN, 1).unwrap();
     c.set_u8(offset::INTERRUPT_LINE, 11).unwrap();
     c.set_multifunction(true);
     c
-}
-
-/// The VMM side: snapshot of the device plus BAR sizes, guest address space different.
-fn view(dev: &MockDevice) -> VirtualizedConfig<&MockDevice> {
-    let snapshot = dev.regs.borrow().clone();
-    let mut model = ConfigSpace::from_bytes(&snapshot).unwrap();
-    model.set_bar(0, BarDef::memory64(0x4000)).unwrap();
-    VirtualizedConfig::passthrough(model, dev)
 }
 
 #[test]

@@ -269,7 +269,9 @@ impl MsixTable {
         if enabled == self.enabled && function_masked == self.function_masked {
             return events;
         }
-        let before: Vec<bool> = (0..self.len()).map(|v| self.is_masked(v)).collect();
+        // Every vector was masked before if the function as a whole was; otherwise its own
+        // mask bit says (entries do not change here).
+        let all_masked_before = !self.enabled || self.function_masked;
         match (self.enabled, enabled) {
             (false, true) => events.push(MsixEvent::Enabled),
             (true, false) => {
@@ -281,7 +283,8 @@ impl MsixTable {
         }
         self.enabled = enabled;
         self.function_masked = function_masked;
-        for (v, was_masked) in (0..self.len()).zip(before) {
+        for v in 0..self.len() {
+            let was_masked = all_masked_before || self.entries[usize::from(v)].is_masked();
             self.announce_transition(v, was_masked, false, &mut events);
         }
         events

@@ -74,7 +74,10 @@ pub enum PlacementError {
         limit: &'static str,
     },
     /// Two BARs overlap.
-    #[error("BAR {bar} at {address:#x} overlaps BAR {other} at {other_address:#x}")]
+    #[error(
+        "BAR {bar} at {address:#x} overlaps BAR {other} at {other_address:#x}: give one of them \
+         an address past the other's end"
+    )]
     Overlap {
         /// The BAR.
         bar: u8,
@@ -368,7 +371,9 @@ pub fn render_trap_table(
     for b in plan.bars() {
         let base = placement.address(b.index()).unwrap_or(0);
         for s in b.trapped() {
-            let reason = s.trap_reason().unwrap_or(TrapReason::Policy);
+            let Some(reason) = s.trap_reason() else {
+                continue;
+            };
             let handler = match reason.handling() {
                 crate::TrapHandling::MsixTable | crate::TrapHandling::MsixPba => "emulation",
                 crate::TrapHandling::Device => "device",
