@@ -10,11 +10,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 use pci_config::lspci::{self, LspciDevice, LspciError};
-use pci_config::{BarKind as PciBarKind, Bdf};
+use pci_config::{BarKind, Bdf};
 use trap_map::view::{self, GuestPlacement};
 use trap_map::{
-    BarInfo, BarKind, DeviceLayout, DevicePlan, MsixInfo, MsixRelocation, PageSize, Policy,
-    RelocationKind,
+    BarInfo, DeviceLayout, DevicePlan, MsixInfo, MsixRelocation, PageSize, Policy, RelocationKind,
 };
 
 use crate::CmdResult;
@@ -186,20 +185,13 @@ pub fn layout_from_lspci(
         let size = b
             .size
             .ok_or(PlanCmdError::BarWithoutSize { bdf, bar: b.index })?;
-        let kind = match b.kind {
-            PciBarKind::Io => BarKind::Io,
-            PciBarKind::Memory32 => BarKind::Memory32,
-            PciBarKind::Memory64 => BarKind::Memory64,
-        };
-        let mut bar = BarInfo {
-            index: b.index,
-            size,
-            kind,
-            prefetchable: b.prefetchable,
-            mmappable: kind.is_memory(),
-            sparse_mmap: None,
-            msix_mappable,
-        };
+        let mut bar = match b.kind {
+            BarKind::Io => BarInfo::io(b.index, size),
+            BarKind::Memory32 => BarInfo::memory32(b.index, size),
+            BarKind::Memory64 => BarInfo::memory64(b.index, size),
+        }
+        .prefetchable(b.prefetchable)
+        .msix_mappable(msix_mappable);
         if not_mmappable.contains(&b.index) {
             bar = bar.not_mmappable();
         }
