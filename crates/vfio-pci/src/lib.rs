@@ -1,7 +1,18 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-// The passthrough device itself (config-space view, BAR mapping, interrupts, DMA, the
-// VFIO backend trait) lands beside `host` as its own modules.
-
+mod backend;
+mod device;
 pub mod host;
+mod routing;
+#[cfg(feature = "sim")]
+pub mod sim;
+mod vfio_backend;
+
+pub use backend::{BackendError, DeviceBackend, MmapSource};
+pub use device::{
+    AttachContext, AttachError, DEFAULT_HIDDEN_EXTENDED, DmaSetup, MmapError, MsixVectorState,
+    PassthroughDevice, PassthroughOptions, host_page_size,
+};
+pub use routing::InterruptRouting;
+pub use vfio_backend::{VfioBackend, VfioBackendError};

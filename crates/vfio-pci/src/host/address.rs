@@ -4,15 +4,17 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use pci_config::{Bdf, BdfParseError};
 use thiserror::Error;
 
 /// Why a device argument is not a PCI address.
 ///
 /// Every message quotes the input and says which part is wrong, e.g.
-/// `"0000:01:00.8": function must be 0-7`.
+/// `"0000:01:00.8": function must be 0-7`. The field errors come from the workspace's one BDF
+/// parser, [`pci_config::Bdf`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AddressError {
-    /// The text does not have the `[DOMAIN:]BUS:DEVICE.FUNCTION` shape.
+    /// The text does not have the `[DOMAIN:]BUS:DEVICE.FUNCTION` shape (nor is it a path).
     #[error(
         "{input:?}: expected a PCI address [DOMAIN:]BUS:DEVICE.FUNCTION such as 0000:01:00.0 \
          or 01:00.0 (see `lspci -D`), or a path like /sys/bus/pci/devices/0000:01:00.0"
@@ -21,30 +23,9 @@ pub enum AddressError {
         /// What the user gave.
         input: String,
     },
-    /// The domain is not 1 to 8 hexadecimal digits.
-    #[error("{input:?}: domain must be 1-8 hex digits (usually 0000)")]
-    Domain {
-        /// What the user gave.
-        input: String,
-    },
-    /// The bus is not 1 or 2 hexadecimal digits.
-    #[error("{input:?}: bus must be 00-ff (hex)")]
-    Bus {
-        /// What the user gave.
-        input: String,
-    },
-    /// The device number is not 00-1f.
-    #[error("{input:?}: device must be 00-1f (hex)")]
-    Device {
-        /// What the user gave.
-        input: String,
-    },
-    /// The function number is not 0-7.
-    #[error("{input:?}: function must be 0-7")]
-    Function {
-        /// What the user gave.
-        input: String,
-    },
+    /// The shape is right but a field is out of range (domain, bus, device or function).
+    #[error(transparent)]
+    Field(BdfParseError),
     /// A path was given whose last component is not a full `DOMAIN:BUS:DEVICE.FUNCTION`.
     #[error(
         "{input:?}: not a PCI device path: its last component must be a PCI address with a \
@@ -56,7 +37,17 @@ pub enum AddressError {
     },
 }
 
-/// The address of a PCI function on the host: domain (segment), bus, device and function.
+impl From<BdfParseError> for AddressError {
+    fn from(e: BdfParseError) -> Self {
+        match e {
+            BdfParseError::Shape { input } => AddressError::Shape { input },
+            other => AddressError::Field(other),
+        }
+    }
+}
+
+/// The address of a PCI function on the host: a [`pci_config::Bdf`] that also accepts the
+/// sysfs-path form on the command line ([`from_arg`](Self::from_arg)).
 ///
 /// Displays the way the kernel names it in sysfs: `0000:01:00.0` (lower-case hex).
 ///
@@ -66,24 +57,15 @@ pub enum AddressError {
 /// let a: PciAddress = "01:00.1".parse().unwrap();
 /// assert_eq!(a.to_string(), "0000:01:00.1");
 /// assert_eq!((a.domain(), a.bus(), a.device(), a.function()), (0, 1, 0, 1));
+/// assert_eq!(a.bdf(), pci_config::Bdf::new(1, 0, 1));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PciAddress {
-    domain: u32,
-    bus: u8,
-    device: u8,
-    function: u8,
-}
+pub struct PciAddress(Bdf);
 
 impl PciAddress {
     /// Builds an address, checking that the device is 0-31 and the function 0-7.
     pub fn new(domain: u32, bus: u8, device: u8, function: u8) -> Option<Self> {
-        (device < 32 && function < 8).then_some(Self {
-            domain,
-            bus,
-            device,
-            function,
-        })
+        Bdf::checked(domain, bus, device, function).map(Self)
     }
 
     /// Parses what a user passes on a command line: a BDF (`0000:01:00.0`, `01:00.0`) or a
@@ -113,42 +95,58 @@ impl PciAddress {
         })
     }
 
+    /// The address as the workspace's PCI address type.
+    pub fn bdf(&self) -> Bdf {
+        self.0
+    }
+
     /// The PCI domain (segment group), 0 on most machines.
     pub fn domain(&self) -> u32 {
-        self.domain
+        self.0.domain
     }
 
     /// The bus number.
     pub fn bus(&self) -> u8 {
-        self.bus
+        self.0.bus
     }
 
     /// The device (slot) number, 0-31.
     pub fn device(&self) -> u8 {
-        self.device
+        self.0.device
     }
 
     /// The function number, 0-7.
     pub fn function(&self) -> u8 {
-        self.function
+        self.0.function
+    }
+}
+
+impl From<PciAddress> for Bdf {
+    fn from(a: PciAddress) -> Bdf {
+        a.0
+    }
+}
+
+impl TryFrom<Bdf> for PciAddress {
+    type Error = AddressError;
+
+    /// Checks the device and function ranges (a [`Bdf`] built field by field may exceed them).
+    fn try_from(b: Bdf) -> Result<Self, AddressError> {
+        PciAddress::new(b.domain, b.bus, b.device, b.function).ok_or_else(|| {
+            let input = b.to_string();
+            AddressError::Field(if b.device >= 32 {
+                BdfParseError::Device { input }
+            } else {
+                BdfParseError::Function { input }
+            })
+        })
     }
 }
 
 impl fmt::Display for PciAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.domain, self.bus, self.device, self.function
-        )
+        fmt::Display::fmt(&self.0, f)
     }
-}
-
-fn hex_field(text: &str, max_digits: usize) -> Option<u32> {
-    if text.is_empty() || text.len() > max_digits || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u32::from_str_radix(text, 16).ok()
 }
 
 impl FromStr for PciAddress {
@@ -156,34 +154,7 @@ impl FromStr for PciAddress {
 
     /// Parses `DOMAIN:BUS:DEVICE.FUNCTION` or `BUS:DEVICE.FUNCTION` (domain 0), hex, any case.
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let owned = || input.to_string();
-        let (rest, function) = input
-            .rsplit_once('.')
-            .ok_or(AddressError::Shape { input: owned() })?;
-        let parts: Vec<&str> = rest.split(':').collect();
-        let (domain, bus, device) = match parts.as_slice() {
-            [bus, device] => (None, *bus, *device),
-            [domain, bus, device] => (Some(*domain), *bus, *device),
-            _ => return Err(AddressError::Shape { input: owned() }),
-        };
-        let domain = match domain {
-            None => 0,
-            Some(d) => hex_field(d, 8).ok_or(AddressError::Domain { input: owned() })?,
-        };
-        let bus = hex_field(bus, 2).ok_or(AddressError::Bus { input: owned() })?;
-        let device = hex_field(device, 2)
-            .filter(|d| *d < 32)
-            .ok_or(AddressError::Device { input: owned() })?;
-        let function = hex_field(function, 1)
-            .filter(|f| *f < 8)
-            .ok_or(AddressError::Function { input: owned() })?;
-        // The filters above bound every field, so the narrowing casts are exact.
-        Ok(Self {
-            domain,
-            bus: bus as u8,
-            device: device as u8,
-            function: function as u8,
-        })
+        Ok(Self(input.parse::<Bdf>()?))
     }
 }
 
@@ -217,37 +188,40 @@ mod tests {
         );
         assert!(matches!(
             parse("0000:01:20.0"),
-            Err(AddressError::Device { .. })
+            Err(AddressError::Field(BdfParseError::Device { .. }))
         ));
         assert!(matches!(
             parse("0000:100:00.0"),
-            Err(AddressError::Bus { .. })
+            Err(AddressError::Field(BdfParseError::Bus { .. }))
         ));
         assert!(matches!(
             parse("0000:0g:00.0"),
-            Err(AddressError::Bus { .. })
+            Err(AddressError::Field(BdfParseError::Bus { .. }))
         ));
         assert!(matches!(
             parse("123456789:01:00.0"),
-            Err(AddressError::Domain { .. })
+            Err(AddressError::Field(BdfParseError::Domain { .. }))
         ));
         assert!(matches!(
             parse("0000:01:00.10"),
-            Err(AddressError::Function { .. })
+            Err(AddressError::Field(BdfParseError::Function { .. }))
         ));
         assert!(matches!(
             parse("0000:01:00.-1"),
-            Err(AddressError::Function { .. })
+            Err(AddressError::Field(BdfParseError::Function { .. }))
         ));
         assert!(matches!(
             parse(":01:00.0"),
-            Err(AddressError::Domain { .. })
+            Err(AddressError::Field(BdfParseError::Domain { .. }))
         ));
         assert!(matches!(
             parse("0000:01:.0"),
-            Err(AddressError::Device { .. })
+            Err(AddressError::Field(BdfParseError::Device { .. }))
         ));
-        assert!(matches!(parse("+1:00.0"), Err(AddressError::Bus { .. })));
+        assert!(matches!(
+            parse("+1:00.0"),
+            Err(AddressError::Field(BdfParseError::Bus { .. }))
+        ));
     }
 
     #[test]

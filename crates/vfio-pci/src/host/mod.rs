@@ -6,7 +6,7 @@
 //!
 //! | file | concept |
 //! |---|---|
-//! | `address.rs` | [`PciAddress`]: `0000:01:00.0`, `01:00.0`, sysfs paths |
+//! | `address.rs` | [`PciAddress`]: a [`pci_config::Bdf`] that also takes sysfs paths |
 //! | `paths.rs` | [`HostPaths`]: every sysfs/procfs/dev path in one place |
 //! | `sysfs.rs` | [`HostDevice`], [`IommuGroup`], [`IommuStatus`]: what the kernel says |
 //! | `bind.rs` | [`Binder`]: to vfio-pci and back, through a [`SysfsWriter`] |

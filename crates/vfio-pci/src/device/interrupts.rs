@@ -1,0 +1,527 @@
+//! Interrupt wiring: the guest's MSI-X and MSI programming becomes VFIO eventfds bound to KVM
+//! irqfds with MSI routes; INTx is an eventfd plus a resample fd on a GSI the VMM chose.
+//!
+//! The guest never chooses a host vector: the MSI-X table is emulated ([`MsixTable`]) and
+//! the MSI capability lives in the config model; the guest's address/data only ever become KVM
+//! MSI routes of this VM, and only when the address is in the x86 interrupt window
+//! `0xfee00000-0xfeefffff` (anything else is left unrouted and logged once per vector).
+//! The host side always gets the device's own vectors `0..N` through `VFIO_DEVICE_SET_IRQS`.
+//!
+//! Masking (MSI-X, PCI 3.0 §6.8.2.9): a masked vector's irqfd is unbound, so its eventfd
+//! counts the device's signals; [`IrqState::poll_masked`] (run on every PBA read and by
+//! [`PassthroughDevice::poll_interrupts`](crate::PassthroughDevice::poll_interrupts)) turns a
+//! non-zero count into the vector's pending bit, and unmasking delivers it once. Re-binding
+//! the irqfd on unmask also delivers a count that was not polled yet (KVM checks the eventfd
+//! when an irqfd is assigned), so nothing is lost either way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kvm_runloop::MsiMessage;
+use log::{debug, warn};
+use pci_config::capability::MsiCapability;
+use trap_map::{FireOutcome, MsixEvent, MsixTable};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::backend::DeviceBackend;
+use crate::host::IrqKind;
+use crate::routing::InterruptRouting;
+
+/// Whether an MSI address is one a guest may use: the x86 local APIC window.
+pub(crate) fn valid_msi_address(address: u64) -> bool {
+    address >> 20 == 0xfee
+}
+
+/// One vector wired to KVM.
+struct Vector {
+    fd: EventFd,
+    gsi: Option<u32>,
+    irqfd: bool,
+    /// The address was refused once: do not log it again until it changes.
+    refused: Option<u64>,
+}
+
+impl Vector {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            fd: EventFd::new(EFD_NONBLOCK)?,
+            gsi: None,
+            irqfd: false,
+            refused: None,
+        })
+    }
+}
+
+/// Counters for views and tests.
+#[derive(Debug, Default)]
+pub(crate) struct IrqCounters {
+    pub refused_routes: AtomicU64,
+    pub delivered_pending: AtomicU64,
+    pub route_errors: AtomicU64,
+}
+
+/// MSI-X emulation plus the wiring of its vectors.
+pub(crate) struct MsixState {
+    pub table: MsixTable,
+    vectors: Vec<Vector>,
+}
+
+/// MSI wiring (the capability itself is in the config model).
+#[derive(Default)]
+struct MsiState {
+    vectors: Vec<Vector>,
+}
+
+struct IntxState {
+    trigger: EventFd,
+    resample: EventFd,
+    gsi: u32,
+    at_host: bool,
+}
+
+/// All interrupt state of one device; lives under the device's shared mutex.
+pub(crate) struct IrqState {
+    pub name: String,
+    pub backend: Arc<dyn DeviceBackend>,
+    pub routing: Option<Arc<dyn InterruptRouting>>,
+    pub msix: Option<MsixState>,
+    msi: MsiState,
+    intx: Option<IntxState>,
+    pub counters: Arc<IrqCounters>,
+}
+
+impl IrqState {
+    pub fn new(
+        name: String,
+        backend: Arc<dyn DeviceBackend>,
+        routing: Option<Arc<dyn InterruptRouting>>,
+        msix_entries: Option<u16>,
+    ) -> Self {
+        let msix = msix_entries.and_then(|n| match MsixTable::new(n) {
+            Ok(table) => Some(MsixState {
+                table,
+                vectors: Vec::new(),
+            }),
+            Err(e) => {
+                warn!("{name}: MSI-X not emulated: {e}");
+                None
+            }
+        });
+        Self {
+            name,
+            backend,
+            routing,
+            msix,
+            msi: MsiState::default(),
+            intx: None,
+            counters: Arc::new(IrqCounters::default()),
+        }
+    }
+
+    // ----- INTx -------------------------------------------------------------------------
+
+    /// Wires INTx: trigger eventfd and resample eventfd on `gsi`, then enables it at the host.
+    pub fn setup_intx(&mut self, gsi: u32) -> Result<(), String> {
+        let Some(routing) = self.routing.clone() else {
+            return Err("no interrupt routing given".into());
+        };
+        let trigger = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
+        let resample = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
+        routing
+            .register_irqfd_with_resample(&trigger, &resample, gsi)
+            .map_err(|e| e.to_string())?;
+        self.intx = Some(IntxState {
+            trigger,
+            resample,
+            gsi,
+            at_host: false,
+        });
+        self.intx_at_host(true);
+        Ok(())
+    }
+
+    /// Enables or disables INTx at the host (VFIO allows one interrupt type at a time).
+    fn intx_at_host(&mut self, on: bool) {
+        let Some(intx) = self.intx.as_mut() else {
+            return;
+        };
+        if intx.at_host == on {
+            return;
+        }
+        let result = if on {
+            self.backend
+                .enable_irqs(IrqKind::Intx, &[&intx.trigger])
+                .and_then(|_| self.backend.set_intx_resample(&intx.resample))
+        } else {
+            self.backend.disable_irqs(IrqKind::Intx)
+        };
+        match result {
+            Ok(()) => intx.at_host = on,
+            Err(e) => warn!("{}: INTx: {e}", self.name),
+        }
+    }
+
+    fn teardown_intx(&mut self) {
+        self.intx_at_host(false);
+        if let (Some(intx), Some(routing)) = (self.intx.take(), self.routing.as_ref()) {
+            if let Err(e) = routing.unregister_irqfd(&intx.trigger, intx.gsi) {
+                debug!("{}: INTx irqfd: {e}", self.name);
+            }
+        }
+    }
+
+    /// The INTx GSI, if wired.
+    pub fn intx_gsi(&self) -> Option<u32> {
+        self.intx.as_ref().map(|i| i.gsi)
+    }
+
+    // ----- MSI-X ------------------------------------------------------------------------
+
+    /// Applies the events of the MSI-X emulation, in order.
+    pub fn apply_msix(&mut self, events: Vec<MsixEvent>) {
+        for event in events {
+            match event {
+                MsixEvent::Enabled => self.msix_enable(),
+                MsixEvent::Disabled => self.msix_disable(),
+                MsixEvent::Route {
+                    vector,
+                    address,
+                    data,
+                } => self.msix_route(vector, address, data),
+                MsixEvent::Mask { vector } => self.msix_mask(vector),
+                MsixEvent::Unmask { vector } => self.msix_unmask(vector),
+                MsixEvent::DeliverPending {
+                    vector,
+                    address,
+                    data,
+                } => self.msix_deliver(vector, address, data),
+            }
+        }
+    }
+
+    fn msix_enable(&mut self) {
+        self.intx_at_host(false);
+        let name = self.name.clone();
+        let Some(msix) = self.msix.as_mut() else {
+            return;
+        };
+        let n = usize::from(msix.table.len()).min(self.backend.irq_count(IrqKind::Msix) as usize);
+        let mut vectors = Vec::with_capacity(n);
+        for _ in 0..n {
+            match Vector::new() {
+                Ok(v) => vectors.push(v),
+                Err(e) => {
+                    warn!("{name}: MSI-X: cannot create eventfds: {e}");
+                    return;
+                }
+            }
+        }
+        let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
+        if let Err(e) = self.backend.enable_irqs(IrqKind::Msix, &fds) {
+            warn!("{name}: MSI-X: {e}");
+        }
+        msix.vectors = vectors;
+    }
+
+    fn msix_disable(&mut self) {
+        if let Some(msix) = self.msix.as_mut() {
+            let vectors = std::mem::take(&mut msix.vectors);
+            for v in vectors {
+                unwire(&self.name, self.routing.as_deref(), v);
+            }
+            if let Err(e) = self.backend.disable_irqs(IrqKind::Msix) {
+                warn!("{}: MSI-X: {e}", self.name);
+            }
+        }
+        self.intx_at_host(true);
+    }
+
+    fn msix_route(&mut self, vector: u16, address: u64, data: u32) {
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        let name = self.name.clone();
+        let counters = self.counters.clone();
+        let Some(msix) = self.msix.as_mut() else {
+            return;
+        };
+        let masked = msix.table.is_masked(vector);
+        let Some(v) = msix.vectors.get_mut(usize::from(vector)) else {
+            return;
+        };
+        route_vector(
+            &name,
+            &format!("MSI-X vector {vector}"),
+            routing.as_ref(),
+            v,
+            MsiMessage { address, data },
+            !masked,
+            &counters,
+        );
+    }
+
+    fn msix_mask(&mut self, vector: u16) {
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        if let Some(v) = self
+            .msix
+            .as_mut()
+            .and_then(|m| m.vectors.get_mut(usize::from(vector)))
+        {
+            if let (true, Some(gsi)) = (v.irqfd, v.gsi) {
+                if let Err(e) = routing.unregister_irqfd(&v.fd, gsi) {
+                    warn!("{}: MSI-X vector {vector}: {e}", self.name);
+                }
+                v.irqfd = false;
+            }
+        }
+    }
+
+    fn msix_unmask(&mut self, vector: u16) {
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        if let Some(v) = self
+            .msix
+            .as_mut()
+            .and_then(|m| m.vectors.get_mut(usize::from(vector)))
+        {
+            if let (false, Some(gsi)) = (v.irqfd, v.gsi) {
+                match routing.register_irqfd(&v.fd, gsi) {
+                    Ok(()) => v.irqfd = true,
+                    Err(e) => warn!("{}: MSI-X vector {vector}: {e}", self.name),
+                }
+            }
+        }
+    }
+
+    fn msix_deliver(&mut self, vector: u16, address: u64, data: u32) {
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        if !valid_msi_address(address) {
+            self.counters.refused_routes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let v = self
+            .msix
+            .as_ref()
+            .and_then(|m| m.vectors.get(usize::from(vector)));
+        let result = match v {
+            // Through the irqfd, so the message follows the route KVM holds.
+            Some(v) if v.irqfd => v.fd.write(1).map_err(|e| e.to_string()),
+            _ => routing
+                .signal_msi(MsiMessage { address, data })
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                self.counters
+                    .delivered_pending
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => warn!(
+                "{}: MSI-X vector {vector}: pending delivery: {e}",
+                self.name
+            ),
+        }
+    }
+
+    /// Turns device signals on vectors that are not bound to KVM (masked, or unroutable) into
+    /// pending bits, or delivers them when they are deliverable.
+    pub fn poll_masked(&mut self) {
+        let Some(msix) = self.msix.as_mut() else {
+            return;
+        };
+        let mut deliver = Vec::new();
+        for (i, v) in msix.vectors.iter().enumerate() {
+            if v.irqfd {
+                continue;
+            }
+            // Non-blocking: EAGAIN means no signal since the last poll.
+            if v.fd.read().is_ok_and(|n| n > 0) {
+                match msix.table.fire(i as u16) {
+                    Ok(FireOutcome::Deliver { address, data }) => {
+                        deliver.push((i as u16, address, data))
+                    }
+                    Ok(FireOutcome::Pending) | Ok(FireOutcome::Dropped) => {}
+                    Err(e) => debug!("{}: {e}", self.name),
+                }
+            }
+        }
+        for (vector, address, data) in deliver {
+            self.msix_deliver(vector, address, data);
+        }
+    }
+
+    // ----- MSI --------------------------------------------------------------------------
+
+    /// Re-applies the MSI capability after a guest write changed it.
+    pub fn apply_msi(&mut self, cap: Option<MsiCapability>) {
+        let Some(cap) = cap else {
+            return;
+        };
+        let host = self.backend.irq_count(IrqKind::Msi) as usize;
+        if !cap.enabled() {
+            if !self.msi.vectors.is_empty() {
+                for v in std::mem::take(&mut self.msi.vectors) {
+                    unwire(&self.name, self.routing.as_deref(), v);
+                }
+                if let Err(e) = self.backend.disable_irqs(IrqKind::Msi) {
+                    warn!("{}: MSI: {e}", self.name);
+                }
+                self.intx_at_host(true);
+            }
+            return;
+        }
+        let n = usize::from(cap.vectors_enabled()).clamp(1, host.max(1));
+        if self.msi.vectors.len() != n {
+            for v in std::mem::take(&mut self.msi.vectors) {
+                unwire(&self.name, self.routing.as_deref(), v);
+            }
+            if host == 0 {
+                warn!(
+                    "{}: MSI enabled by the guest but the host offers no MSI",
+                    self.name
+                );
+                return;
+            }
+            self.intx_at_host(false);
+            let mut vectors = Vec::with_capacity(n);
+            for _ in 0..n {
+                match Vector::new() {
+                    Ok(v) => vectors.push(v),
+                    Err(e) => {
+                        warn!("{}: MSI: cannot create eventfds: {e}", self.name);
+                        return;
+                    }
+                }
+            }
+            let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
+            if let Err(e) = self.backend.enable_irqs(IrqKind::Msi, &fds) {
+                warn!("{}: MSI: {e}", self.name);
+            }
+            self.msi.vectors = vectors;
+        }
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        // Multiple Message: vector i sends the data with its low log2(n) bits replaced by i
+        // (PCI 3.0 §6.8.1.6).
+        let low = (n as u32).saturating_sub(1);
+        for (i, v) in self.msi.vectors.iter_mut().enumerate() {
+            let data = (u32::from(cap.data) & !low) | i as u32;
+            route_vector(
+                &self.name,
+                &format!("MSI vector {i}"),
+                routing.as_ref(),
+                v,
+                MsiMessage {
+                    address: cap.address,
+                    data,
+                },
+                !cap.is_masked(i as u8),
+                &self.counters,
+            );
+        }
+    }
+
+    // ----- all --------------------------------------------------------------------------
+
+    /// Unwires everything (detach): MSI-X, MSI and INTx.
+    pub fn teardown(&mut self) {
+        if let Some(msix) = self.msix.as_mut() {
+            let events = msix.table.reset();
+            self.apply_msix(events);
+        }
+        self.apply_msi(Some(MsiCapability::new(1, false, false)));
+        self.teardown_intx();
+    }
+
+    /// GSI and irqfd state of MSI-X vector `v`, for views and tests.
+    pub fn msix_vector_state(&self, vector: u16) -> Option<(Option<u32>, bool)> {
+        let v = self.msix.as_ref()?.vectors.get(usize::from(vector))?;
+        Some((v.gsi, v.irqfd))
+    }
+
+    /// GSIs of the MSI vectors.
+    pub fn msi_gsis(&self) -> Vec<Option<u32>> {
+        self.msi.vectors.iter().map(|v| v.gsi).collect()
+    }
+}
+
+/// Points `v` at `msg` (allocating a GSI the first time) and binds its irqfd when `bind`;
+/// an address outside the interrupt window unroutes the vector instead.
+fn route_vector(
+    name: &str,
+    what: &str,
+    routing: &dyn InterruptRouting,
+    v: &mut Vector,
+    msg: MsiMessage,
+    bind: bool,
+    counters: &IrqCounters,
+) {
+    if !valid_msi_address(msg.address) {
+        if v.refused != Some(msg.address) {
+            warn!(
+                "{name}: {what}: the guest programmed MSI address {:#x}, outside the interrupt \
+                 window 0xfee00000-0xfeefffff; the vector stays unrouted",
+                msg.address
+            );
+            v.refused = Some(msg.address);
+        }
+        counters.refused_routes.fetch_add(1, Ordering::Relaxed);
+        if let Some(gsi) = v.gsi.take() {
+            if v.irqfd {
+                let _ = routing.unregister_irqfd(&v.fd, gsi);
+                v.irqfd = false;
+            }
+            let _ = routing.remove_route(gsi);
+        }
+        return;
+    }
+    v.refused = None;
+    let gsi = match v.gsi {
+        Some(gsi) => gsi,
+        None => match routing.allocate_gsi() {
+            Ok(gsi) => gsi,
+            Err(e) => {
+                counters.route_errors.fetch_add(1, Ordering::Relaxed);
+                warn!("{name}: {what}: {e}");
+                return;
+            }
+        },
+    };
+    if let Err(e) = routing.set_msi_route(gsi, msg) {
+        counters.route_errors.fetch_add(1, Ordering::Relaxed);
+        warn!("{name}: {what}: {e}");
+        return;
+    }
+    v.gsi = Some(gsi);
+    if bind && !v.irqfd {
+        match routing.register_irqfd(&v.fd, gsi) {
+            Ok(()) => v.irqfd = true,
+            Err(e) => warn!("{name}: {what}: {e}"),
+        }
+    } else if !bind && v.irqfd {
+        let _ = routing.unregister_irqfd(&v.fd, gsi);
+        v.irqfd = false;
+    }
+}
+
+/// Unbinds and unroutes a vector that goes away.
+fn unwire(name: &str, routing: Option<&dyn InterruptRouting>, v: Vector) {
+    let (Some(routing), Some(gsi)) = (routing, v.gsi) else {
+        return;
+    };
+    if v.irqfd {
+        if let Err(e) = routing.unregister_irqfd(&v.fd, gsi) {
+            debug!("{name}: irqfd of GSI {gsi}: {e}");
+        }
+    }
+    if let Err(e) = routing.remove_route(gsi) {
+        debug!("{name}: route of GSI {gsi}: {e}");
+    }
+}

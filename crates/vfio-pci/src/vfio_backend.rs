@@ -1,0 +1,343 @@
+//! [`VfioBackend`]: the [`DeviceBackend`] of a real host device opened through VFIO
+//! (`vfio-ioctls` type1 container and group, see [`host::OpenedDevice`](crate::host::OpenedDevice)).
+//!
+//! Region reads and writes are `pread`/`pwrite` on the device fd at the region's offset, with
+//! errors reported (vfio-ioctls' own `region_read` only logs them); interrupts go through
+//! `VFIO_DEVICE_SET_IRQS`; the reset is `VFIO_DEVICE_RESET` when `VFIO_DEVICE_GET_INFO` says
+//! the device has one. DMA goes through a [`VfioType1Mapper`] over the device's container.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
+
+use iommu_dma::{DmaError, DmaMapper, VfioType1Mapper};
+use thiserror::Error;
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, vfio_device_info,
+};
+use vfio_ioctls::VfioDeviceFd;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref};
+use vmm_sys_util::ioctl_io_nr;
+
+use crate::backend::{BackendError, DeviceBackend, MmapSource};
+use crate::host::{DeviceInfo, HostPaths, IrqKind, OpenError, OpenedDevice, PciAddress};
+
+// From <linux/vfio.h>: VFIO_TYPE is ';', VFIO_BASE 100.
+const VFIO_TYPE: u32 = b';' as u32;
+const VFIO_BASE: u32 = 100;
+ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE, VFIO_BASE + 7);
+ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
+
+/// Why a [`VfioBackend`] could not be set up.
+#[derive(Debug, Error)]
+pub enum VfioBackendError {
+    /// Opening the device failed; the message names the BDF, the group, the `/dev/vfio` node
+    /// and what to do.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The device has no configuration region (not a vfio-pci device?).
+    #[error(
+        "{address}: VFIO reports no readable config region (index 7): is it bound to vfio-pci \
+         and not to a vendor variant driver that hides it?"
+    )]
+    NoConfigRegion {
+        /// The device.
+        address: PciAddress,
+    },
+    /// `VFIO_DEVICE_GET_INFO` failed.
+    #[error("{address}: VFIO_DEVICE_GET_INFO failed: {source}; see `dmesg | tail`")]
+    DeviceInfo {
+        /// The device.
+        address: PciAddress,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Setting up the DMA mapper over the container failed.
+    #[error("{address}: cannot set up DMA mapping through its VFIO container: {source}")]
+    Dma {
+        /// The device.
+        address: PciAddress,
+        /// What iommu-dma said.
+        #[source]
+        source: DmaError,
+    },
+}
+
+/// A host device opened through VFIO, as a [`DeviceBackend`].
+pub struct VfioBackend {
+    name: String,
+    opened: OpenedDevice,
+    config_offset: u64,
+    config_size: u64,
+    reset_supported: bool,
+    mapper: Arc<dyn DmaMapper>,
+}
+
+impl std::fmt::Debug for VfioBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioBackend")
+            .field("name", &self.name)
+            .field("reset_supported", &self.reset_supported)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VfioBackend {
+    /// Checks sysfs, opens a new type1 container, the device's group and the device
+    /// ([`OpenedDevice::open`]), and sets up its DMA mapper. `kvm_device` is the VM's
+    /// `KVM_DEV_TYPE_VFIO` device (`None` works, without KVM knowing about the group).
+    pub fn open(
+        paths: &HostPaths,
+        address: PciAddress,
+        kvm_device: Option<Arc<VfioDeviceFd>>,
+    ) -> Result<Self, VfioBackendError> {
+        Self::from_opened(OpenedDevice::open(paths, address, kvm_device)?)
+    }
+
+    /// Wraps a device opened with [`OpenedDevice::open`], with a new DMA mapper over its
+    /// container.
+    pub fn from_opened(opened: OpenedDevice) -> Result<Self, VfioBackendError> {
+        let address = opened.address();
+        let mapper = VfioType1Mapper::new(opened.container().clone())
+            .map_err(|source| VfioBackendError::Dma { address, source })?;
+        Self::from_opened_with_mapper(opened, Arc::new(mapper))
+    }
+
+    /// Wraps a device opened with [`OpenedDevice::open_in`] into a container that other
+    /// devices share: pass the container's one mapper (the first device's
+    /// [`dma_mapper`](DeviceBackend::dma_mapper)), and give every device the same
+    /// [`GuestMemoryDma`](iommu_dma::GuestMemoryDma) through
+    /// [`DmaSetup::Shared`](crate::DmaSetup::Shared), so guest RAM is mapped once.
+    pub fn from_opened_with_mapper(
+        opened: OpenedDevice,
+        mapper: Arc<dyn DmaMapper>,
+    ) -> Result<Self, VfioBackendError> {
+        let address = opened.address();
+        let config = opened
+            .info()
+            .region(VFIO_PCI_CONFIG_REGION_INDEX)
+            .filter(|r| r.size >= 256 && r.flags.read)
+            .cloned()
+            .ok_or(VfioBackendError::NoConfigRegion { address })?;
+        let mut info = vfio_device_info {
+            argsz: std::mem::size_of::<vfio_device_info>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: VFIO_DEVICE_GET_INFO writes at most `argsz` bytes into `info`, a properly
+        // sized vfio_device_info; the fd is the open device fd owned by `opened`.
+        let ret = unsafe { ioctl_with_mut_ref(opened.device(), VFIO_DEVICE_GET_INFO(), &mut info) };
+        if ret < 0 {
+            return Err(VfioBackendError::DeviceInfo {
+                address,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(Self {
+            name: address.to_string(),
+            config_offset: config.offset,
+            config_size: config.size,
+            reset_supported: info.flags & VFIO_DEVICE_FLAGS_RESET != 0,
+            mapper,
+            opened,
+        })
+    }
+
+    /// The opened device (address, group, container, vfio-ioctls device).
+    pub fn opened(&self) -> &OpenedDevice {
+        &self.opened
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        // The VFIO device fd; vfio-ioctls keeps it open as long as the VfioDevice lives.
+        // SAFETY: the fd stays open while `self.opened` lives, which outlives the borrow.
+        unsafe { BorrowedFd::borrow_raw(self.opened.device().as_raw_fd()) }
+    }
+
+    fn region_bounds(&self, index: u32, offset: u64, len: usize) -> io::Result<u64> {
+        let region = self
+            .opened
+            .info()
+            .region(index)
+            .filter(|r| r.size > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such region"))?;
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|e| e > region.size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("outside the region's {:#x} bytes", region.size),
+            ));
+        }
+        Ok(region.offset + offset)
+    }
+
+    fn pread(&self, at: u64, data: &mut [u8]) -> io::Result<()> {
+        // SAFETY: `data` is a valid writable buffer of `data.len()` bytes for the whole call.
+        let n = unsafe {
+            libc::pread(
+                self.fd().as_raw_fd(),
+                data.as_mut_ptr().cast(),
+                data.len(),
+                at as libc::off_t,
+            )
+        };
+        match n {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            n if n as usize != data.len() => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read: {n} of {} bytes", data.len()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn pwrite(&self, at: u64, data: &[u8]) -> io::Result<()> {
+        // SAFETY: `data` is a valid readable buffer of `data.len()` bytes for the whole call.
+        let n = unsafe {
+            libc::pwrite(
+                self.fd().as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                at as libc::off_t,
+            )
+        };
+        match n {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            n if n as usize != data.len() => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {n} of {} bytes", data.len()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn err(&self, op: String, source: io::Error) -> BackendError {
+        BackendError::new(self.name.clone(), op, source)
+    }
+}
+
+fn irq_index(kind: IrqKind) -> io::Result<u32> {
+    match kind {
+        IrqKind::Intx => Ok(VFIO_PCI_INTX_IRQ_INDEX),
+        IrqKind::Msi => Ok(VFIO_PCI_MSI_IRQ_INDEX),
+        IrqKind::Msix => Ok(VFIO_PCI_MSIX_IRQ_INDEX),
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{other} interrupts are not wired by the passthrough device"),
+        )),
+    }
+}
+
+fn vfio_err(e: vfio_ioctls::VfioError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl DeviceBackend for VfioBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> &DeviceInfo {
+        self.opened.info()
+    }
+
+    fn config_read(&self, offset: u16, data: &mut [u8]) -> Result<(), BackendError> {
+        let op = || format!("config read of {} bytes at {offset:#x}", data.len());
+        if u64::from(offset) + data.len() as u64 > self.config_size {
+            return Err(self.err(op(), io::Error::from(io::ErrorKind::InvalidInput)));
+        }
+        let at = self.config_offset + u64::from(offset);
+        let len = data.len();
+        self.pread(at, data)
+            .map_err(|e| self.err(format!("config read of {len} bytes at {offset:#x}"), e))
+    }
+
+    fn config_write(&self, offset: u16, data: &[u8]) -> Result<(), BackendError> {
+        let op = || format!("config write of {} bytes at {offset:#x}", data.len());
+        if u64::from(offset) + data.len() as u64 > self.config_size {
+            return Err(self.err(op(), io::Error::from(io::ErrorKind::InvalidInput)));
+        }
+        self.pwrite(self.config_offset + u64::from(offset), data)
+            .map_err(|e| self.err(op(), e))
+    }
+
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), BackendError> {
+        let len = data.len();
+        let op = || format!("read of {len} bytes at {offset:#x} of region {index}");
+        let at = self
+            .region_bounds(index, offset, len)
+            .map_err(|e| self.err(op(), e))?;
+        self.pread(at, data).map_err(|e| self.err(op(), e))
+    }
+
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let op = || {
+            format!(
+                "write of {} bytes at {offset:#x} of region {index}",
+                data.len()
+            )
+        };
+        let at = self
+            .region_bounds(index, offset, data.len())
+            .map_err(|e| self.err(op(), e))?;
+        self.pwrite(at, data).map_err(|e| self.err(op(), e))
+    }
+
+    fn mmap_source(&self, index: u32) -> Option<MmapSource<'_>> {
+        let region = self.opened.info().region(index)?;
+        (region.flags.mmap && region.size > 0).then(|| MmapSource {
+            fd: self.fd(),
+            offset: region.offset,
+        })
+    }
+
+    fn enable_irqs(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), BackendError> {
+        let op = || format!("enabling {} {kind} vectors", fds.len());
+        let index = irq_index(kind).map_err(|e| self.err(op(), e))?;
+        self.opened
+            .device()
+            .enable_irq(index, fds.to_vec())
+            .map_err(|e| self.err(op(), vfio_err(e)))
+    }
+
+    fn disable_irqs(&self, kind: IrqKind) -> Result<(), BackendError> {
+        let op = || format!("disabling {kind}");
+        let index = irq_index(kind).map_err(|e| self.err(op(), e))?;
+        self.opened
+            .device()
+            .disable_irq(index)
+            .map_err(|e| self.err(op(), vfio_err(e)))
+    }
+
+    fn set_intx_resample(&self, fd: &EventFd) -> Result<(), BackendError> {
+        self.opened
+            .device()
+            .set_irq_resample_fd(VFIO_PCI_INTX_IRQ_INDEX, vec![fd])
+            .map_err(|e| self.err("setting the INTx resample eventfd".into(), vfio_err(e)))
+    }
+
+    fn unmask_intx(&self) -> Result<(), BackendError> {
+        self.opened
+            .device()
+            .unmask_irq(VFIO_PCI_INTX_IRQ_INDEX)
+            .map_err(|e| self.err("unmasking INTx".into(), vfio_err(e)))
+    }
+
+    fn reset(&self) -> Result<bool, BackendError> {
+        if !self.reset_supported {
+            return Ok(false);
+        }
+        // SAFETY: VFIO_DEVICE_RESET takes no argument; the fd is the open device fd.
+        let ret = unsafe { ioctl(self.opened.device(), VFIO_DEVICE_RESET()) };
+        if ret < 0 {
+            return Err(self.err("VFIO_DEVICE_RESET".into(), io::Error::last_os_error()));
+        }
+        Ok(true)
+    }
+
+    fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
+        self.mapper.clone()
+    }
+}
