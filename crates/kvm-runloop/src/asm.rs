@@ -114,62 +114,44 @@ impl Asm {
         self.raw(&[0x48, 0x89, 0xc0 | (src as u8) << 3 | dst as u8])
     }
 
-    /// `out %al/%ax/%eax, $port`.
+    /// `out %al/%ax/%eax, $port`. Panics for [`Width::W8`] (port IO has no 8-byte form), as
+    /// every port-IO method does.
     pub fn out_imm(&mut self, width: Width, port: u8) -> &mut Self {
-        match width {
-            Width::W1 => self.raw(&[0xe6, port]),
-            Width::W2 => self.raw(&[0x66, 0xe7, port]),
-            Width::W4 => self.raw(&[0xe7, port]),
-            Width::W8 => panic!("port IO has no 8-byte form"),
-        }
+        self.port_io(width, &[], 0xe6).raw(&[port])
     }
 
     /// `in $port, %al/%ax/%eax`.
     pub fn in_imm(&mut self, width: Width, port: u8) -> &mut Self {
-        match width {
-            Width::W1 => self.raw(&[0xe4, port]),
-            Width::W2 => self.raw(&[0x66, 0xe5, port]),
-            Width::W4 => self.raw(&[0xe5, port]),
-            Width::W8 => panic!("port IO has no 8-byte form"),
-        }
+        self.port_io(width, &[], 0xe4).raw(&[port])
     }
 
     /// `out %al/%ax/%eax, (%dx)`.
     pub fn out_dx(&mut self, width: Width) -> &mut Self {
-        match width {
-            Width::W1 => self.raw(&[0xee]),
-            Width::W2 => self.raw(&[0x66, 0xef]),
-            Width::W4 => self.raw(&[0xef]),
-            Width::W8 => panic!("port IO has no 8-byte form"),
-        }
+        self.port_io(width, &[], 0xee)
     }
 
     /// `in (%dx), %al/%ax/%eax`.
     pub fn in_dx(&mut self, width: Width) -> &mut Self {
-        match width {
-            Width::W1 => self.raw(&[0xec]),
-            Width::W2 => self.raw(&[0x66, 0xed]),
-            Width::W4 => self.raw(&[0xed]),
-            Width::W8 => panic!("port IO has no 8-byte form"),
-        }
+        self.port_io(width, &[], 0xec)
     }
 
     /// `rep outsb/outsw/outsl`: `%rcx` elements from `(%rsi)` to port `%dx`.
     pub fn rep_outs(&mut self, width: Width) -> &mut Self {
-        match width {
-            Width::W1 => self.raw(&[0xf3, 0x6e]),
-            Width::W2 => self.raw(&[0x66, 0xf3, 0x6f]),
-            Width::W4 => self.raw(&[0xf3, 0x6f]),
-            Width::W8 => panic!("port IO has no 8-byte form"),
-        }
+        self.port_io(width, &[0xf3], 0x6e)
     }
 
     /// `rep insb/insw/insl`: `%rcx` elements from port `%dx` to `(%rdi)`.
     pub fn rep_ins(&mut self, width: Width) -> &mut Self {
+        self.port_io(width, &[0xf3], 0x6c)
+    }
+
+    /// Port-IO opcodes come in pairs: `op8` moves a byte, `op8 + 1` a doubleword, or a word with
+    /// the 0x66 operand-size prefix (which goes before `rep`, as GNU as emits it).
+    fn port_io(&mut self, width: Width, prefix: &[u8], op8: u8) -> &mut Self {
         match width {
-            Width::W1 => self.raw(&[0xf3, 0x6c]),
-            Width::W2 => self.raw(&[0x66, 0xf3, 0x6d]),
-            Width::W4 => self.raw(&[0xf3, 0x6d]),
+            Width::W1 => self.raw(prefix).raw(&[op8]),
+            Width::W2 => self.raw(&[0x66]).raw(prefix).raw(&[op8 + 1]),
+            Width::W4 => self.raw(prefix).raw(&[op8 + 1]),
             Width::W8 => panic!("port IO has no 8-byte form"),
         }
     }
@@ -343,6 +325,9 @@ mod tests {
         a.out_imm(Width::W2, 0x10); // out %ax,$0x10
         a.in_dx(Width::W4); // in (%dx),%eax
         a.rep_outs(Width::W2); // rep outsw
+        a.in_imm(Width::W1, 0x71); // in $0x71,%al
+        a.out_dx(Width::W2); // out %ax,(%dx)
+        a.rep_ins(Width::W4); // rep insl (%dx),%es:(%rdi)
         assert_eq!(
             a.finish(),
             [
@@ -352,7 +337,10 @@ mod tests {
                 0x48, 0x89, 0xd8, //
                 0x66, 0xe7, 0x10, //
                 0xed, //
-                0x66, 0xf3, 0x6f,
+                0x66, 0xf3, 0x6f, //
+                0xe4, 0x71, //
+                0x66, 0xef, //
+                0xf3, 0x6d,
             ]
         );
     }

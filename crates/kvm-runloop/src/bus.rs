@@ -7,7 +7,10 @@
 //! bus from inside its own handler (a guest moving a BAR through a config-space write does exactly
 //! that). Instead every change builds a new `IoManager` and publishes it with a generation number;
 //! each vCPU keeps an `Arc` of the one it last saw and compares one atomic per exit. A change is
-//! visible to every vCPU at its next exit, and to the vCPU making it immediately.
+//! visible to every vCPU at its next exit, and to the vCPU making it immediately. So when
+//! `unregister_*` or `move_*` returns, another vCPU may still be inside a call to the device
+//! (an access it took before the change), and the device is dropped only once every vCPU has
+//! picked up a newer snapshot, at its next exit.
 //!
 //! # Failing devices
 //! Every dispatch runs under `catch_unwind`. A device that panics is *fenced*: from then on it is
@@ -173,8 +176,9 @@ struct Tracked<H> {
 }
 
 impl<H> Tracked<H> {
-    /// Runs one access under `catch_unwind`. On panic or error, fills `read_data` (if a read)
-    /// with all-ones: the guest must never see half-written bytes from a failed handler.
+    /// Runs one access under `catch_unwind`. Returns `false` if the device is fenced, panicked or
+    /// returned an error: a read must then give the guest all-ones, never the half-written bytes
+    /// of a failed handler.
     #[inline]
     fn guarded(
         &self,
@@ -182,9 +186,8 @@ impl<H> Tracked<H> {
         write: bool,
         addr: u64,
         len: usize,
-        read_data: Option<&mut [u8]>,
-        f: impl FnOnce(Option<&mut [u8]>) -> std::result::Result<(), DeviceError>,
-    ) {
+        access: impl FnOnce() -> std::result::Result<(), DeviceError>,
+    ) -> bool {
         let c = if write {
             &self.counters.writes
         } else {
@@ -192,35 +195,23 @@ impl<H> Tracked<H> {
         };
         c.fetch_add(1, Ordering::Relaxed);
         if self.counters.fenced.load(Ordering::Relaxed) {
-            if let Some(d) = read_data {
-                d.fill(0xff);
-            }
-            return;
+            return false;
         }
-        let mut read_data = read_data;
-        let outcome = catch_unwind(AssertUnwindSafe(|| f(read_data.as_deref_mut())));
-        let failure = match outcome {
-            Ok(Ok(())) => return,
+        let failure = match catch_unwind(AssertUnwindSafe(access)) {
+            Ok(Ok(())) => return true,
             Ok(Err(e)) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 self.shared.device_errors.fetch_add(1, Ordering::Relaxed);
-                format!("returned an error: {e}")
+                Failure::Error(e)
             }
             Err(payload) => {
                 self.counters.panics.fetch_add(1, Ordering::Relaxed);
                 self.counters.fenced.store(true, Ordering::Relaxed);
                 self.shared.device_panics.fetch_add(1, Ordering::Relaxed);
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".into());
-                format!("panicked ({msg}); it is fenced: later accesses read all-ones")
+                Failure::Panic(payload)
             }
         };
-        if let Some(d) = read_data {
-            d.fill(0xff);
-        }
+        // Formatting only when the line is logged: a guest can make a device fail at exit rate.
         if let Some(suppressed) = self.shared.fault_log.allow() {
             log::error!(
                 "device \"{}\" {failure} on {} {} of {len} bytes at {addr:#x}; {}{}",
@@ -235,6 +226,7 @@ impl<H> Tracked<H> {
                 suppressed_note(suppressed)
             );
         }
+        false
     }
 
     fn counts(&self, bus: BusKind, base: u64, size: u64) -> DeviceCounts {
@@ -261,38 +253,58 @@ fn suppressed_note(n: u64) -> String {
     }
 }
 
+/// Why a device access failed, kept unformatted until a log line is actually written.
+enum Failure {
+    Error(DeviceError),
+    Panic(Box<dyn std::any::Any + Send>),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Error(e) => write!(f, "returned an error: {e}"),
+            Failure::Panic(payload) => {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("non-string panic payload");
+                write!(
+                    f,
+                    "panicked ({msg}); it is fenced: later accesses read all-ones"
+                )
+            }
+        }
+    }
+}
+
 impl DevicePio for Tracked<PioHandler> {
     fn pio_read(&self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         let addr = u64::from(base.0) + u64::from(offset);
         let len = data.len();
-        self.guarded(BusKind::Pio, false, addr, len, Some(data), |d| {
-            let d = d.expect("read buffer");
-            match &self.handler {
-                PioHandler::Plain(dev) => {
-                    dev.pio_read(base, offset, d);
-                    Ok(())
-                }
-                PioHandler::Fallible(dev) => dev.try_pio_read(base, offset, d),
+        let served = self.guarded(BusKind::Pio, false, addr, len, || match &self.handler {
+            PioHandler::Plain(dev) => {
+                dev.pio_read(base, offset, data);
+                Ok(())
             }
+            PioHandler::Fallible(dev) => dev.try_pio_read(base, offset, data),
         });
+        if !served {
+            data.fill(0xff);
+        }
     }
 
     fn pio_write(&self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let addr = u64::from(base.0) + u64::from(offset);
-        self.guarded(
-            BusKind::Pio,
-            true,
-            addr,
-            data.len(),
-            None,
-            |_| match &self.handler {
+        self.guarded(BusKind::Pio, true, addr, data.len(), || {
+            match &self.handler {
                 PioHandler::Plain(dev) => {
                     dev.pio_write(base, offset, data);
                     Ok(())
                 }
                 PioHandler::Fallible(dev) => dev.try_pio_write(base, offset, data),
-            },
-        );
+            }
+        });
     }
 }
 
@@ -300,34 +312,29 @@ impl DeviceMmio for Tracked<MmioHandler> {
     fn mmio_read(&self, base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         let addr = base.0.wrapping_add(offset);
         let len = data.len();
-        self.guarded(BusKind::Mmio, false, addr, len, Some(data), |d| {
-            let d = d.expect("read buffer");
-            match &self.handler {
-                MmioHandler::Plain(dev) => {
-                    dev.mmio_read(base, offset, d);
-                    Ok(())
-                }
-                MmioHandler::Fallible(dev) => dev.try_mmio_read(base, offset, d),
+        let served = self.guarded(BusKind::Mmio, false, addr, len, || match &self.handler {
+            MmioHandler::Plain(dev) => {
+                dev.mmio_read(base, offset, data);
+                Ok(())
             }
+            MmioHandler::Fallible(dev) => dev.try_mmio_read(base, offset, data),
         });
+        if !served {
+            data.fill(0xff);
+        }
     }
 
     fn mmio_write(&self, base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
         let addr = base.0.wrapping_add(offset);
-        self.guarded(
-            BusKind::Mmio,
-            true,
-            addr,
-            data.len(),
-            None,
-            |_| match &self.handler {
+        self.guarded(BusKind::Mmio, true, addr, data.len(), || {
+            match &self.handler {
                 MmioHandler::Plain(dev) => {
                     dev.mmio_write(base, offset, data);
                     Ok(())
                 }
                 MmioHandler::Fallible(dev) => dev.try_mmio_write(base, offset, data),
-            },
-        );
+            }
+        });
     }
 }
 
@@ -422,7 +429,8 @@ impl DeviceBus {
         self.add_mmio(name, base, size, MmioHandler::Fallible(device))
     }
 
-    /// Removes the port-IO range starting at `base`.
+    /// Removes the port-IO range starting at `base`. An access another vCPU already dispatched
+    /// to it may still be running (see the module docs).
     pub fn unregister_pio(&self, base: u16) -> Result<()> {
         let mut reg = self.lock_registry();
         let i = find_base(&reg.pio, u64::from(base), BusKind::Pio)?;
@@ -431,7 +439,8 @@ impl DeviceBus {
         Ok(())
     }
 
-    /// Removes the MMIO range starting at `base`.
+    /// Removes the MMIO range starting at `base`. An access another vCPU already dispatched to
+    /// it may still be running (see the module docs).
     pub fn unregister_mmio(&self, base: u64) -> Result<()> {
         let mut reg = self.lock_registry();
         let i = find_base(&reg.mmio, base, BusKind::Mmio)?;
@@ -504,7 +513,33 @@ impl DeviceBus {
     /// Dispatches a port read outside a vCPU (device tests, emulation). Returns `false`, with
     /// `data` all-ones and the access counted as unhandled, when no device covers it.
     pub fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
-        let io = self.current();
+        self.dispatch_pio_read(&self.current(), port, data)
+    }
+
+    /// Dispatches a port write outside a vCPU. Returns `false` (counted as unhandled) on a miss.
+    pub fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        self.dispatch_pio_write(&self.current(), port, data)
+    }
+
+    /// Dispatches an MMIO read outside a vCPU. Returns `false` (all-ones, counted) on a miss.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.dispatch_mmio_read(&self.current(), addr, data)
+    }
+
+    /// Dispatches an MMIO write outside a vCPU. Returns `false` (counted) on a miss.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        let hit = self.current().mmio_write(MmioAddress(addr), data).is_ok();
+        if !hit {
+            self.note_unhandled(BusKind::Mmio, true, addr, data.len());
+        }
+        hit
+    }
+
+    // What a miss (no device covers the whole access) means, in one place for the run loop and
+    // the methods above: a read gives all-ones, and every miss is counted and logged.
+
+    #[inline]
+    pub(crate) fn dispatch_pio_read(&self, io: &IoManager, port: u16, data: &mut [u8]) -> bool {
         let hit = io.pio_read(PioAddress(port), data).is_ok();
         if !hit {
             data.fill(0xff);
@@ -513,30 +548,21 @@ impl DeviceBus {
         hit
     }
 
-    /// Dispatches a port write outside a vCPU. Returns `false` (counted as unhandled) on a miss.
-    pub fn pio_write(&self, port: u16, data: &[u8]) -> bool {
-        let hit = self.current().pio_write(PioAddress(port), data).is_ok();
+    #[inline]
+    pub(crate) fn dispatch_pio_write(&self, io: &IoManager, port: u16, data: &[u8]) -> bool {
+        let hit = io.pio_write(PioAddress(port), data).is_ok();
         if !hit {
             self.note_unhandled(BusKind::Pio, true, u64::from(port), data.len());
         }
         hit
     }
 
-    /// Dispatches an MMIO read outside a vCPU. Returns `false` (all-ones, counted) on a miss.
-    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
-        let hit = self.current().mmio_read(MmioAddress(addr), data).is_ok();
+    #[inline]
+    pub(crate) fn dispatch_mmio_read(&self, io: &IoManager, addr: u64, data: &mut [u8]) -> bool {
+        let hit = io.mmio_read(MmioAddress(addr), data).is_ok();
         if !hit {
             data.fill(0xff);
             self.note_unhandled(BusKind::Mmio, false, addr, data.len());
-        }
-        hit
-    }
-
-    /// Dispatches an MMIO write outside a vCPU. Returns `false` (counted) on a miss.
-    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
-        let hit = self.current().mmio_write(MmioAddress(addr), data).is_ok();
-        if !hit {
-            self.note_unhandled(BusKind::Mmio, true, addr, data.len());
         }
         hit
     }

@@ -212,9 +212,28 @@ fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
     }
 }
 
+/// A real-mode segment with selector and base 0 (the reset state, CS included).
+fn real_mode_segment(code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff,
+        selector: 0,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 1,
+        l: 0,
+        g: 0,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
 /// Sets the registers of `vcpu` so that it starts at `guest.entry` in `guest.mode`. For
 /// protected and long mode, writes [`SystemTables`] at `guest.tables` and returns them (to add
-/// interrupt gates); real mode returns `None`.
+/// interrupt gates); real mode returns `None`. May be called again on the same vCPU, in any mode.
 pub fn setup_vcpu(
     vcpu: &VcpuFd,
     vcpu_id: u32,
@@ -229,20 +248,24 @@ pub fn setup_vcpu(
         }
     };
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(regs_err("KVM_GET_SREGS"))?;
+    // Start from no paging and no long mode, whatever an earlier set-up of this vCPU left:
+    // KVM_SET_SREGS refuses EFER.LMA without CR0.PG, and real mode needs both off.
+    sregs.efer &= !(EFER_LME | EFER_LMA);
+    sregs.cr4 &= !CR4_PAE;
     let mut rflags = RFLAGS_RESERVED;
     let tables = match guest.mode {
         CpuMode::Real => {
-            for s in [
-                &mut sregs.cs,
-                &mut sregs.ds,
-                &mut sregs.es,
-                &mut sregs.fs,
-                &mut sregs.gs,
-                &mut sregs.ss,
-            ] {
-                s.base = 0;
-                s.selector = 0;
-            }
+            sregs.cr0 &= !(CR0_PE | CR0_PG);
+            // The interrupt vector table at 0, as after reset.
+            sregs.idt.base = 0;
+            sregs.idt.limit = 0xffff;
+            sregs.cs = real_mode_segment(true);
+            let data_seg = real_mode_segment(false);
+            sregs.ds = data_seg;
+            sregs.es = data_seg;
+            sregs.fs = data_seg;
+            sregs.gs = data_seg;
+            sregs.ss = data_seg;
             None
         }
         CpuMode::Protected | CpuMode::Long => {

@@ -68,7 +68,9 @@ pub enum Error {
         source: vm_memory::GuestMemoryError,
     },
     /// `KVM_CREATE_VCPU` failed.
-    #[error("creating vCPU {id} failed")]
+    #[error(
+        "creating vCPU {id} failed; ids must be unique within a VM and below KVM_CAP_MAX_VCPU_ID"
+    )]
     CreateVcpu {
         /// The vCPU id.
         id: u32,
@@ -154,7 +156,9 @@ pub enum Error {
         name: String,
     },
     /// No region is registered in the given slot.
-    #[error("no guest memory region in slot {0}")]
+    #[error(
+        "no guest memory region in slot {0}; it was removed or never added (MemorySlots::regions lists the slots in use)"
+    )]
     NoSuchSlot(u32),
     /// Mapping a region's host memory failed.
     #[error("mapping host memory for region \"{name}\" ({size:#x} bytes) failed")]
@@ -226,7 +230,9 @@ pub enum Error {
         other_end: u64,
     },
     /// No device is registered at the given base address.
-    #[error("no device is registered on the {bus} bus with base address {base:#x}")]
+    #[error(
+        "no device is registered on the {bus} bus with base address {base:#x}; pass the base it was registered or last moved at (DeviceBus::device_counts lists them)"
+    )]
     NoSuchDevice {
         /// "PIO" or "MMIO".
         bus: &'static str,

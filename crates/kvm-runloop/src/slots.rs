@@ -193,8 +193,14 @@ impl MemorySlots {
     /// # Safety
     /// `host_addr..host_addr + size` must be a valid, page-aligned mapping in this process
     /// (readable, and writable for [`MemoryAccess::ReadWrite`]) that stays mapped until the region is
-    /// removed with [`remove`](Self::remove) or the VM is dropped. The guest may write it at any
-    /// time.
+    /// removed with [`remove`](Self::remove), or else until the KVM VM is gone: the [`Vm`], this
+    /// manager, every [`Vcpu`] and any vCPU fd made through [`Vm::fd`] all dropped (KVM keeps
+    /// using the address while any of them lives, and would reach whatever is mapped there
+    /// next). The guest may read and write it at any time.
+    ///
+    /// [`Vm`]: crate::Vm
+    /// [`Vm::fd`]: crate::Vm::fd
+    /// [`Vcpu`]: crate::Vcpu
     pub unsafe fn add_host(
         &self,
         name: &str,

@@ -1,18 +1,20 @@
 //! The run loop: `KVM_RUN`, dispatch what trapped, repeat until something ends the run.
 //!
 //! The exit path is hot (every trapped register access of a passed-through device goes through
-//! it), so per exit it does: one ioctl, one relaxed counter update in this vCPU's own cache line,
-//! one atomic load to see whether the bus changed, the `IoManager` lookup and the device call
-//! under `catch_unwind` (free unless something panics). No allocation, no lock shared with other
-//! vCPUs (a device's own `Mutex` aside).
+//! it), so per exit it does: one ioctl, one load of the stop flag, one relaxed counter update in
+//! this vCPU's own cache line, one atomic load to see whether the bus changed, the `IoManager`
+//! lookup, the device's trap counter (one atomic add) and the device call under `catch_unwind`
+//! (free unless something panics). No allocation, no lock shared with other vCPUs (a device's own
+//! `Mutex` aside).
 
 use std::ptr;
 use std::sync::Arc;
+use std::sync::atomic::{Ordering, compiler_fence};
 
 use kvm_bindings::{kvm_regs, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_device::bus::{MmioAddress, PioAddress};
-use vm_device::device_manager::{MmioManager, PioManager};
+use vm_device::bus::MmioAddress;
+use vm_device::device_manager::MmioManager;
 use vm_memory::GuestMemoryMmap;
 
 use crate::bus::{BusKind, BusView, DeviceBus};
@@ -44,12 +46,6 @@ pub struct Vcpu {
 // with the Vcpu and is only dereferenced by the thread that owns the Vcpu (and by the kick signal
 // handler running on that same thread).
 unsafe impl Send for Vcpu {}
-
-enum Step {
-    Access(Access),
-    Interrupted,
-    Stop(VcpuStop),
-}
 
 impl Vcpu {
     pub(crate) fn new(
@@ -131,7 +127,7 @@ impl Vcpu {
         // stop requested from now on is never lost.
         self.set_immediate_exit(0);
         loop {
-            if let Step::Stop(stop) = self.step()? {
+            if let Exit::Stop(stop) = self.step()? {
                 return Ok(stop);
             }
         }
@@ -143,11 +139,7 @@ impl Vcpu {
         let control = self.control.clone();
         let _guard = RunGuard::enter(&control, self.id, self.run);
         self.set_immediate_exit(0);
-        Ok(match self.step()? {
-            Step::Access(a) => Exit::Access(a),
-            Step::Interrupted => Exit::Interrupted,
-            Step::Stop(s) => Exit::Stop(s),
-        })
+        self.step()
     }
 
     /// Completes a dispatched access in the guest without running any further guest
@@ -159,7 +151,7 @@ impl Vcpu {
             self.set_immediate_exit(1);
             let step = self.step();
             self.set_immediate_exit(0);
-            if let Step::Stop(stop) = step? {
+            if let Exit::Stop(stop) = step? {
                 return Ok(Some(stop));
             }
         }
@@ -168,16 +160,16 @@ impl Vcpu {
 
     #[inline]
     fn set_immediate_exit(&mut self, value: u8) {
-        // SAFETY: `self.run` is the live kvm_run mapping of `self.fd`. A volatile store because
-        // the kick signal handler writes the same byte.
-        unsafe { ptr::addr_of_mut!((*self.run).immediate_exit).write_volatile(value) };
+        // SAFETY: `self.run` is the live kvm_run mapping of `self.fd`, and `&mut self` means this
+        // thread owns the vCPU.
+        unsafe { store_immediate_exit(self.run, value) };
     }
 
     #[inline]
-    fn step(&mut self) -> Result<Step> {
+    fn step(&mut self) -> Result<Exit> {
         if self.control.stop_requested() {
             if !self.pending_io {
-                return Ok(Step::Stop(VcpuStop::Stopped));
+                return Ok(Exit::Stop(VcpuStop::Stopped));
             }
             // Re-enter only to finish the access in flight: KVM completes it, then sees
             // immediate_exit and returns EINTR without running another guest instruction.
@@ -193,9 +185,9 @@ impl Vcpu {
                 // Clear before the flag is read again at the top of the next step: a kick that
                 // lands after this store sets it again, one that landed before is followed by a
                 // flag the next step sees.
-                // SAFETY: as in `set_immediate_exit` (borrowck forbids calling it here).
-                unsafe { ptr::addr_of_mut!((*run).immediate_exit).write_volatile(0) };
-                return Ok(Step::Interrupted);
+                // SAFETY: as in `set_immediate_exit` (which borrowck forbids calling here).
+                unsafe { store_immediate_exit(run, 0) };
+                return Ok(Exit::Interrupted);
             }
             Err(source) => {
                 return Err(Error::Run {
@@ -205,115 +197,120 @@ impl Vcpu {
             }
         };
         self.pending_io = false;
-        let step = match exit {
+        let access = match exit {
+            // String IO (`rep outs`/`rep ins`) carries `count` elements of `size` bytes in one
+            // exit; the device sees them one by one, in order, as the hardware would.
             VcpuExit::IoOut(port, data) => {
-                self.stats.bump(ExitKind::PioOut);
-                self.pending_io = true;
-                // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the live union member; a
-                // plain read of one byte that the `data` slice does not cover.
-                let size = usize::from(unsafe { (*run).__bindgen_anon_1.io.size }).max(1);
+                // SAFETY: `run` is this vCPU's kvm_run and the exit is KVM_EXIT_IO.
+                let size = unsafe { io_size(run) };
                 let io = self.view.get(&self.bus);
-                // String IO (`rep outs`) delivers `count` elements of `size` bytes at once;
-                // the device sees them one by one, in order, as the hardware would.
                 for element in data.chunks(size) {
-                    if io.pio_write(PioAddress(port), element).is_err() {
-                        self.bus
-                            .note_unhandled(BusKind::Pio, true, u64::from(port), size);
-                    }
+                    self.bus.dispatch_pio_write(io, port, element);
                 }
-                Step::Access(Access {
+                Access {
                     kind: ExitKind::PioOut,
                     addr: u64::from(port),
                     size: size as u8,
                     count: (data.len() / size) as u32,
-                })
+                }
             }
             VcpuExit::IoIn(port, data) => {
-                self.stats.bump(ExitKind::PioIn);
-                self.pending_io = true;
                 // SAFETY: as for IoOut.
-                let size = usize::from(unsafe { (*run).__bindgen_anon_1.io.size }).max(1);
-                let count = (data.len() / size) as u32;
+                let size = unsafe { io_size(run) };
                 let io = self.view.get(&self.bus);
                 for element in data.chunks_mut(size) {
-                    if io.pio_read(PioAddress(port), element).is_err() {
-                        element.fill(0xff);
-                        self.bus
-                            .note_unhandled(BusKind::Pio, false, u64::from(port), size);
-                    }
+                    self.bus.dispatch_pio_read(io, port, element);
                 }
-                Step::Access(Access {
+                Access {
                     kind: ExitKind::PioIn,
                     addr: u64::from(port),
                     size: size as u8,
-                    count,
-                })
+                    count: (data.len() / size) as u32,
+                }
             }
             VcpuExit::MmioWrite(addr, data) => {
-                self.stats.bump(ExitKind::MmioWrite);
-                self.pending_io = true;
                 let len = data.len();
-                if self
-                    .view
-                    .get(&self.bus)
-                    .mmio_write(MmioAddress(addr), data)
-                    .is_err()
-                {
+                let io = self.view.get(&self.bus);
+                if io.mmio_write(MmioAddress(addr), data).is_err() {
+                    // No device: either a store into a read-only region (ROM semantics: dropped)
+                    // or into nothing at all.
                     match self.slots.note_read_only_write(addr) {
                         Some(region) => self.bus.note_read_only_write(&region, addr, len),
                         None => self.bus.note_unhandled(BusKind::Mmio, true, addr, len),
                     }
                 }
-                Step::Access(Access {
+                Access {
                     kind: ExitKind::MmioWrite,
                     addr,
                     size: len as u8,
                     count: 1,
-                })
+                }
             }
             VcpuExit::MmioRead(addr, data) => {
-                self.stats.bump(ExitKind::MmioRead);
-                self.pending_io = true;
-                let len = data.len();
-                if self
-                    .view
-                    .get(&self.bus)
-                    .mmio_read(MmioAddress(addr), data)
-                    .is_err()
-                {
-                    data.fill(0xff);
-                    self.bus.note_unhandled(BusKind::Mmio, false, addr, len);
-                }
-                Step::Access(Access {
+                let io = self.view.get(&self.bus);
+                self.bus.dispatch_mmio_read(io, addr, data);
+                Access {
                     kind: ExitKind::MmioRead,
                     addr,
-                    size: len as u8,
+                    size: data.len() as u8,
                     count: 1,
-                })
-            }
-            other => match non_access_exit(other, run) {
-                Some(stop) => Step::Stop(stop),
-                None => {
-                    self.stats.bump(ExitKind::Interrupted);
-                    return Ok(Step::Interrupted);
                 }
-            },
+            }
+            other => {
+                // SAFETY: `run` is this vCPU's kvm_run, and `other` was decoded from it.
+                let Some(stop) = (unsafe { non_access_exit(other, run) }) else {
+                    self.stats.bump(ExitKind::Interrupted);
+                    return Ok(Exit::Interrupted);
+                };
+                self.stats.bump(stop.kind());
+                return Ok(Exit::Stop(stop));
+            }
         };
-        if let Step::Stop(stop) = &step {
-            self.stats.bump(stop.kind());
-        }
-        Ok(step)
+        // The guest instruction completes at the next KVM_RUN (see `complete_pending_io`).
+        self.pending_io = true;
+        self.stats.bump(access.kind);
+        Ok(Exit::Access(access))
     }
+}
+
+/// Sets `kvm_run.immediate_exit`, the byte the kick signal handler also writes.
+///
+/// # Safety
+/// `run` is the live kvm_run mapping of a vCPU that the calling thread runs.
+#[inline]
+unsafe fn store_immediate_exit(run: *mut kvm_run, value: u8) {
+    // SAFETY: per the contract. Volatile: the kick handler writes the same byte behind the
+    // compiler's back.
+    unsafe { ptr::addr_of_mut!((*run).immediate_exit).write_volatile(value) };
+    // The store must stay before the stop-flag check that follows it (see `kick`): the handler
+    // runs on this same thread, so a compiler fence is all the ordering needed.
+    compiler_fence(Ordering::SeqCst);
+}
+
+/// Bytes per element of the port-IO exit in `run`: `VcpuExit` gives only the whole data slice
+/// (`size * count` bytes).
+///
+/// # Safety
+/// `run` points at a readable `kvm_run` whose exit reason is `KVM_EXIT_IO`.
+#[inline]
+unsafe fn io_size(run: *const kvm_run) -> usize {
+    // SAFETY: per the contract `io` is the live union member; a plain read of one byte that the
+    // exit's data slice (which lies past the struct, at `data_offset`) does not cover.
+    usize::from(unsafe { (*run).__bindgen_anon_1.io.size }).max(1)
 }
 
 /// Maps every exit other than port IO and MMIO: `Some` ends the run, `None` means continue.
 /// `run` is read for the details `VcpuExit` does not carry (internal error data, the raw reason).
-fn non_access_exit(exit: VcpuExit<'_>, run: *const kvm_run) -> Option<VcpuStop> {
+///
+/// # Safety
+/// `run` points at a readable `kvm_run` whose exit reason is the one `exit` was decoded from.
+unsafe fn non_access_exit(exit: VcpuExit<'_>, run: *const kvm_run) -> Option<VcpuStop> {
     Some(match exit {
         VcpuExit::Hlt => VcpuStop::Hlt,
         VcpuExit::Shutdown => VcpuStop::Shutdown,
         VcpuExit::InternalError => {
-            // SAFETY: exit reason KVM_EXIT_INTERNAL_ERROR, so `internal` is the live member.
+            // SAFETY: per the contract the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
+            // is the live member.
             let internal = unsafe { (*run).__bindgen_anon_1.internal };
             let n = (internal.ndata as usize).min(internal.data.len());
             VcpuStop::InternalError {
@@ -337,7 +334,7 @@ fn non_access_exit(exit: VcpuExit<'_>, run: *const kvm_run) -> Option<VcpuStop> 
         // never request an interrupt window; IOAPIC EOI exits only come with a split irqchip).
         VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::IoapicEoi(_) => return None,
         _ => VcpuStop::Unhandled {
-            // SAFETY: a plain read of the exit reason the kernel wrote.
+            // SAFETY: `run` is readable per the contract; a plain read of the exit reason.
             exit_reason: unsafe { (*run).exit_reason },
         },
     })
@@ -362,23 +359,26 @@ mod tests {
             run.__bindgen_anon_1.internal.ndata = 2;
             run.__bindgen_anon_1.internal.data[..2].copy_from_slice(&[7, 8]);
         }
+        // SAFETY: `p` points at the live local `kvm_run`; its exit reason matches every exit
+        // whose details are read from it (internal error here, the raw reason below).
+        let map = |exit, p| unsafe { non_access_exit(exit, p) };
         let p = &run as *const kvm_run;
         assert_eq!(
-            non_access_exit(VcpuExit::InternalError, p),
+            map(VcpuExit::InternalError, p),
             Some(VcpuStop::InternalError {
                 suberror: 1,
                 data: vec![7, 8]
             })
         );
         assert_eq!(
-            non_access_exit(VcpuExit::FailEntry(0x8000_0021, 1), p),
+            map(VcpuExit::FailEntry(0x8000_0021, 1), p),
             Some(VcpuStop::FailEntry {
                 hardware_reason: 0x8000_0021,
                 cpu: 1
             })
         );
         assert_eq!(
-            non_access_exit(VcpuExit::SystemEvent(2, &[5]), p),
+            map(VcpuExit::SystemEvent(2, &[5]), p),
             Some(VcpuStop::SystemEvent {
                 kind: 2,
                 data: vec![5]
@@ -390,31 +390,28 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            non_access_exit(VcpuExit::Debug(arch), p),
+            map(VcpuExit::Debug(arch), p),
             Some(VcpuStop::Debug {
                 exception: 3,
                 pc: 0x1000
             })
         );
-        assert_eq!(non_access_exit(VcpuExit::Hlt, p), Some(VcpuStop::Hlt));
-        assert_eq!(
-            non_access_exit(VcpuExit::Shutdown, p),
-            Some(VcpuStop::Shutdown)
-        );
-        assert_eq!(non_access_exit(VcpuExit::Intr, p), None);
-        assert_eq!(non_access_exit(VcpuExit::IrqWindowOpen, p), None);
+        assert_eq!(map(VcpuExit::Hlt, p), Some(VcpuStop::Hlt));
+        assert_eq!(map(VcpuExit::Shutdown, p), Some(VcpuStop::Shutdown));
+        assert_eq!(map(VcpuExit::Intr, p), None);
+        assert_eq!(map(VcpuExit::IrqWindowOpen, p), None);
         run.exit_reason = KVM_EXIT_WATCHDOG;
         let p = &run as *const kvm_run;
         for exit in [VcpuExit::Watchdog, VcpuExit::Unknown, VcpuExit::Exception] {
             assert_eq!(
-                non_access_exit(exit, p),
+                map(exit, p),
                 Some(VcpuStop::Unhandled {
                     exit_reason: KVM_EXIT_WATCHDOG
                 })
             );
         }
         assert_eq!(
-            non_access_exit(VcpuExit::Unsupported(99), p).map(|s| s.kind()),
+            map(VcpuExit::Unsupported(99), p).map(|s| s.kind()),
             Some(ExitKind::Other)
         );
     }

@@ -280,7 +280,9 @@ impl Vm {
         })
     }
 
-    /// The kvm-ioctls VM, for what this crate does not wrap.
+    /// The kvm-ioctls VM, for what this crate does not wrap. A vCPU created directly with
+    /// `fd().create_vcpu` keeps the KVM VM alive but not its guest memory mappings (a [`Vcpu`]
+    /// from [`create_vcpu`](Self::create_vcpu) keeps both): drop such a vCPU before the `Vm`.
     pub fn fd(&self) -> &VmFd {
         &self.fd
     }

@@ -137,7 +137,8 @@ fn slots_added_moved_and_removed_under_a_running_guest() {
     slots.move_region(slot_a, WINDOW).unwrap();
     sees(0x1111_1111);
 
-    // The guest's stores land in the memfd: a BAR mmap works both ways.
+    // The slot is the memfd itself, not a copy: a host store through the mapping is what the
+    // guest reads next, with no exit (the other direction is the next test).
     let map = slots.mapping(slot_a).unwrap();
     // SAFETY: the mapping is a live 4 KiB page; a volatile store races only with guest loads.
     unsafe { (map.as_ptr() as *mut u32).write_volatile(0x3333_3333) };
@@ -159,6 +160,29 @@ fn slots_added_moved_and_removed_under_a_running_guest() {
     let c = vm.exit_counts();
     assert_eq!(c.get(ExitKind::MmioRead), c.bus.unhandled_mmio);
     assert!(c.get(ExitKind::PioOut) > c.get(ExitKind::MmioRead));
+}
+
+#[test]
+fn guest_stores_reach_the_file_behind_a_slot_without_an_exit() {
+    let Some(vm) = vm(false) else { return };
+    const BAR: u64 = 0x2000_0000;
+    let fd = memfd_page(0);
+    vm.slots()
+        .add_file("bar", BAR, 4096, fd.as_fd(), 0, MemoryAccess::ReadWrite)
+        .unwrap();
+    let mut a = Asm::new();
+    a.movabs(Reg::Rdi, BAR); //                   movabs $BAR, %rdi
+    a.mov_imm(Reg::Rax, 0x7777_0001); //          mov $0x77770001, %rax
+    a.store(Width::W4, Reg::Rdi, 8, Reg::Rax); // mov %eax, 8(%rdi)
+    a.hlt();
+    let (mut vcpu, _) = long_mode_vcpu(&vm, 0, &a.finish(), Privilege::Kernel);
+    assert_eq!(vcpu.run().unwrap(), VcpuStop::Hlt);
+    // Read the file itself, not the slot's mapping: the store went to the shared file pages.
+    let mut got = [0u8; 4];
+    let file = std::fs::File::from(fd);
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut got, 8).unwrap();
+    assert_eq!(u32::from_le_bytes(got), 0x7777_0001);
+    assert_eq!(vm.exit_counts().get(ExitKind::MmioWrite), 0);
 }
 
 #[test]

@@ -73,6 +73,20 @@ fn real_and_protected_mode_helpers_start_guests() {
         )
         .unwrap();
         let mut vcpu = vm.create_vcpu(0).unwrap();
+        // Set up for long mode first: switching the set-up to another mode must not keep
+        // long-mode state (EFER.LMA, CR4.PAE, 64-bit segments). Its page tables go at 1 MiB,
+        // clear of the code at 0x7000.
+        vcpu.setup(
+            vm.memory(),
+            &GuestEntry {
+                mode: CpuMode::Long,
+                privilege: Privilege::Kernel,
+                entry: 0x7000,
+                stack: 0x6000,
+                tables: 0x10_0000,
+            },
+        )
+        .unwrap();
         let tables = vcpu
             .setup(
                 vm.memory(),
@@ -92,6 +106,11 @@ fn real_and_protected_mode_helpers_start_guests() {
         assert_eq!(seen[0].data, [7]);
         let sregs = vcpu.fd().get_sregs().unwrap();
         assert_eq!(sregs.cr0 & 1, u64::from(mode == CpuMode::Protected));
+        assert_eq!(
+            sregs.efer & (1 << 10),
+            0,
+            "{mode:?}: long mode still active"
+        );
     }
 }
 

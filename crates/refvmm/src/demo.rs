@@ -622,7 +622,8 @@ fn trap_vs_map(vm: &Vm, n: u64, ring: u8) -> CmdResult {
         || counts.get(ExitKind::MmioWrite) != n
     {
         return Err(DemoError::Guest(format!(
-            "expected {n} trapped stores and none mapped, got {} MMIO exits and {} device writes ({stop})",
+            "expected 7 in the mapped page, {n} trapped stores and none mapped, and a power-off; \
+             got {in_page} in the page, {} MMIO exits, {} device writes, {stop}",
             counts.get(ExitKind::MmioWrite),
             trapped.writes.load(Ordering::Relaxed)
         ))
