@@ -8,6 +8,7 @@ use kvm_ioctls::Error as KvmError;
 
 /// Errors returned by `kvm-runloop`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The KVM device (`/dev/kvm`) could not be opened.
     #[error("cannot open {}; {hint}", path.display())]

@@ -63,10 +63,31 @@ fn kick_signal() -> Result<c_int> {
     (*INSTALLED.get_or_init(|| {
         let signal = SIGRTMIN() + KICK_SIGNAL_OFFSET;
         register_signal_handler(signal, kick_handler)
+            .and_then(|()| restart_interrupted_syscalls(signal))
             .map(|()| signal)
             .map_err(|e| (signal, e))
     }))
     .map_err(|(signal, source)| Error::KickSignal { signal, source })
+}
+
+/// Adds `SA_RESTART` to the kick handler that vmm-sys-util installed (with `SA_SIGINFO` only).
+///
+/// Device handlers run on the vCPU thread and may block in a syscall (a VFIO region `pread`, an
+/// eventfd read): without `SA_RESTART` a kick would fail that syscall with `EINTR` and leave the
+/// access half done. `KVM_RUN` is unaffected: it returns `EINTR` itself, which is never restarted.
+fn restart_interrupted_syscalls(signal: c_int) -> std::result::Result<(), kvm_ioctls::Error> {
+    // SAFETY: `sigaction` is plain old data; the all-zero value is valid and is overwritten below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid signal number, no new action, and a valid pointer for the current one.
+    if unsafe { libc::sigaction(signal, ptr::null(), &mut action) } != 0 {
+        return Err(kvm_ioctls::Error::last());
+    }
+    action.sa_flags |= libc::SA_RESTART;
+    // SAFETY: re-installs the handler, mask and flags just read, plus one flag.
+    if unsafe { libc::sigaction(signal, &action, ptr::null_mut()) } != 0 {
+        return Err(kvm_ioctls::Error::last());
+    }
+    Ok(())
 }
 
 /// Run state shared by a VM's vCPUs and its [`StopHandle`]s.
@@ -171,5 +192,35 @@ impl StopHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kick_handler_restarts_interrupted_syscalls() {
+        let signal = kick_signal().expect("install the kick handler");
+        // SAFETY: plain old data, filled in by sigaction.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid signal number and a valid pointer for the current action.
+        assert_eq!(
+            unsafe { libc::sigaction(signal, ptr::null(), &mut action) },
+            0
+        );
+        assert_eq!(action.sa_sigaction, kick_handler as *const () as usize);
+        assert_ne!(
+            action.sa_flags & libc::SA_RESTART,
+            0,
+            "flags {:#x}",
+            action.sa_flags
+        );
+        assert_ne!(
+            action.sa_flags & libc::SA_SIGINFO,
+            0,
+            "flags {:#x}",
+            action.sa_flags
+        );
     }
 }
