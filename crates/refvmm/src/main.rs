@@ -3,9 +3,18 @@
 //! Each subcommand lives in its own module; this file only parses the command line,
 //! dispatches, and prints errors with their causes.
 
+mod builtin_guest;
 mod demo;
+mod devices;
+mod exit_port;
+mod guest_loader;
 mod host;
+mod pci;
 mod plan;
+mod report;
+mod run;
+mod serial;
+mod test_function;
 
 use std::process::ExitCode;
 
@@ -31,6 +40,9 @@ enum Command {
     Unbind(host::UnbindArgs),
     /// Say whether a host device can be passed through, and if not, why and what to do.
     Check(host::CheckArgs),
+    /// Boot a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and devices; report
+    /// how it ended.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +50,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        // `run` exits with the guest's status byte (see run.rs), not just success/failure.
+        Command::Run(args) => return run::main(args),
         Command::Demo(args) => demo::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Bind(args) => host::bind(args),

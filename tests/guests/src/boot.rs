@@ -279,6 +279,14 @@ guests_exc_common:
 guests_irq_\n:
     lock incq (guests_irq_counts + 8 * \n)(%rip)
     pushq %rax
+.if \n == 0
+    /* The timer tick: re-arm (TMICT = GUESTS_TIMER_INITIAL); see lapic.rs for why. */
+    pushq %rcx
+    movl GUESTS_TIMER_INITIAL(%rip), %ecx
+    movl $0xFEE00380, %eax
+    movl %ecx, (%rax)
+    popq %rcx
+.endif
     movl $0xFEE000B0, %eax                /* local APIC EOI register */
     movl $0, (%rax)
     popq %rax

@@ -6,6 +6,8 @@
 //! themselves, so Rust code never has to.
 
 use crate::idt::{SPURIOUS_VECTOR, TIMER_VECTOR};
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use crate::io::{Mmio, rdmsr, rdtsc, wrmsr};
 
 /// Architectural default base of the local APIC registers (the interrupt stubs assume it).
@@ -35,6 +37,17 @@ const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_TIMER_PERIODIC: u32 = 1 << 17;
 const DIVIDE_BY_1: u32 = 0b1011;
+
+/// The timer's initial count, rewritten by the timer interrupt stub (boot.rs) on every tick.
+///
+/// Why: on the KVM hosts these guests are tested on (the PVM backend), the in-kernel local
+/// APIC's periodic timer fires once and then never again, so a `hlt` wait that needs a second
+/// tick sleeps forever (measured: a periodic 1 ms timer on vector 0x20 woke one `hlt` and not
+/// the next; re-arming TMICT in the handler gave a tick every millisecond). Rewriting the
+/// initial count restarts the period, which changes nothing where the periodic mode works
+/// (QEMU TCG, other KVMs). 0 while the timer is off.
+#[unsafe(no_mangle)]
+pub static GUESTS_TIMER_INITIAL: AtomicU32 = AtomicU32::new(0);
 
 /// Timer counts per millisecond: QEMU and KVM both clock the APIC timer at 1 GHz (1 ns per
 /// count at divide-by-1), so this gives a 1 ms tick there.
@@ -121,8 +134,10 @@ pub fn init(tick_ms: u32) -> LocalApic {
         }
     }
     if timer_runs {
+        let initial = COUNTS_PER_MS.saturating_mul(tick_ms.max(1));
+        GUESTS_TIMER_INITIAL.store(initial, Ordering::SeqCst);
         apic.write32(LVT_TIMER, LVT_TIMER_PERIODIC | u32::from(TIMER_VECTOR));
-        apic.write32(TIMER_INITIAL, COUNTS_PER_MS.saturating_mul(tick_ms.max(1)));
+        apic.write32(TIMER_INITIAL, initial);
     } else {
         apic.write32(TIMER_INITIAL, 0);
     }

@@ -1,0 +1,126 @@
+//! The reports of `refvmm run --show-mtree / --show-counters` (and SIGUSR1).
+//!
+//! `--show-mtree` is a flat view of guest physical memory like QEMU's `info mtree -f`: every
+//! memory slot (RAM and mapped BAR pages: guest accesses cause no exit) and every MMIO range on
+//! the device bus (trapped: each access is an exit), sorted by address, then each device's own
+//! view of its BARs. `--show-counters` gives exits by kind, then per trapped range the reads and
+//! writes dispatched to it, then the memory slots (which never count accesses: that is the point
+//! of mapping them), then each device's own counters. One line per item, `key=value` fields and
+//! the name in quotes at the end, so scripts and tests can pick lines out.
+
+use std::fmt::Write as _;
+
+use kvm_runloop::{BackingKind, BusKind, MemoryAccess, Vm};
+
+use crate::devices::Attached;
+use crate::pci::PciBus;
+
+/// The functions on the bus, then the flat memory view.
+pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
+    let mut out = String::from("PCI bus 0 (conf1 at 0xcf8, ECAM at 0xb0000000):\n");
+    for (bdf, name, _) in pci.functions() {
+        let _ = writeln!(out, "  {} {name}", bdf.short());
+    }
+    let mut rows: Vec<(u64, u64, String, String)> = Vec::new();
+    for r in vm.slots().regions() {
+        let kind = match (r.backing, r.access) {
+            (BackingKind::GuestRam, _) => "ram",
+            (_, MemoryAccess::ReadOnly) => "romd",
+            (BackingKind::File { .. }, _) => "ram, mapped device memory",
+            _ => "ram",
+        };
+        rows.push((r.guest_addr, r.size, kind.to_string(), r.name));
+    }
+    for d in vm.bus().device_counts() {
+        if d.bus == BusKind::Mmio {
+            rows.push((d.base, d.size, "i/o, trapped".into(), d.name));
+        }
+    }
+    rows.sort_by_key(|r| r.0);
+    let mut out = String::from(
+        "FlatView (guest physical memory; i/o ranges exit to refvmm, ram ranges do not)\n",
+    );
+    for (base, size, kind, name) in rows {
+        let _ = writeln!(
+            out,
+            "  {base:016x}-{:016x} ({kind}): {name}",
+            base + size - 1
+        );
+    }
+    for a in attached {
+        let _ = writeln!(out, "device {} ({}) BAR0 pages:", a.bdf.short(), a.spec);
+        out.push_str(&a.handle.mtree());
+    }
+    out
+}
+
+/// The counters.
+pub fn counters(vm: &Vm, attached: &[Attached]) -> String {
+    let mut out = String::from("Exits by kind:\n");
+    let counts = vm.exit_counts();
+    for (kind, n) in counts.nonzero() {
+        let _ = writeln!(out, "  exit {:<16} {n}", kind.name());
+    }
+    let b = counts.bus;
+    let _ = writeln!(
+        out,
+        "  bus unhandled-pio={} unhandled-mmio={} read-only-writes={} device-errors={} device-panics={}",
+        b.unhandled_pio, b.unhandled_mmio, b.read_only_writes, b.device_errors, b.device_panics
+    );
+    out.push_str("Trapped ranges (every access is an exit):\n");
+    let mut ranges = vm.bus().device_counts();
+    ranges.sort_by_key(|d| (d.bus == BusKind::Mmio, d.base));
+    for d in ranges {
+        let _ = writeln!(
+            out,
+            "  {} {:#x}-{:#x} reads={} writes={} errors={} panics={}{} \"{}\"",
+            if d.bus == BusKind::Mmio {
+                "MMIO"
+            } else {
+                "PIO "
+            },
+            d.base,
+            d.base + d.size - 1,
+            d.reads,
+            d.writes,
+            d.errors,
+            d.panics,
+            if d.fenced { " FENCED" } else { "" },
+            d.name
+        );
+    }
+    out.push_str("Memory slots (accesses cause no exit):\n");
+    for r in vm.slots().regions() {
+        let _ = writeln!(
+            out,
+            "  slot {} {:#x}-{:#x} {} write-traps={} \"{}\"",
+            r.slot.0,
+            r.guest_addr,
+            r.guest_addr + r.size - 1,
+            match r.backing {
+                BackingKind::GuestRam => "guest-ram",
+                BackingKind::Anonymous => "anonymous",
+                BackingKind::File { .. } => "file",
+                BackingKind::Host => "host",
+            },
+            r.write_traps,
+            r.name
+        );
+    }
+    for a in attached {
+        let fields: Vec<String> = a
+            .handle
+            .counters()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Device {} ({}): {}",
+            a.bdf.short(),
+            a.spec,
+            fields.join(" ")
+        );
+    }
+    out
+}

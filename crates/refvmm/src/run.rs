@@ -1,0 +1,424 @@
+//! `refvmm run`: boot a bare-metal ELF guest (or the built-in bus lister) on one vCPU with a PCI bus, COM1 and an exit-status
+//! port, optionally with devices on the bus, and report how it ended.
+//!
+//! Exit status of `refvmm run`:
+//!
+//! | status | meaning |
+//! |---|---|
+//! | N | the guest wrote N to port 0x501 (the test guests: 0 pass, 1 fail, 2 crash) |
+//! | 124 | `--timeout` ran out and the guest was stopped |
+//! | 125 | refvmm could not start the guest, or the guest stopped without writing a status (triple fault, KVM internal error) |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use kvm_runloop::reexports::vmm_sys_util::eventfd::EventFd;
+use kvm_runloop::{VcpuStop, Vm, VmConfig};
+use pci_config::Bdf;
+use trap_map::{MsixRelocation, PageSize, Policy};
+
+use crate::devices::{self, Attached, DeviceSpec, PassthroughKnobs};
+use crate::exit_port::{EXIT_PORT, ExitPort};
+use crate::guest_loader;
+use crate::pci::{
+    BarAllocator, CONF1_PORT, Conf1, ECAM_BASE, ECAM_SIZE, Ecam, HostBridge, LOW_RAM_END,
+    MEM64_WINDOW, PciBus,
+};
+use crate::report;
+use crate::serial::{COM1_GSI, COM1_PORT, Com1, ConsoleOut};
+use crate::test_function::Reserved;
+
+/// Exit status when the time limit ran out.
+pub const EXIT_TIMEOUT: u8 = 124;
+/// Exit status when refvmm failed or the guest ended without a status.
+pub const EXIT_VMM: u8 = 125;
+
+/// Where RAM above the ECAM/PCI hole starts.
+const HIGH_RAM_BASE: u64 = 1 << 32;
+/// The local APIC and IOAPIC range, never RAM nor a BAR.
+const APIC_RANGE: (u64, u64) = (0xfec0_0000, 0xff00_0000);
+/// KVM's real-mode TSS pages (kvm-runloop puts them there).
+const KVM_TSS: (u64, u64) = (0xfffb_d000, 0xfffc_0000);
+
+/// Options of `refvmm run`.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  refvmm run --device sim                list PCI bus 0 with the built-in guest
+  tests/guests/build.sh /tmp/g
+  refvmm run --guest /tmp/g/pci_probe.elf --device test --show-counters
+  refvmm run --guest /tmp/g/pci_probe.elf --cmdline 'page=0:0x1000 trap=0:0' --device test --timeout 10
+  refvmm run --guest /tmp/g/nvme_e2e.elf --device 0000:01:00.0 --show-mtree
+
+The guest must follow tests/guests/README.md's boot contract (64-bit ELF at or above 1 MiB; COM1
+output; status byte on port 0x501). Exit status: the guest's byte; 124 on --timeout; 125 when
+refvmm fails or the guest stops without a status. Needs /dev/kvm.")]
+pub struct RunArgs {
+    /// The guest: a 64-bit ELF image (see tests/guests/README.md for the boot contract).
+    /// Without it, refvmm runs its built-in guest, which lists PCI bus 0 on COM1.
+    #[arg(long, value_name = "ELF")]
+    pub guest: Option<PathBuf>,
+    /// The guest's command line, placed in guest RAM with its address in RDI (at most 1023 bytes).
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Guest RAM, in bytes or with a K, M or G suffix. Up to 2816M sits below the PCI hole; the
+    /// rest is placed at 4 GiB.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Stop the guest after this many seconds (exit status 124). 0: no limit.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+    /// A device for the PCI bus, repeatable: a host PCI address (0000:01:00.0, 01:00.0) or sysfs
+    /// path for VFIO passthrough; test aids: `sim`, `sim:nvme`, `sim:nic` (the passthrough device
+    /// over vfio-pci's simulated backend) and `test` (refvmm's emulated test function).
+    #[arg(long = "device", value_name = "SPEC")]
+    pub devices: Vec<DeviceSpec>,
+    /// trap-map policy for passed-through devices: `default` (map what can be mapped),
+    /// `trap-all` (trap every BAR access: trace the device), `trap-pba` (also trap a PBA on pages
+    /// of its own); comma-separated.
+    #[arg(long, value_name = "POLICY", default_value = "default", value_parser = parse_policy)]
+    pub policy: Policy,
+    /// MSI-X relocation for passed-through devices (trap-map: `off`, `auto`, ...).
+    #[arg(long, value_name = "MODE")]
+    pub msix_relocation: Option<MsixRelocation>,
+    /// Page size BAR mappings are planned with (4K, 16K, 64K); default: the host's.
+    #[arg(long, value_name = "SIZE")]
+    pub page_size: Option<PageSize>,
+    /// At exit, print the flat memory map (`info mtree -f` style) with every device's BAR pages.
+    #[arg(long)]
+    pub show_mtree: bool,
+    /// At exit, print the VM's exits by kind, every trapped range's counters and the memory slots.
+    #[arg(long)]
+    pub show_counters: bool,
+}
+
+/// Parses a time limit in seconds: finite, not negative, at most a year.
+pub fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=365.0 * 86400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give seconds, e.g. 10 or 0.5 (0: no limit)")),
+    }
+}
+
+/// Parses `default`, `trap-all`, `trap-pba` (comma-separated).
+pub fn parse_policy(s: &str) -> Result<Policy, String> {
+    let mut p = Policy::default();
+    for w in s.split(',').map(str::trim) {
+        match w {
+            "default" => {}
+            "trap-all" => p.trap_all = true,
+            "trap-pba" => p.trap_pba = true,
+            _ => {
+                return Err(format!(
+                    "{w:?}: the policies are default, trap-all and trap-pba"
+                ));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Parses `64M`, `1G`, `4096K`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use bytes or a K, M or G suffix (64M)"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes < 4 << 20 || bytes % 4096 != 0 {
+        return Err(format!(
+            "{s:?}: guest RAM must be at least 4M (the test guests load at 2 MiB) and a multiple of 4K"
+        ));
+    }
+    if bytes > MEM64_WINDOW.0 - HIGH_RAM_BASE {
+        return Err(format!(
+            "{s:?}: at most {}G of guest RAM (it must end below the 64-bit BAR window at {:#x})",
+            (MEM64_WINDOW.0 - HIGH_RAM_BASE) >> 30,
+            MEM64_WINDOW.0
+        ));
+    }
+    Ok(bytes)
+}
+
+/// RAM ranges for `size` bytes: low RAM up to the ECAM window, the rest at 4 GiB.
+pub fn ram_layout(size: u64) -> Vec<(u64, u64)> {
+    let low = size.min(LOW_RAM_END);
+    let mut ranges = vec![(0, low)];
+    if size > low {
+        ranges.push((HIGH_RAM_BASE, size - low));
+    }
+    ranges
+}
+
+/// Everything a device BAR must never cover.
+fn reserved_ranges(ram: &[(u64, u64)]) -> Vec<Reserved> {
+    let mut r: Vec<Reserved> = ram
+        .iter()
+        .map(|&(base, size)| Reserved {
+            base,
+            end: base + size,
+            what: "guest RAM",
+        })
+        .collect();
+    r.push(Reserved {
+        base: ECAM_BASE,
+        end: ECAM_BASE + ECAM_SIZE,
+        what: "the ECAM window",
+    });
+    r.push(Reserved {
+        base: APIC_RANGE.0,
+        end: APIC_RANGE.1,
+        what: "the IOAPIC/local APIC range",
+    });
+    r.push(Reserved {
+        base: KVM_TSS.0,
+        end: KVM_TSS.1,
+        what: "KVM's TSS pages",
+    });
+    r
+}
+
+/// Set by SIGUSR1: print the reports while the guest runs.
+static REPORT_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigusr1(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    REPORT_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// The command: returns the exit status described in the module docs.
+pub fn main(args: RunArgs) -> ExitCode {
+    match run(&args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            crate::report_error(e.as_ref());
+            ExitCode::from(EXIT_VMM)
+        }
+    }
+}
+
+/// How the vCPU thread ended.
+struct VcpuEnd {
+    stop: Result<VcpuStop, kvm_runloop::Error>,
+    rip: Option<u64>,
+    interrupts_enabled: Option<bool>,
+}
+
+fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
+    // `kill -USR1 <pid>` prints the reports while the guest runs. Installed first, so an early
+    // signal cannot end the process; the handler only stores to an atomic (async-signal-safe)
+    // and the main loop below does the printing.
+    if let Err(e) = kvm_runloop::reexports::vmm_sys_util::signal::register_signal_handler(
+        libc::SIGUSR1,
+        on_sigusr1,
+    ) {
+        log::warn!("SIGUSR1 reports unavailable: {e}");
+    }
+
+    let ram = ram_layout(args.memory);
+    let vm = Arc::new(Vm::new(&VmConfig {
+        ram: ram.iter().map(|&(b, s)| (b, s as usize)).collect(),
+        irqchip: true,
+        ..VmConfig::default()
+    })?);
+
+    // COM1, wired to GSI 4.
+    let com1_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.interrupts()?.register_irqfd(&com1_irq, COM1_GSI)?;
+    let com1 = Arc::new(Mutex::new(Com1::new(com1_irq.try_clone()?, ConsoleOut)));
+    vm.bus().register_pio("com1", COM1_PORT, 8, com1)?;
+
+    let exit_port = Arc::new(ExitPort::new(vm.stop_handle()));
+    vm.bus()
+        .register_pio("exit-status", EXIT_PORT, 1, exit_port.clone())?;
+
+    // PCI: host bridge, conf1, ECAM, devices.
+    let pci = Arc::new(PciBus::new());
+    pci.insert(
+        Bdf::new(0, 0, 0),
+        "host bridge",
+        Box::new(HostBridge::new()),
+    )?;
+    vm.bus().register_pio(
+        "pci-conf1",
+        CONF1_PORT,
+        8,
+        Arc::new(Conf1::new(pci.clone())),
+    )?;
+    vm.bus().register_mmio(
+        "pci-ecam",
+        ECAM_BASE,
+        ECAM_SIZE,
+        Arc::new(Ecam::new(pci.clone())),
+    )?;
+    let reserved = reserved_ranges(&ram);
+    let mut bars = BarAllocator::new();
+    let mut policy = args.policy;
+    if let Some(m) = args.msix_relocation {
+        policy.msix_relocation = m;
+    }
+    let knobs = PassthroughKnobs {
+        policy,
+        page_size: args.page_size.unwrap_or_else(vfio_pci::host_page_size),
+    };
+    let mut attached: Vec<Attached> = Vec::new();
+    for spec in &args.devices {
+        let dev = devices::attach(spec, &vm, &pci, &mut bars, &reserved, &knobs)?;
+        eprintln!("refvmm: {} at {}", dev.spec, dev.bdf.short());
+        for b in &dev.bars {
+            eprintln!("refvmm:   {b}");
+        }
+        attached.push(dev);
+    }
+
+    let guest = match &args.guest {
+        Some(path) => guest_loader::load(&vm, path, &args.cmdline, ram[0].1)?,
+        None => guest_loader::load_builtin(&vm, &args.cmdline)?,
+    };
+    let mut vcpu = vm.create_vcpu(0)?;
+    guest_loader::start_vcpu(&vm, &vcpu, &guest)?;
+
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(move || {
+            let stop = vcpu.run();
+            let regs = vcpu.regs().ok();
+            let _ = tx.send(VcpuEnd {
+                stop,
+                rip: regs.map(|r| r.rip),
+                interrupts_enabled: regs.map(|r| r.rflags & (1 << 9) != 0),
+            });
+        })?;
+    let deadline = (args.timeout > 0.0).then(|| started + Duration::from_secs_f64(args.timeout));
+    let mut timed_out = false;
+    let end = loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(end) => break end,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("the vCPU thread ended without a result (it panicked)".into());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if REPORT_REQUESTED.swap(false, Ordering::Relaxed) {
+                    print_reports(&vm, &pci, &attached, true, true);
+                }
+                if !timed_out && deadline.is_some_and(|d| Instant::now() >= d) {
+                    timed_out = true;
+                    vm.stop_handle().stop();
+                }
+            }
+        }
+    };
+    let _ = thread.join();
+    let elapsed = started.elapsed();
+    print_reports(&vm, &pci, &attached, args.show_mtree, args.show_counters);
+
+    // Detach: take the configuration paths off the VM's bus and drop the PCI bus (and with it
+    // the bus's hold on every function), then detach each device: interrupts unwired, BARs out
+    // of the guest, guest RAM unmapped from the IOMMU, function reset.
+    let _ = vm.bus().unregister_pio(CONF1_PORT);
+    let _ = vm.bus().unregister_mmio(ECAM_BASE);
+    drop(pci);
+    for dev in attached {
+        if let Err(e) = dev.detach() {
+            eprintln!("refvmm: {e}");
+        }
+    }
+
+    let stop = end.stop?;
+    if let Some(status) = exit_port.status() {
+        let what = match status {
+            0 => "pass",
+            1 => "fail",
+            2 => "crash",
+            _ => "guest-defined",
+        };
+        eprintln!(
+            "refvmm: guest exit status {status} ({what}) after {:.3}s",
+            elapsed.as_secs_f64()
+        );
+        return Ok(status);
+    }
+    let rip = end.rip.map_or("unknown".into(), |r| format!("{r:#x}"));
+    if timed_out {
+        let halted = if end.interrupts_enabled == Some(false) {
+            " with interrupts off (a guest that halts with IF=0 never wakes up; did it forget to \
+             write its status to port 0x501?)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "refvmm: time limit of {}s reached; the guest was stopped at RIP {rip}{halted}",
+            args.timeout
+        );
+        return Ok(EXIT_TIMEOUT);
+    }
+    eprintln!(
+        "refvmm: the guest stopped without writing a status to port {EXIT_PORT:#x}: {stop} (RIP {rip}, after {:.3}s)",
+        elapsed.as_secs_f64()
+    );
+    Ok(EXIT_VMM)
+}
+
+fn print_reports(vm: &Vm, pci: &PciBus, attached: &[Attached], mtree: bool, counters: bool) {
+    let mut out = String::new();
+    if mtree {
+        out.push_str(&report::mtree(vm, pci, attached));
+    }
+    if counters {
+        out.push_str(&report::counters(vm, attached));
+    }
+    if !out.is_empty() {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_are_checked() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("8192K"), Ok(8 << 20));
+        assert!(parse_size("1M").unwrap_err().contains("at least 4M"));
+        assert!(parse_size("lots").unwrap_err().contains("K, M or G"));
+        assert!(parse_size("4097K").is_err());
+        assert!(
+            parse_size("600G")
+                .unwrap_err()
+                .contains("64-bit BAR window")
+        );
+    }
+
+    #[test]
+    fn ram_never_overlaps_the_pci_hole() {
+        assert_eq!(ram_layout(64 << 20), vec![(0, 64 << 20)]);
+        let big = ram_layout(4 << 30);
+        assert_eq!(
+            big,
+            vec![(0, LOW_RAM_END), (1 << 32, (4 << 30) - LOW_RAM_END)]
+        );
+        for (base, size) in big {
+            let end = base + size;
+            assert!(end <= ECAM_BASE || base >= 1 << 32);
+            assert!(end <= MEM64_WINDOW.0);
+        }
+    }
+}

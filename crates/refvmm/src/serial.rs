@@ -1,0 +1,96 @@
+//! COM1 (ports 0x3F8-0x3FF, IRQ 4): vm-superio's 16550A model, output to a writer (stdout).
+//!
+//! The interrupt line is an eventfd wired to GSI 4 with an irqfd, so a guest that enables the
+//! transmit-empty interrupt gets it from the in-kernel IOAPIC; a guest that just writes bytes
+//! (the test guests do, one `out` per byte) causes one port-IO exit per byte and nothing else.
+
+use std::io::{self, Write};
+
+use kvm_runloop::reexports::vm_device::MutDevicePio;
+use kvm_runloop::reexports::vm_device::bus::{PioAddress, PioAddressOffset};
+use kvm_runloop::reexports::vmm_sys_util::eventfd::EventFd;
+use vm_superio::{Serial, Trigger};
+
+/// First port of COM1.
+pub const COM1_PORT: u16 = 0x3f8;
+/// Its ISA IRQ (GSI).
+pub const COM1_GSI: u32 = 4;
+
+/// vm-superio's interrupt line as an eventfd (a newtype: neither type is ours).
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// COM1 as a port-IO device.
+pub struct Com1<W: Write + Send> {
+    serial: Serial<EventFdTrigger, vm_superio::serial::NoEvents, W>,
+}
+
+impl<W: Write + Send> Com1<W> {
+    /// A UART whose transmitted bytes go to `out` and whose interrupt signals `irq`.
+    pub fn new(irq: EventFd, out: W) -> Self {
+        Com1 {
+            serial: Serial::new(EventFdTrigger(irq), out),
+        }
+    }
+}
+
+impl<W: Write + Send> MutDevicePio for Com1<W> {
+    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        // Registers are bytes; a wider read returns the register in the low byte.
+        data.fill(0);
+        if let Some(d) = data.first_mut() {
+            *d = self.serial.read(offset as u8);
+        }
+    }
+
+    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        if let Some(&b) = data.first() {
+            if let Err(e) = self.serial.write(offset as u8, b) {
+                log::warn!("COM1: write of {b:#04x} at +{offset}: {e:?}");
+            }
+        }
+    }
+}
+
+/// Stdout for the guest's console: a line-buffered handle flushed at each newline (Rust's stdout
+/// is a `LineWriter`), so the guest's lines interleave cleanly with refvmm's own messages.
+pub struct ConsoleOut;
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // A closed pipe must not take down the VMM: the guest keeps running, its output is lost.
+        match io::stdout().lock().write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(buf.len()),
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stdout().lock().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_written_to_thr_reach_the_writer() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut com = Com1::new(irq, Vec::new());
+        for b in b"hi\n" {
+            com.pio_write(PioAddress(COM1_PORT), 0, &[*b]);
+        }
+        let mut lsr = [0u8];
+        com.pio_read(PioAddress(COM1_PORT), 5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "THR empty");
+        assert_eq!(com.serial.writer(), b"hi\n");
+    }
+}

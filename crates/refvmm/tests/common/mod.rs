@@ -1,0 +1,118 @@
+//! Shared by the `run_*` tests: building the bare-metal test guests once per test binary, and
+//! running `refvmm run` with them.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Builds `tests/guests` (its own workspace, so no lock on ours) into this test target's tmp dir
+/// once per test binary; returns the directory holding `pci_probe.elf` and `nvme_e2e.elf`.
+pub fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let out = tmp.join("guests");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/guests/build.sh");
+        let status = Command::new(&script)
+            .arg(&out)
+            .env("GUESTS_TARGET_DIR", tmp.join("guests-target"))
+            .output()
+            .expect("run tests/guests/build.sh");
+        assert!(
+            status.status.success(),
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&status.stderr)
+        );
+        out
+    })
+}
+
+/// What `refvmm run` did.
+pub struct Run {
+    /// Exit status.
+    pub code: i32,
+    /// Guest serial output and the reports.
+    pub stdout: String,
+    /// refvmm's own messages.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Both streams, for assertion messages.
+    pub fn all(&self) -> String {
+        format!(
+            "exit status {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// The `GUEST: STEP <name> ...` line.
+    pub fn step(&self, name: &str) -> &str {
+        let prefix = format!("GUEST: STEP {name} ");
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no STEP {name} line:\n{}", self.all()))
+    }
+
+    /// Asserts the step passed.
+    pub fn passed(&self, name: &str) {
+        let l = self.step(name);
+        assert!(l.contains(" PASS "), "{l}\n{}", self.all());
+    }
+
+    /// The counters line of the trapped range named `name`.
+    pub fn range(&self, name: &str) -> &str {
+        let quoted = format!("\"{name}\"");
+        self.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(['M', 'P']) && l.ends_with(&quoted))
+            .unwrap_or_else(|| panic!("no trapped range {quoted}:\n{}", self.all()))
+    }
+
+    /// `key=N` on `line`.
+    pub fn field(line: &str, key: &str) -> u64 {
+        let k = format!("{key}=");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k}N on {line:?}"))
+    }
+
+    /// The `exit <kind> N` count (0 when absent).
+    pub fn exits(&self, kind: &str) -> u64 {
+        self.stdout
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("exit") && w.next() == Some(kind))
+                    .then(|| w.next().unwrap().parse().unwrap())
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Runs `refvmm run` with `args`.
+pub fn refvmm_run(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_refvmm"))
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("run refvmm");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The path of a built guest image.
+pub fn guest(name: &str) -> String {
+    guests()
+        .join(format!("{name}.elf"))
+        .to_string_lossy()
+        .into_owned()
+}

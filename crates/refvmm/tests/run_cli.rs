@@ -1,0 +1,59 @@
+//! `refvmm run` errors a user can hit: each names the problem and what to do, and exits 125.
+
+mod common;
+
+use common::{guest, refvmm_run};
+
+#[test]
+fn a_host_device_that_cannot_be_opened_says_why() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    // No such device on this host (or no VFIO): vfio-pci's host layer explains.
+    let r = refvmm_run(&["--guest", &guest("pci_probe"), "--device", "0000:7f:1f.7"]);
+    assert_eq!(r.code, 125, "{}", r.all());
+    assert!(r.stderr.contains("--device 0000:7f:1f.7"), "{}", r.all());
+    assert!(r.stderr.starts_with("refvmm: error:"), "{}", r.all());
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_runs() {
+    let r = refvmm_run(&["--guest", "/nonexistent", "--device", "nvme0"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("`test`"), "{}", r.all());
+    let r = refvmm_run(&["--guest", "/nonexistent", "--memory", "1M"]);
+    assert!(r.stderr.contains("at least 4M"), "{}", r.all());
+}
+
+#[test]
+fn an_image_that_is_not_an_elf_guest_is_refused_with_the_rules() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let not_elf = std::env::temp_dir().join(format!("refvmm-not-elf-{}", std::process::id()));
+    std::fs::write(&not_elf, b"#!/bin/sh\necho hello\n").unwrap();
+    let r = refvmm_run(&["--guest", not_elf.to_str().unwrap()]);
+    std::fs::remove_file(&not_elf).ok();
+    assert_eq!(r.code, 125, "{}", r.all());
+    assert!(r.stderr.contains("as a 64-bit ELF guest"), "{}", r.all());
+    // A real guest with a command line that is too long.
+    let long = "x".repeat(1024);
+    let r = refvmm_run(&["--guest", &guest("pci_probe"), "--cmdline", &long]);
+    assert_eq!(r.code, 125, "{}", r.all());
+    assert!(r.stderr.contains("at most 1023 bytes"), "{}", r.all());
+}
+
+#[test]
+fn without_a_guest_the_built_in_one_lists_the_bus() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let r = refvmm_run(&["--device", "sim", "--device", "test", "--show-counters"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let listing = "  00:00.0 1b36:0008 class 060000\n  00:01.0 1b36:0010 class 010802\n  00:02.0 1b36:0005 class ff0000\n";
+    assert!(r.stdout.contains(listing), "{}", r.all());
+    // One conf1 read of the IDs per device number, one more of the class per function found.
+    let conf1 = r.range("pci-conf1");
+    assert_eq!(common::Run::field(conf1, "reads"), 32 + 3, "{conf1}");
+    assert_eq!(common::Run::field(conf1, "writes"), 32 + 3, "{conf1}");
+}
