@@ -11,44 +11,42 @@
 use std::fmt::Write as _;
 
 use kvm_runloop::{BackingKind, BusKind, MemoryAccess, Vm};
+use trap_map::{MtreeKind, mtree_line};
 
 use crate::devices::Attached;
 use crate::pci::PciBus;
 
-/// The functions on the bus, then the flat memory view.
+/// The functions on the bus, then the flat memory view, then each device's own view.
 pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
     let mut out = String::from("PCI bus 0 (conf1 at 0xcf8, ECAM at 0xb0000000):\n");
     for (bdf, name, _) in pci.functions() {
         let _ = writeln!(out, "  {} {name}", bdf.short());
     }
-    let mut rows: Vec<(u64, u64, String, String)> = Vec::new();
+    let mut rows: Vec<(u64, u64, MtreeKind, String)> = Vec::new();
     for r in vm.slots().regions() {
         let kind = match (r.backing, r.access) {
-            (BackingKind::GuestRam, _) => "ram",
-            (_, MemoryAccess::ReadOnly) => "romd",
-            (BackingKind::File { .. }, _) => "ram, mapped device memory",
-            _ => "ram",
+            (_, MemoryAccess::ReadOnly) => MtreeKind::RomDevice,
+            (BackingKind::GuestRam | BackingKind::Anonymous, _) => MtreeKind::Ram,
+            // A file or caller-owned mapping: a BAR mmap (the passthrough device maps its
+            // VFIO regions itself and hands the slots their host addresses).
+            (BackingKind::File { .. } | BackingKind::Host, _) => MtreeKind::RamDevice,
         };
-        rows.push((r.guest_addr, r.size, kind.to_string(), r.name));
+        rows.push((r.guest_addr, r.size, kind, r.name));
     }
     for d in vm.bus().device_counts() {
         if d.bus == BusKind::Mmio {
-            rows.push((d.base, d.size, "i/o, trapped".into(), d.name));
+            rows.push((d.base, d.size, MtreeKind::Io, d.name));
         }
     }
     rows.sort_by_key(|r| r.0);
-    let mut out = String::from(
-        "FlatView (guest physical memory; i/o ranges exit to refvmm, ram ranges do not)\n",
+    out.push_str(
+        "FlatView (guest physical memory; i/o ranges exit to refvmm, ram/ramd ranges do not)\n",
     );
     for (base, size, kind, name) in rows {
-        let _ = writeln!(
-            out,
-            "  {base:016x}-{:016x} ({kind}): {name}",
-            base + size - 1
-        );
+        let _ = writeln!(out, "{}", mtree_line(base, base + size - 1, kind, &name));
     }
     for a in attached {
-        let _ = writeln!(out, "device {} ({}) BAR0 pages:", a.bdf.short(), a.spec);
+        let _ = writeln!(out, "device {} ({}):", a.bdf.short(), a.spec);
         out.push_str(&a.handle.mtree());
     }
     out

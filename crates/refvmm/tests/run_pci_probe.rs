@@ -71,6 +71,13 @@ fn pci_probe_passes_with_the_simulated_passthrough_device() {
         "{}",
         r.all()
     );
+    assert!(
+        r.stdout.contains(
+            "  00000000c0001000-00000000c0001fff (prio 0, ramd): 00:01.0 BAR0 mmap +0x1000\n"
+        ),
+        "{}",
+        r.all()
+    );
     // ...and every MMIO exit is accounted for by trapped ranges: 5 writes and 4 reads of the MSI-X
     // table, and the register store. None came from the page's store and load.
     let msix = r.range("00:01.0 BAR0 msix-table");
@@ -206,11 +213,16 @@ fn pci_probe_passes_with_the_test_function_and_the_counters_agree() {
         "{}",
         r.all()
     );
-    // The flat view shows the device's three kinds of pages.
+    // The flat view lists the bus, then shows the device's mapped page as QEMU would.
     assert!(
-        r.stdout.contains(
-            "00000000c0001000-00000000c0001fff (ram, mapped device memory): 00:01.0 BAR0 memory"
-        ),
+        r.stdout
+            .contains("PCI bus 0 (conf1 at 0xcf8, ECAM at 0xb0000000):\n  00:00.0 "),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout
+            .contains("  00000000c0001000-00000000c0001fff (prio 0, ramd): 00:01.0 BAR0 memory\n"),
         "{}",
         r.all()
     );

@@ -309,6 +309,40 @@ fn region_name(device: &str, line: &Line<'_>) -> String {
     }
 }
 
+/// What backs a range in QEMU's `info mtree -f` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtreeKind {
+    /// Guest RAM (`ram`).
+    Ram,
+    /// Device memory mapped into the guest, as a VFIO BAR mmap is (`ramd`): no exit.
+    RamDevice,
+    /// Read-only memory whose writes trap (`romd`).
+    RomDevice,
+    /// A trapped range (`i/o`): every access exits to the VMM.
+    Io,
+}
+
+impl MtreeKind {
+    /// The word QEMU prints for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtreeKind::Ram => "ram",
+            MtreeKind::RamDevice => "ramd",
+            MtreeKind::RomDevice => "romd",
+            MtreeKind::Io => "i/o",
+        }
+    }
+}
+
+/// One line of QEMU's `info mtree -f`: `  START-END (prio 0, KIND): NAME`, 16 hex digits and
+/// an inclusive end, so engineers who know QEMU's view read ours without a legend.
+pub fn mtree_line(start: u64, end_inclusive: u64, kind: MtreeKind, name: &str) -> String {
+    format!(
+        "  {start:016x}-{end_inclusive:016x} (prio 0, {}): {name}",
+        kind.as_str()
+    )
+}
+
 /// Renders `plan` placed at `placement` as QEMU `info mtree -f` prints it: a `FlatView` for
 /// the memory address space and, if the device has I/O BARs, one for the I/O space.
 /// `device` names the regions (QEMU uses the host BDF, e.g. `0000:01:00.0`).
@@ -335,17 +369,12 @@ pub fn render_mtree(
         }
         for l in &lines {
             let kind = if matches!(l.kind, SegmentKind::Map { .. }) {
-                "ramd"
+                MtreeKind::RamDevice
             } else {
-                "i/o"
+                MtreeKind::Io
             };
-            let _ = writeln!(
-                out,
-                "  {:016x}-{:016x} (prio 0, {kind}): {}",
-                l.start,
-                l.end,
-                region_name(device, l)
-            );
+            let name = region_name(device, l);
+            let _ = writeln!(out, "{}", mtree_line(l.start, l.end, kind, &name));
         }
         out.push('\n');
     }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use kvm_runloop::{BusKind, DeviceCounts};
-use trap_map::BarKind;
+use trap_map::{BarKind, MtreeKind, mtree_line};
 
 use super::PassthroughDevice;
 
@@ -16,7 +16,7 @@ impl PassthroughDevice {
     pub fn mtree(&self) -> String {
         let mut out = String::new();
         for (memory, title) in [(true, "memory"), (false, "I/O")] {
-            let mut lines: Vec<(u64, u64, &'static str, String)> = Vec::new();
+            let mut lines: Vec<(u64, u64, MtreeKind, String)> = Vec::new();
             for bar in self
                 .bars
                 .iter()
@@ -27,7 +27,7 @@ impl PassthroughDevice {
                     lines.push((
                         base + m.offset,
                         base + m.offset + m.len - 1,
-                        "ramd",
+                        MtreeKind::RamDevice,
                         m.name.clone(),
                     ));
                 }
@@ -35,7 +35,7 @@ impl PassthroughDevice {
                     lines.push((
                         base + t.offset,
                         base + t.offset + t.len - 1,
-                        "i/o",
+                        MtreeKind::Io,
                         t.name.clone(),
                     ));
                 }
@@ -43,13 +43,13 @@ impl PassthroughDevice {
             if lines.is_empty() && !memory {
                 continue;
             }
-            lines.sort();
+            lines.sort_by_key(|l| l.0);
             let _ = writeln!(out, "FlatView ({title}) of {}", self.name);
             if lines.is_empty() {
                 let _ = writeln!(out, "  No rendered FlatView");
             }
             for (start, end, kind, name) in lines {
-                let _ = writeln!(out, "  {start:016x}-{end:016x} (prio 0, {kind}): {name}");
+                let _ = writeln!(out, "{}", mtree_line(start, end, kind, &name));
             }
         }
         for bar in self.bars.iter().filter(|b| b.placed.is_none()) {
