@@ -28,7 +28,7 @@ use super::{HostPaths, PciAddress};
 
 /// Writes sysfs attributes. The kernel acts on each write; [`KernelSysfs`] is the real thing,
 /// and a test can supply a writer that also plays the kernel's part on a fake tree
-/// (see [`FakeKernel`](super::fake::FakeKernel)).
+/// (`fake::FakeKernel`, with the `sim` feature).
 pub trait SysfsWriter {
     /// Writes `value` to the attribute file at `path`, as `echo -n VALUE > PATH` does.
     /// The file must exist: sysfs attributes are never created by writing.

@@ -2,7 +2,7 @@
 //! it can be passed through, and opening it through VFIO.
 //!
 //! Everything reads and writes under a [`HostPaths`] (default `/sys`, `/dev`, `/proc`,
-//! `/run/refvmm`), so the same code runs against a fake tree in tests ([`fake`]).
+//! `/run/refvmm`), so the same code runs against a fake tree in tests (`fake`, feature `sim`).
 //!
 //! | file | concept |
 //! |---|---|
@@ -14,11 +14,12 @@
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
 //! | `info.rs` | [`DeviceInfo`]: regions (sparse mmap, MSI-X mappable) and IRQs as plain data |
-//! | `fake.rs` | [`fake::FakeHost`], [`fake::FakeKernel`]: a fake tree for tests |
+//! | `fake.rs` | `fake::FakeHost`, `fake::FakeKernel`: a fake tree for tests (feature `sim`) |
 
 mod address;
 mod bind;
 mod check;
+#[cfg(feature = "sim")]
 pub mod fake;
 mod info;
 mod limits;
