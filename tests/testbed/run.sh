@@ -18,7 +18,8 @@ CACHE=${TESTBED_CACHE:-$REPO/build/testbed}
 INTERACTIVE=${TESTBED_INTERACTIVE:-0}      # 1: QEMU in the foreground, a shell in L2 at the end
 TIMEOUT=${TESTBED_TIMEOUT:-300}            # seconds per L2 boot, hard limit
 [ "$INTERACTIVE" != 1 ] || TIMEOUT=${TESTBED_TIMEOUT:-3600}
-RETRIES=${TESTBED_RETRIES:-1}              # extra boots after a hang (timeout or RCU stall), never after a FAIL
+RETRIES=${TESTBED_RETRIES:-2}              # extra boots after a hang (timeout, silence or RCU stall), never after a FAIL
+QUIET=${TESTBED_QUIET_TIMEOUT:-60}         # seconds without serial output that count as a hang (0: off)
 KEEP=${TESTBED_KEEP:-0}                    # 1: keep the disk image and initramfs of a passing run
 APT_UPDATE=${TESTBED_APT_UPDATE:-auto}     # auto (when lists are missing or older than APT_MAX_AGE days) | always | never
 APT_MAX_AGE=${TESTBED_APT_MAX_AGE:-7}
@@ -36,6 +37,7 @@ MEM=${TESTBED_MEM:-2G}
 APPEND_EXTRA=${TESTBED_APPEND:-}           # extra kernel command-line words
 QEMU_EXTRA=${TESTBED_QEMU_ARGS:-}          # extra QEMU arguments (word-split)
 RUST_LOG_L2=${TESTBED_RUST_LOG:-}          # RUST_LOG for refvmm inside L2
+KVM_AMD_OPTS=${TESTBED_KVM_AMD_OPTS-}      # kvm_amd module parameters in L2
 
 # What QEMU is given with -nodefaults (TESTBED.md): the NVMe is the first device after the host bridge.
 NVME_BDF=0000:00:01.0
@@ -49,8 +51,8 @@ case $HOST_TOOL in refvmm | sysfs | auto) ;; *)
     exit 2
     ;;
 esac
-[[ $TIMEOUT =~ ^[0-9]+$ && $RETRIES =~ ^[0-9]+$ && $PATTERN_LBA =~ ^[0-9]+$ && $DISK_MIB =~ ^[0-9]+$ ]] || {
-    echo "testbed: TESTBED_TIMEOUT, TESTBED_RETRIES, TESTBED_PATTERN_LBA and TESTBED_DISK_MIB take whole numbers" >&2
+[[ $TIMEOUT =~ ^[0-9]+$ && $RETRIES =~ ^[0-9]+$ && $QUIET =~ ^[0-9]+$ && $PATTERN_LBA =~ ^[0-9]+$ && $DISK_MIB =~ ^[0-9]+$ ]] || {
+    echo "testbed: TESTBED_TIMEOUT, TESTBED_RETRIES, TESTBED_QUIET_TIMEOUT, TESTBED_PATTERN_LBA and TESTBED_DISK_MIB take whole numbers" >&2
     exit 2
 }
 [[ $SERIAL =~ ^[A-Za-z0-9._-]{1,20}$ ]] || {
@@ -422,7 +424,7 @@ stage_initramfs() {
     sed -e "s|@KVER@|$KVER|" -e "s|@NVME_BDF@|$NVME_BDF|" -e "s|@NVME_ID@|$NVME_ID|" \
         -e "s|@NVME_SERIAL@|$SERIAL|" -e "s|@PATTERN_LBA@|$PATTERN_LBA|" -e "s|@MODULES@|$MODULES|" \
         -e "s|@BUILTIN@|${BUILTIN_MODS% }|" -e "s|@HOST_TOOL@|$HOST_TOOL|" -e "s|@INTERACTIVE@|$INTERACTIVE|" \
-        -e "s|@RUST_LOG@|$RUST_LOG_L2|" "$HERE/init.sh.in" >"$st/init"
+        -e "s|@RUST_LOG@|$RUST_LOG_L2|" -e "s|@KVM_AMD_OPTS@|$KVM_AMD_OPTS|" "$HERE/init.sh.in" >"$st/init"
     chmod 755 "$st/init"
     ! grep -n '@[A-Z_]*@' "$st/init" || die "init.sh.in has a token run.sh does not fill in"
     INITRD=$RUN/initramfs.cpio.gz
@@ -444,16 +446,27 @@ qemu_cmd() { # the command line from TESTBED.md, with the unpacked firmware
         -kernel "$VMLINUZ" -initrd "$INITRD" -append "${append% }"
         -nographic -no-reboot -nodefaults -serial "$serial" $QEMU_EXTRA)
 }
-# boot_once N: one L2 boot; sets BOOT_OUTCOME to exited|timeout|stall|nopoweroff, and BOOT_LOG.
+# boot_once N: one L2 boot; sets BOOT_OUTCOME to exited|timeout|stall|quiet|nopoweroff, and BOOT_LOG.
 boot_once() {
-    local n=$1 pid rc=0 t0 t_init="" t_result=""
+    local n=$1 pid rc=0 t0 t_init="" t_result="" size=-1 t_size
     BOOT_LOG=$RUN/serial-$n.log
     t0=$EPOCHREALTIME
+    t_size=$t0
     LD_LIBRARY_PATH=$QEMU_LD timeout -k 10 "$TIMEOUT" "${QEMU_CMD[@]}" </dev/null >"$BOOT_LOG" 2>&1 &
     pid=$!
     BOOT_OUTCOME=exited
     while kill -0 "$pid" 2>/dev/null; do
         sleep 0.5
+        # Silence: a normal run prints at least every few seconds (the L3 runs stream their output). Nested KVM
+        # under TCG sometimes freezes L2 without even an RCU stall report; do not wait for TESTBED_TIMEOUT then.
+        if [ "$(stat -c %s "$BOOT_LOG")" != "$size" ]; then
+            size=$(stat -c %s "$BOOT_LOG")
+            t_size=$EPOCHREALTIME
+        elif [ "$QUIET" -gt 0 ] && [ -z "$t_result" ] && [ "$(since "$t_size" | cut -d. -f1)" -ge "$QUIET" ]; then
+            BOOT_OUTCOME=quiet
+            kill -TERM "$pid" 2>/dev/null || true
+            break
+        fi
         if [ -z "$t_init" ] && grep -q '^TESTBED: INIT' "$BOOT_LOG"; then
             t_init=$(since "$t0")
             say "attempt $n: /init started ${t_init}s after QEMU"
@@ -494,10 +507,11 @@ stage_boot() {
     while :; do
         boot_once "$n"
         case $BOOT_OUTCOME in
-        timeout | stall)
+        timeout | stall | quiet)
             if [ "$n" -le "$RETRIES" ]; then
                 local why=$BOOT_OUTCOME
                 [ "$why" = stall ] && why="RCU stall in L2: $(grep -aE -m 1 "$STALL_RE" "$BOOT_LOG" | tr -d '\r')"
+                [ "$why" = quiet ] && why="no serial output for ${QUIET}s, last: $(grep -av '^ *$' "$BOOT_LOG" | tail -n 1 | tr -d '\r' | cut -c1-120)"
                 say "attempt $n hung ($why): booting again"
                 n=$((n + 1))
                 continue
@@ -522,6 +536,7 @@ stage_verify() {
     case $BOOT_OUTCOME in
     timeout) die "L2 did not finish within TESTBED_TIMEOUT=${TIMEOUT}s (last lines: tail $BOOT_LOG)" ;;
     stall) die "L2 hit an RCU stall on every attempt (see $BOOT_LOG)" ;;
+    quiet) die "L2 went silent for TESTBED_QUIET_TIMEOUT=${QUIET}s on every attempt (see $BOOT_LOG)" ;;
     esac
     grep -aq 'Kernel panic' "$BOOT_LOG" && die "L2 kernel panic: $(grep -a -m 1 'Kernel panic' "$BOOT_LOG" | tr -d '\r')"
     [ -n "$result" ] || die "L2 printed no RESULT line (see $BOOT_LOG)"
@@ -530,8 +545,12 @@ stage_verify() {
     [ "$BOOT_OUTCOME" = exited ] || say "warning: L2 did not power off by itself after its verdict"
     if [ -f "$PAYLOAD_DIR/post-check.sh" ]; then
         say "running $PAYLOAD_DIR/post-check.sh"
+        # Its output (the image check, the comparison table) goes to the stage log and to the terminal.
         TESTBED_DISK="$DISK" TESTBED_LOG="$BOOT_LOG" TESTBED_SERIAL="$SERIAL" TESTBED_PATTERN_LBA="$PATTERN_LBA" \
-            bash "$PAYLOAD_DIR/post-check.sh"
+            bash "$PAYLOAD_DIR/post-check.sh" 2>&1 | while IFS= read -r line; do
+            printf '%s\n' "$line"
+            printf '    %s\n' "$line" >&3
+        done
     fi
 }
 

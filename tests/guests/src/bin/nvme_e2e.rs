@@ -9,7 +9,7 @@
 #![no_std]
 #![no_main]
 
-use guests::dma::DmaPage;
+use guests::dma::{DmaPage, PAGE_SIZE};
 use guests::idt::{MSIX_VECTOR_BASE, irq_count};
 use guests::nvme::{
     Controller, Done, IdentifyController, IdentifyNamespace, NvmeError, Sqe, Timeouts, ascii_field,
@@ -450,26 +450,54 @@ fn main(boot: &BootInfo, report: &mut Report) {
     }
     let io_end = ctrl.stats();
 
-    // Negative: DMA to an address outside guest RAM must fail with an NVMe error status.
+    // Negative: the device is told to DMA outside guest RAM, where the IOMMU maps nothing.
+    // Two directions, because they fail differently (PCIe): a DMA *read* by the device (a
+    // non-posted request) gets an error completion back, so the controller must fail the command;
+    // a DMA *write* (posted) gets no answer at all, so the controller may well report success while
+    // the IOMMU drops the data; only the host's IOMMU fault log shows that one.
+    //   read:  a 3-page Read whose PRP2 points at a PRP list at ADDR: the controller must fetch
+    //          the list from ADDR before it moves any data (the step's verdict);
+    //   write: a 1-block Read into a data buffer at ADDR (reported as a NOTE, whatever happens).
     match opt.dma_fault {
         None => report.skip(
             "dma-fault",
             format_args!("not asked for (add dma-fault or dma-fault=ADDR)"),
         ),
-        Some(addr) => match ctrl.io(Sqe::rw(false, NSID, opt.pattern_lba, 1, addr)) {
-            Ok(done) => {
-                let failed = !done.completion.status.is_success();
-                report.check(
+        Some(addr) => {
+            READ_BUF.fill(0xee);
+            let blocks = (3 * PAGE_SIZE / 512) as u16;
+            let list = Sqe::rw(false, NSID, opt.pattern_lba, blocks, READ_BUF.addr()).prp2(addr);
+            match ctrl.io(list) {
+                Ok(done) => {
+                    let failed = !done.completion.status.is_success();
+                    report.check(
+                        "dma-fault",
+                        failed,
+                        format_args!(
+                            "{blocks}-block read with its PRP list at {addr:#x} (outside RAM: the device must read it) completed with {}{}; {done}",
+                            done.completion.status,
+                            if failed { "" } else { " (want an error status)" }
+                        ),
+                    );
+                }
+                Err(e) => report.fail(
                     "dma-fault",
-                    failed,
-                    format_args!(
-                        "read into {addr:#x} (outside RAM) completed with {} (want an error status); {done}",
-                        done.completion.status
-                    ),
-                );
+                    format_args!("read with its PRP list at {addr:#x}: {e}"),
+                ),
             }
-            Err(e) => report.fail("dma-fault", format_args!("read into {addr:#x}: {e}")),
-        },
+            match ctrl.io(Sqe::rw(false, NSID, opt.pattern_lba, 1, addr)) {
+                Ok(done) => note!(
+                    "dma-fault-write read into a data buffer at {addr:#x} (outside RAM: the device writes there) completed with {}{}; {done}",
+                    done.completion.status,
+                    if done.completion.status.is_success() {
+                        ": a posted DMA write gets no error back, the IOMMU dropped it (see the host's IOMMU fault log)"
+                    } else {
+                        ""
+                    }
+                ),
+                Err(e) => note!("dma-fault-write read into {addr:#x}: {e}"),
+            }
+        }
     }
 
     // 8. The interrupt path: every completion must have come with its MSI-X interrupt.
@@ -502,6 +530,15 @@ fn main(boot: &BootInfo, report: &mut Report) {
         ),
         Err(e) => report.fail("shutdown", format_args!("{e}")),
     }
+    // Every write this driver made to BAR0's register and doorbell pages (MSI-X table writes
+    // are not in it): what a VMM that traps every BAR access should count as write exits there.
+    let s = ctrl.stats();
+    note!(
+        "bar0-writes total={} doorbell={} register={} (the whole run, shutdown included)",
+        s.doorbell_writes + s.register_writes,
+        s.doorbell_writes,
+        s.register_writes
+    );
 }
 
 /// Reports a step whose command result is checked by `judge`; returns whether it passed.

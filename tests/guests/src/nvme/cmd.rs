@@ -109,6 +109,14 @@ impl Sqe {
         .cdw(12, (blocks - 1) as u32)
     }
 
+    /// Sets PRP2 (dwords 8-9): the second page of a two-page transfer, or the address of a PRP
+    /// list when the transfer spans more than two pages (NVMe 1.4 4.3).
+    pub const fn prp2(mut self, prp2: u64) -> Self {
+        self.0[8] = prp2 as u32;
+        self.0[9] = (prp2 >> 32) as u32;
+        self
+    }
+
     /// Flush namespace `nsid`.
     pub const fn flush(nsid: u32) -> Self {
         Sqe::new(opcode::FLUSH, nsid, 0)

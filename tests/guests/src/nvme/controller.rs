@@ -59,6 +59,10 @@ pub struct Stats {
     pub by_polling: u64,
     /// Doorbell register writes (submission tail and completion head).
     pub doorbell_writes: u64,
+    /// 32-bit writes to the other controller registers (CC, AQA, ASQ, ACQ; a 64-bit register
+    /// counts 2). With every BAR access trapped, the VMM's write exits on BAR0's register and
+    /// doorbell pages should equal `doorbell_writes + register_writes`.
+    pub register_writes: u64,
 }
 
 /// Time limits.
@@ -278,6 +282,7 @@ impl Controller {
         let cc_now = self.regs.read32(reg::CC);
         if cc_now & cc::EN != 0 {
             self.regs.write32(reg::CC, cc_now & !cc::EN);
+            self.stats.register_writes += 1;
         }
         self.wait_ready(false)
     }
@@ -317,6 +322,8 @@ impl Controller {
             reg::CC,
             cc::EN | cc::CSS_NVM | cc::MPS_4K | cc::AMS_RR | cc::IOSQES_64 | cc::IOCQES_16,
         );
+        // AQA, ASQ and ACQ (two dwords each), CC.
+        self.stats.register_writes += 6;
         self.wait_ready(true)
     }
 
@@ -396,6 +403,7 @@ impl Controller {
         let cc_now = self.regs.read32(reg::CC);
         self.regs
             .write32(reg::CC, (cc_now & !(0b11 << 14)) | cc::SHN_NORMAL);
+        self.stats.register_writes += 1;
         let mut csts_now = 0;
         time::wait_until(self.cap.ready_timeout_ms().max(1000), || {
             csts_now = self.regs.read32(reg::CSTS);

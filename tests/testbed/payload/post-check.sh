@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Payload post-check (host side, run by tests/testbed/run.sh after a passing boot): the block the L3 guest wrote
+# through passthrough is in the disk image file, and the L3 runs' summaries (`TESTBED: L3 name key=value...`,
+# printed by run-l3.sh in L2) make the comparison table. Environment from run.sh: TESTBED_DISK, TESTBED_LOG,
+# TESTBED_SERIAL, TESTBED_PATTERN_LBA. Exit non-zero on any failure.
+set -euo pipefail
+: "${TESTBED_DISK:?run by tests/testbed/run.sh}" "${TESTBED_LOG:?}"
+lba=${TESTBED_PATTERN_LBA:-100}
+write_lba=$((lba + 1)) # nvme_e2e's default write-lba
+fails=0
+ok() { printf 'post-check: %-16s OK   %s\n' "$1" "$2"; }
+bad() { printf 'post-check: %-16s FAIL %s\n' "$1" "$2"; fails=$((fails + 1)); }
+
+# ---- the image: the written block, the pattern block untouched, nothing else changed ----------------------
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for k in $(seq 0 31); do printf 'E2E=%04d REC=%02d\n' "$write_lba" "$k"; done >"$tmp/written.bin"
+for k in $(seq 0 31); do printf 'LBA=%04d REC=%02d\n' "$lba" "$k"; done >"$tmp/pattern.bin"
+dd if="$TESTBED_DISK" of="$tmp/got.bin" bs=512 skip="$write_lba" count=1 status=none
+if cmp -s "$tmp/got.bin" "$tmp/written.bin"; then
+    ok disk-written "LBA $write_lba (byte $((write_lba * 512))) of $(basename "$TESTBED_DISK") holds the guest's block ($(head -c 15 "$tmp/got.bin"))"
+else
+    bad disk-written "LBA $write_lba of $TESTBED_DISK is not the guest's block: $(od -A d -c "$tmp/got.bin" | head -n 2 | tr -s ' ' | tr '\n' ' ')"
+fi
+# The expected image: zeros, the pattern block, the written block. Anything else changed is a stray DMA write.
+size=$(stat -c %s "$TESTBED_DISK")
+truncate -s "$size" "$tmp/expected.img"
+dd if="$tmp/pattern.bin" of="$tmp/expected.img" bs=512 seek="$lba" conv=notrunc status=none
+dd if="$tmp/written.bin" of="$tmp/expected.img" bs=512 seek="$write_lba" conv=notrunc status=none
+if cmp -s "$TESTBED_DISK" "$tmp/expected.img"; then
+    ok disk-other "nothing else in the $((size >> 20)) MiB image changed (pattern block at LBA $lba intact)"
+else
+    bad disk-other "the image differs from the prepared one plus the written block: $(cmp "$TESTBED_DISK" "$tmp/expected.img" 2>&1 | head -n 1)"
+fi
+
+# ---- the comparison table from the L3 summaries ------------------------------------------------------------
+# field RUN KEY: KEY's value in the `TESTBED: L3 RUN ...` line.
+field() {
+    tr -d '\r' <"$TESTBED_LOG" | awk -v r="$1" -v k="$2=" '$1 == "TESTBED:" && $2 == "L3" && $3 == r {
+        for (i = 4; i <= NF; i++) if (index($i, k) == 1) { print substr($i, length(k) + 1); exit } }'
+}
+for r in default trap-all dma-fault; do
+    [ -n "$(field "$r" rc)" ] || bad "l3-$r" "no 'TESTBED: L3 $r' summary in $TESTBED_LOG"
+done
+row() { printf '  %-44s %14s %14s\n' "$1" "$(field default "$2")" "$(field trap-all "$2")"; }
+# row2 LABEL KEY1 KEY2: "value1/value2" in each column.
+row2() {
+    printf '  %-44s %14s %14s\n' "$1" "$(field default "$2")/$(field default "$3")" \
+        "$(field trap-all "$2")/$(field trap-all "$3")"
+}
+echo
+echo "L3 nvme_e2e through refvmm + VFIO (type1) in L2; counters from refvmm --show-counters:"
+printf '  %-44s %14s %14s\n' "" "default" "trap-all"
+row "doorbell page (BAR0+0x1000)" doorbell-page
+row "doorbell writes (guest's count)" doorbell-writes
+row "  of which I/O queue 3" io-doorbell-writes
+row "doorbell write exits" doorbell-exits
+row "register writes (CC, AQA, ASQ, ACQ)" register-writes
+row "write exits on BAR0 +0x0-0x1fff" bar0-write-exits
+row "MMIO write exits (all)" mmio-write-exits
+row "MMIO read exits (all)" mmio-read-exits
+row2 "MSI-X table exits (reads/writes)" msix-table-reads msix-table-writes
+row2 "pci-conf1 0xcf8-0xcff exits (reads/writes)" conf1-reads conf1-writes
+row2 "completions by MSI-X / found by polling" via-msix via-poll
+row "MSI-X vectors on a KVM irqfd" irqfd-vectors
+row "messages injected by refvmm" pending-delivered
+row "time per I/O (guest rdtsc, 4K read)" us-per-io
+row "refvmm run, wall (L2 clock)" wall
+echo "  (time per I/O: the guest's own TSC measurement of 8 reads of 1 block, doorbell to completion by MSI-X,"
+echo "   in microseconds of L3 time. L2 runs under TCG, so the absolute numbers are emulation speed, not hardware;"
+echo "   the difference between the columns is the cost of the doorbell exits. wall: refvmm start to exit, VM set-up included.)"
+echo
+printf 'post-check: dma-fault: %s\n' "$(tr -d '\r' <"$TESTBED_LOG" | grep -m 1 '^TESTBED: STEP dma-fault-nvme-status ' | sed 's/^TESTBED: STEP //')"
+printf 'post-check: dma-fault: %s\n' "$(tr -d '\r' <"$TESTBED_LOG" | grep -m 1 '^TESTBED: STEP dma-fault-iommu-log ' | sed 's/^TESTBED: STEP //')"
+[ "$fails" -eq 0 ] || { echo "post-check: $fails check(s) failed"; exit 1; }
+echo "post-check: PASS"

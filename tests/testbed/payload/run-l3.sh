@@ -1,0 +1,241 @@
+#!/bin/sh
+# The L3 passthrough runs of issue 7, run by L2's /init (busybox sh) once the NVMe is bound to vfio-pci and
+# `refvmm check` says it is ready. Environment from /init: NVME_BDF, NVME_ID, NVME_SERIAL, PATTERN_LBA, GROUP,
+# KVER. Three runs of the same guest (/payload/nvme_e2e.elf, tests/guests) with `refvmm run --device NVME_BDF`:
+#
+#   default    trap-map's default plan: the doorbell page is a KVM memory slot over the VFIO mmap
+#   trap-all   every BAR access traps (--policy trap-all): same guest, one exit per doorbell write
+#   dma-fault  default plan, and the guest also reads into an address outside its RAM (nvme_e2e dma-fault)
+#
+# For each run it prints refvmm's whole output (indented), then checks refvmm's counters against what the guest
+# says it did, one `TESTBED: STEP name OK|FAIL (t=..s) detail` line per check, and a machine-readable
+# `TESTBED: L3 name key=value...` summary that payload/post-check.sh (on the host) turns into the comparison table.
+# Exit status: the number of failed steps (0: all passed).
+
+ELF=${L3_ELF:-/payload/nvme_e2e.elf} # L3_ELF: for trying the script outside the bed
+L3_TIMEOUT=${L3_TIMEOUT:-40} # seconds per refvmm run (refvmm --timeout: the guest is stopped, exit 124); a run takes
+# 1-2 s. Kept below run.sh's TESTBED_QUIET_TIMEOUT (60 s), so a stuck L3 run is a FAIL here, not a silent L2.
+# bars=keep: refvmm places the BARs firmware-style before the guest runs; the guest keeps those addresses.
+GUEST_CMDLINE="bars=keep serial=$NVME_SERIAL lba=$PATTERN_LBA"
+FAILS=0
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+step() {
+    _name=$1 _status=$2
+    shift 2
+    [ "$_status" = FAIL ] && FAILS=$((FAILS + 1))
+    echo "TESTBED: STEP $_name $_status (t=$(uptime_s)s) $*"
+}
+# check NAME CONDITION-RESULT(0/1) DETAIL
+note() { echo "TESTBED: NOTE $*"; }
+check() {
+    if [ "$2" -eq 0 ]; then step "$1" OK "$3"; else step "$1" FAIL "$3"; fi
+}
+
+# ---- reading refvmm's output (LOG is one run's output) ------------------------------------------------------
+# range_field LOG NAME FIELD: FIELD (reads|writes|...) of the trapped range called "NAME" (0 when there is none).
+range_field() {
+    awk -v n="\"$2\"" -v f="$3=" '
+        /^  (MMIO|PIO) / && index($0, n) { for (i = 1; i <= NF; i++) if (index($i, f) == 1) { print substr($i, length(f) + 1); found = 1; exit } }
+        END { if (!found) print 0 }' "$1"
+}
+# ranges_named LOG PATTERN: the trapped ranges whose name contains PATTERN, summed: "reads writes".
+ranges_sum() {
+    awk -v p="$2" '
+        /^  (MMIO|PIO) / && index($0, p) {
+            for (i = 1; i <= NF; i++) {
+                if (index($i, "reads=") == 1) r += substr($i, 7)
+                if (index($i, "writes=") == 1) w += substr($i, 8)
+            }
+        }
+        END { print r + 0, w + 0 }' "$1"
+}
+# exits LOG KIND: the "exit KIND N" counter.
+exits() { awk -v k="$2" '$1 == "exit" && $2 == k { print $3; f = 1 } END { if (!f) print 0 }' "$1"; }
+# bus_field LOG FIELD: from the "bus unhandled-pio=..." line.
+bus_field() {
+    awk -v f="$2=" '$1 == "bus" { for (i = 2; i <= NF; i++) if (index($i, f) == 1) print substr($i, length(f) + 1) }' "$1"
+}
+# dev_field LOG FIELD: from the "Device 00:01.0 (...): bar-traps=..." line.
+dev_field() {
+    awk -v f="$2=" '$1 == "Device" { for (i = 2; i <= NF; i++) if (index($i, f) == 1) { print substr($i, length(f) + 1); x = 1 } } END { if (!x) print "?" }' "$1"
+}
+# guest_note LOG KEY FIELD: FIELD=value from the guest's "GUEST: NOTE KEY ..." line.
+guest_note() {
+    awk -v k="$2" -v f="$3=" '$1 == "GUEST:" && $2 == "NOTE" && $3 == k { for (i = 4; i <= NF; i++) if (index($i, f) == 1) print substr($i, length(f) + 1) }' "$1"
+}
+guest_step() { grep "^GUEST: STEP $2 " "$1" | head -n 1; }
+# hex_ranges LOG: every trapped MMIO range and memory slot as "kind start end writes name" with decimal numbers.
+# busybox awk has no strtonum: the shell does the hex arithmetic.
+mmio_lines() {
+    grep -E '^  (MMIO 0x|slot [0-9]+ 0x)' "$1" | while read -r _a _b _c _rest; do
+        if [ "$_a" = MMIO ]; then
+            _s=${_b%-*} _e=${_b#*-}
+            _w=$(echo "$_rest" | sed -n 's/.*writes=\([0-9]*\).*/\1/p')
+            echo "trap $((_s)) $((_e)) ${_w:-0} $_rest"
+        else
+            _s=${_c%-*} _e=${_c#*-}
+            echo "slot $((_s)) $((_e)) 0 $_rest"
+        fi
+    done
+}
+
+# ---- one run ------------------------------------------------------------------------------------------------
+# run_l3 NAME POLICY EXTRA-CMDLINE: runs refvmm; sets LOG, RC, WALL (L2 seconds, refvmm start to exit). Its output
+# goes to the console as it comes (indented), so a hang shows how far the guest got. busybox `timeout` is a second
+# bound in case refvmm's own --timeout cannot stop the vCPU (exit 143/137 then).
+run_l3() {
+    LOG=/tmp/l3-$1.log
+    _extra=${3:+ $3}
+    echo "  \$ refvmm run --guest $ELF --device $NVME_BDF --policy $2 --cmdline '$GUEST_CMDLINE$_extra' --show-counters --show-mtree --timeout $L3_TIMEOUT"
+    _t0=$(uptime_s)
+    {
+        timeout -s KILL $((L3_TIMEOUT + 10)) refvmm run --guest "$ELF" --device "$NVME_BDF" --policy "$2" \
+            --cmdline "$GUEST_CMDLINE$_extra" --show-counters --show-mtree --timeout "$L3_TIMEOUT" 2>&1
+        echo $? >/tmp/l3-rc
+    } | tee "$LOG" | sed 's/^/  | /'
+    RC=$(cat /tmp/l3-rc)
+    WALL=$(awk -v a="$_t0" -v b="$(uptime_s)" 'BEGIN { printf "%.2f", b - a }')
+    echo "  (exit $RC after ${WALL}s)"
+}
+
+# check_guest NAME: the guest ran to its verdict and passed (refvmm exit 0 is the guest's status byte 0).
+check_guest() {
+    _result=$(grep '^GUEST: RESULT ' "$LOG" | head -n 1)
+    _failed=$(grep '^GUEST: STEP [^ ]* FAIL ' "$LOG" | awk '{ printf "%s ", $3 }')
+    if [ "$RC" -eq 0 ] && [ -n "$_result" ] && [ -z "$_failed" ] && echo "$_result" | grep -q '^GUEST: RESULT PASS '; then
+        step "l3-$1" OK "refvmm exit 0 in ${WALL}s; ${_result#GUEST: }"
+    else
+        step "l3-$1" FAIL "refvmm exit $RC in ${WALL}s; ${_result:-no GUEST: RESULT line}; failed steps: ${_failed:-none}"
+    fi
+}
+
+# summarize NAME: facts every run shares, as shell variables and one `TESTBED: L3` line.
+summarize() {
+    BAR0=$(guest_step "$LOG" bar0 | awk '{ print $NF }')
+    [ -n "$BAR0" ] || BAR0=0
+    DB_START=$((BAR0 + 0x1000))
+    DB_END=$((BAR0 + 0x1fff))
+    DOORBELLS=$(guest_note "$LOG" bar0-writes doorbell)
+    REGWRITES=$(guest_note "$LOG" bar0-writes register)
+    BAR0_WRITES=$(guest_note "$LOG" bar0-writes total)
+    IO_DOORBELLS=$(guest_note "$LOG" doorbell-writes io-queue)
+    # Trapped MMIO ranges and memory slots against the doorbell page and BAR0's first two pages.
+    mmio_lines "$LOG" >/tmp/l3-ranges
+    DB_TRAPS=$(awk -v s="$DB_START" -v e="$DB_END" '$1 == "trap" && $2 <= e && $3 >= s { n++ } END { print n + 0 }' /tmp/l3-ranges)
+    DB_SLOT=$(awk -v s="$DB_START" -v e="$DB_END" '$1 == "slot" && $2 <= s && $3 >= e { $1 = $2 = $3 = $4 = ""; sub(/^ +/, ""); print; exit }' /tmp/l3-ranges)
+    # Write exits on trapped ranges inside BAR0 +0x0-0x1fff (registers and doorbells).
+    REGDB_EXITS=$(awk -v s="$BAR0" -v e="$DB_END" '$1 == "trap" && $2 >= s && $3 <= e { w += $4 } END { print w + 0 }' /tmp/l3-ranges)
+    CONF1_R=$(range_field "$LOG" pci-conf1 reads)
+    CONF1_W=$(range_field "$LOG" pci-conf1 writes)
+    set -- $(ranges_sum "$LOG" "BAR0 msix-table")
+    MSIX_R=$1 MSIX_W=$2
+    US_PER_IO=$(guest_step "$LOG" io-timing | sed -n 's/.* \([0-9][0-9]*\)us per I\/O.*/\1/p')
+    IO_LINE=$(guest_step "$LOG" io-timing | sed -n 's/.*(t=[0-9]*ms) //p')
+    POLLED=$(guest_step "$LOG" msix-interrupts | sed -n 's/.* \([0-9][0-9]*\) found by polling.*/\1/p')
+    # "msix-interrupts PASS ... 17 completions: 17 by MSI-X, 0 found by polling; ..."
+    COMPLETIONS=$(guest_step "$LOG" msix-interrupts | sed -n 's/.*) \([0-9][0-9]*\) completions: .*/\1/p')
+    VIA_MSIX=$(guest_step "$LOG" msix-interrupts | sed -n 's/.* \([0-9][0-9]*\) by MSI-X, .*/\1/p')
+    VIA_POLL=$(grep -c '^GUEST: STEP .*via=POLL' "$LOG")
+    PENDING=$(dev_field "$LOG" msix-pending-delivered)
+    IRQFD=$(dev_field "$LOG" msix-irqfd-vectors)
+    MMIO_W=$(exits "$LOG" mmio-write)
+    MMIO_R=$(exits "$LOG" mmio-read)
+    UNHANDLED=$(bus_field "$LOG" unhandled-mmio)
+}
+l3_line() {
+    _page=trapped
+    [ -n "$DB_SLOT" ] && _page=mapped
+    echo "TESTBED: L3 $1 rc=$RC wall=${WALL}s bar0=$(printf '%#x' "$BAR0") doorbell-page=$_page doorbell-writes=${DOORBELLS:-?} io-doorbell-writes=${IO_DOORBELLS:-?} register-writes=${REGWRITES:-?} bar0-write-exits=$REGDB_EXITS doorbell-exits=${DB_EXITS:-?} conf1-reads=$CONF1_R conf1-writes=$CONF1_W msix-table-reads=$MSIX_R msix-table-writes=$MSIX_W mmio-read-exits=$MMIO_R mmio-write-exits=$MMIO_W completions=${COMPLETIONS:-?} via-msix=${VIA_MSIX:-?} via-poll=${POLLED:-?} pending-delivered=$PENDING irqfd-vectors=$IRQFD us-per-io=${US_PER_IO:-?}"
+}
+
+# The interrupt path, in both policies: every completion by its MSI-X vector, none injected from userspace.
+check_irqfd() {
+    _ok=1
+    [ "$POLLED" = 0 ] && [ "$VIA_POLL" -eq 0 ] && [ "${VIA_MSIX:-0}" -gt 0 ] && [ "$VIA_MSIX" = "$COMPLETIONS" ] &&
+        [ "$PENDING" = 0 ] && [ "$IRQFD" != "?" ] && [ "$IRQFD" -gt 0 ] && _ok=0
+    check "irqfd-$1" $_ok "guest: ${COMPLETIONS:-?} completions, ${VIA_MSIX:-?} signalled by MSI-X, ${POLLED:-?} found by polling; refvmm: $IRQFD MSI-X vectors bound to a KVM irqfd, msix-pending-delivered=$PENDING (messages refvmm injected itself)"
+}
+
+echo "  refvmm $(refvmm --version 2>&1); guest $ELF ($(wc -c <"$ELF") bytes); L3 timeout ${L3_TIMEOUT}s"
+[ -f "$ELF" ] || { step l3-default FAIL "no $ELF in the payload"; exit 1; }
+
+# ---- A. the default plan ------------------------------------------------------------------------------------
+run_l3 default default ""
+check_guest default
+summarize
+DB_EXITS=0
+[ "$DB_TRAPS" -eq 0 ] || DB_EXITS="?"
+# The doorbell page is a memory slot and no trapped range overlaps it, so no doorbell write can exit; and no MMIO
+# exit went unhandled (an unhandled exit would be an access no range or slot covered).
+_ok=1
+[ -n "$DB_SLOT" ] && [ "$DB_TRAPS" -eq 0 ] && [ "$UNHANDLED" = 0 ] && [ "${DOORBELLS:-0}" -gt 0 ] && _ok=0
+check doorbell-no-exits $_ok "doorbell page $(printf '%#x-%#x' "$DB_START" "$DB_END") is ${DB_SLOT:-not a memory slot}; $DB_TRAPS trapped ranges overlap it; the guest wrote ${DOORBELLS:-?} doorbells; unhandled-mmio=$UNHANDLED"
+_ok=1
+[ "$CONF1_R" -gt 0 ] && [ "$CONF1_W" -gt 0 ] && _ok=0
+check config-trapped $_ok "pci-conf1 reads=$CONF1_R writes=$CONF1_W"
+_ok=1
+[ "$MSIX_R" -gt 0 ] && [ "$MSIX_W" -gt 0 ] && _ok=0
+check msix-table-trapped $_ok "BAR0 msix-table reads=$MSIX_R writes=$MSIX_W"
+check_irqfd default
+l3_line default
+
+# ---- B. trap everything -------------------------------------------------------------------------------------
+run_l3 trap-all trap-all ""
+check_guest trap-all
+summarize
+# Every write to BAR0 +0x0-0x1fff exits; the guest counted its register writes and its doorbell writes apart.
+DB_EXITS="?"
+[ -n "$REGWRITES" ] && DB_EXITS=$((REGDB_EXITS - REGWRITES))
+_ok=1
+[ -z "$DB_SLOT" ] && [ -n "$DOORBELLS" ] && [ "$DOORBELLS" -gt 0 ] && [ "$DB_EXITS" = "$DOORBELLS" ] && _ok=0
+check doorbell-one-exit-each $_ok "doorbell page ${DB_SLOT:-trapped}; write exits on BAR0 +0x0-0x1fff: $REGDB_EXITS = ${REGWRITES:-?} register writes + $DB_EXITS doorbell exits; the guest wrote ${DOORBELLS:-?} doorbells"
+check_irqfd trap-all
+l3_line trap-all
+
+# ---- C. DMA outside guest RAM -------------------------------------------------------------------------------
+# nvme_e2e dma-fault (tests/guests/README.md): a read whose PRP list is at 0xE000_0000 (not RAM, not mapped in the
+# IOMMU), so the controller must DMA-read outside the guest; then a read whose data buffer is there (a DMA write).
+# Expected: the first command fails with an NVMe error status, the L2 kernel logs DMAR faults for both, refvmm and
+# the guest carry on to the end.
+FAULT_ADDR=0xe0000000
+dmar_faults() { dmesg | grep -E 'DMAR: \[DMA (Read|Write)' | grep -c "fault addr $FAULT_ADDR"; }
+DMAR_BEFORE=$(dmar_faults)
+run_l3 dma-fault default "dma-fault=$FAULT_ADDR"
+check_guest dma-fault
+summarize
+DB_EXITS=0
+_line=$(guest_step "$LOG" dma-fault)
+case $_line in
+*" PASS "*) step dma-fault-nvme-status OK "${_line#GUEST: STEP dma-fault PASS (t=*ms) }" ;;
+*) step dma-fault-nvme-status FAIL "${_line:-no dma-fault step in the guest output}" ;;
+esac
+_wnote=$(grep -m 1 '^GUEST: NOTE dma-fault-write ' "$LOG" | sed 's/^GUEST: NOTE dma-fault-write //')
+note "dma-fault data-buffer write: ${_wnote:-no NOTE dma-fault-write from the guest}"
+# The fault is reported by the IOMMU's interrupt: give it a moment.
+wait_faults() {
+    _i=0
+    while [ "$_i" -lt 20 ]; do
+        dmesg | grep -q "DMA Write.*fault addr $FAULT_ADDR" && break
+        usleep 100000
+        _i=$((_i + 1))
+    done
+}
+wait_faults
+dmesg | grep -E 'DMAR: (DRHD|\[DMA)' | tail -n 8 | sed 's/^/  dmesg| /'
+DMAR_AFTER=$(dmar_faults)
+_read=$(dmesg | grep -E 'DMAR: \[DMA Read' | grep "fault addr $FAULT_ADDR" | tail -n 1 | sed 's/^\[[^]]*\] //')
+_write=$(dmesg | grep -E 'DMAR: \[DMA Write' | grep "fault addr $FAULT_ADDR" | tail -n 1 | sed 's/^\[[^]]*\] //')
+_ok=1
+[ "$DMAR_BEFORE" -eq 0 ] && [ -n "$_read" ] && [ -n "$_write" ] && _ok=0
+check dma-fault-iommu-log $_ok "$((DMAR_AFTER - DMAR_BEFORE)) DMAR faults at $FAULT_ADDR in L2's kernel log ($DMAR_BEFORE before this run); read: ${_read:-none}; write: ${_write:-none}"
+_ok=1
+grep -q '^GUEST: RESULT ' "$LOG" && grep -q '^GUEST: STEP shutdown PASS' "$LOG" && [ "$RC" -eq 0 ] && _ok=0
+if [ "$_ok" -eq 0 ]; then
+    step dma-fault-vmm-survives OK "refvmm exit 0 (the guest's status byte); the guest went on to shutdown and its RESULT after the faults"
+else
+    step dma-fault-vmm-survives FAIL "refvmm exit $RC; shutdown: $(guest_step "$LOG" shutdown | cut -d' ' -f4 | grep . || echo 'not reached'); $(grep -m 1 '^GUEST: RESULT ' "$LOG" || echo 'no GUEST: RESULT line')"
+fi
+l3_line dma-fault
+
+exit "$FAILS"
