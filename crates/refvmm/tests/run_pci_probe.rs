@@ -89,6 +89,14 @@ fn pci_probe_passes_with_the_simulated_passthrough_device() {
     assert_eq!(r.exits("mmio-write"), 5 + 1, "{}", r.all());
     assert_eq!(r.exits("mmio-read"), 4, "{}", r.all());
     assert!(r.stdout.contains("unhandled-mmio=0"), "{}", r.all());
+    // The interrupt went through the kernel: vector 0's eventfd is bound to a KVM irqfd, and
+    // refvmm delivered nothing itself.
+    assert!(
+        r.stdout
+            .contains("msix-irqfd-vectors=1 msix-pending-delivered=0"),
+        "{}",
+        r.all()
+    );
     // The device's own flat view, as `info mtree -f` prints it.
     assert!(
         r.stdout.contains("FlatView (memory) of 00:01.0"),
