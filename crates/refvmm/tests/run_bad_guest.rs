@@ -205,9 +205,10 @@ fn a_register_that_raises_nothing_fails_the_guest_after_its_wait() {
         "--timeout",
         "30",
     ]);
+    // The guest reports the wait it measured (20 ms or a tick more), so match the verdict only.
     let step = r.step("msix-interrupt");
     assert!(
-        step.contains(" FAIL ") && step.contains("within 20ms"),
+        step.contains(" FAIL ") && step.contains("no interrupt on vector 0x30 within "),
         "{}",
         r.all()
     );
