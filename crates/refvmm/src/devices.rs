@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use kvm_runloop::Vm;
 use pci_config::{Bdf, PciFunction};
 use trap_map::{PageSize, Policy};
-use vfio_pci::host::{HostPaths, PciAddress};
+use vfio_pci::host::{HostPaths, IommuBackendChoice, PciAddress};
 use vfio_pci::{
     AttachContext, DeviceBackend, DmaSetup, InterruptRouting, PassthroughDevice,
     PassthroughOptions, VfioBackend,
@@ -85,6 +85,8 @@ pub struct PassthroughKnobs {
     pub policy: Policy,
     /// Mapping granularity.
     pub page_size: PageSize,
+    /// IOMMU interface for host devices (`--iommu`).
+    pub iommu: IommuBackendChoice,
 }
 
 /// A device on the bus, as the run command keeps it.
@@ -293,12 +295,15 @@ pub fn attach(
     let (function, handle): (Box<dyn PciFunction>, DeviceHandle) = match spec {
         DeviceSpec::Host(address) => {
             let backend =
-                VfioBackend::open(&HostPaths::default(), *address, None).map_err(|source| {
-                    AttachError::Open {
+                VfioBackend::open_with(&HostPaths::default(), *address, None, knobs.iommu)
+                    .map_err(|source| AttachError::Open {
                         address: *address,
                         source,
-                    }
-                })?;
+                    })?;
+            eprintln!(
+                "refvmm: {address} opened through {}",
+                backend.opened().describe()
+            );
             let dev = passthrough(backend, spec, bdf, vm, knobs)?;
             (
                 Box::new(SharedPassthrough(dev.clone())),

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use clap::Args;
 use thiserror::Error;
 use vfio_pci::host::{
-    BindStep, Binder, CheckOptions, HostPaths, OpenedDevice, PciAddress, ProcessLimits, Readiness,
+    BindStep, Binder, CheckOptions, HostPaths, IommuBackendChoice, OpenedVfio, PciAddress,
+    ProcessLimits, Readiness,
 };
 
 use crate::CmdResult;
@@ -70,10 +71,14 @@ pub struct CheckArgs {
     /// below 1 GiB is a warning.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory: Option<u64>,
-    /// When every check passes, also open the device through VFIO (type1 container and group)
-    /// and list its regions and interrupts.
+    /// When every check passes, also open the device through VFIO (with the `--iommu`
+    /// backend) and list its regions and interrupts.
     #[arg(long)]
     open: bool,
+    /// IOMMU interface for `--open`: `auto` (iommufd when available, else type1), `type1` or
+    /// `iommufd`.
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    iommu: IommuBackendChoice,
     #[command(flatten)]
     root: HostRootArg,
 }
@@ -157,11 +162,11 @@ pub fn check(args: CheckArgs) -> CmdResult {
         .into());
     }
     if args.open {
-        let opened = OpenedDevice::open(&paths, args.device, None)?;
+        let opened = OpenedVfio::open(&paths, args.device, None, args.iommu)?;
         println!(
-            "\nVFIO view of {} (group {}, type1 container):",
+            "\nVFIO view of {} ({}):",
             opened.address(),
-            opened.group()
+            opened.describe()
         );
         print!("{}", opened.info());
     }

@@ -94,6 +94,10 @@ pub struct RunArgs {
     /// At exit, print the VM's exits by kind, every trapped range's counters and the memory slots.
     #[arg(long)]
     pub show_counters: bool,
+    /// IOMMU interface for host devices: `auto` (iommufd when /dev/iommu and the device's
+    /// /dev/vfio/devices/vfioN exist, else the type1 container), `type1` or `iommufd`.
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    pub iommu: vfio_pci::host::IommuBackendChoice,
 }
 
 /// Parses a time limit in seconds: finite, not negative, at most a year.
@@ -271,6 +275,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     let knobs = PassthroughKnobs {
         policy,
         page_size: args.page_size.unwrap_or_else(vfio_pci::host_page_size),
+        iommu: args.iommu,
     };
     let mut attached: Vec<Attached> = Vec::new();
     for spec in &args.devices {

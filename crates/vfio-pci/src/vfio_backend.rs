@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
-use iommu_dma::{DmaError, DmaMapper, VfioType1Mapper};
+use iommu_dma::{DmaError, DmaMapper};
 use thiserror::Error;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
@@ -22,7 +22,10 @@ use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref};
 use vmm_sys_util::ioctl_io_nr;
 
 use crate::backend::{BackendError, DeviceBackend, MmapSource};
-use crate::host::{DeviceInfo, HostPaths, IrqKind, OpenError, OpenedDevice, PciAddress};
+use crate::host::{
+    DeviceInfo, HostPaths, IommuBackendChoice, IrqKind, OpenError, OpenVfioError, OpenedDevice,
+    OpenedVfio, PciAddress,
+};
 
 // From <linux/vfio.h>: VFIO_TYPE is ';', VFIO_BASE 100.
 const VFIO_TYPE: u32 = b';' as u32;
@@ -37,6 +40,10 @@ pub enum VfioBackendError {
     /// and what to do.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// Choosing the IOMMU backend, or opening through iommufd, failed; the message names the
+    /// BDF, the missing node or kernel option, and the `--iommu` fallback.
+    #[error(transparent)]
+    OpenVfio(#[from] OpenVfioError),
     /// The device has no configuration region (not a vfio-pci device?).
     #[error(
         "{address}: VFIO reports no readable config region (index 7): is it bound to vfio-pci \
@@ -55,8 +62,10 @@ pub enum VfioBackendError {
         #[source]
         source: io::Error,
     },
-    /// Setting up the DMA mapper over the container failed.
-    #[error("{address}: cannot set up DMA mapping through its VFIO container: {source}")]
+    /// Setting up the DMA mapper over the container or IOAS failed.
+    #[error(
+        "{address}: cannot set up DMA mapping through its VFIO container or iommufd IOAS: {source}"
+    )]
     Dma {
         /// The device.
         address: PciAddress,
@@ -69,7 +78,7 @@ pub enum VfioBackendError {
 /// A host device opened through VFIO, as a [`DeviceBackend`].
 pub struct VfioBackend {
     name: String,
-    opened: OpenedDevice,
+    opened: OpenedVfio,
     config_offset: u64,
     config_size: u64,
     reset_supported: bool,
@@ -97,13 +106,28 @@ impl VfioBackend {
         Self::from_opened(OpenedDevice::open(paths, address, kvm_device)?)
     }
 
-    /// Wraps a device opened with [`OpenedDevice::open`], with a new DMA mapper over its
-    /// container.
-    pub fn from_opened(opened: OpenedDevice) -> Result<Self, VfioBackendError> {
+    /// Opens the device through the IOMMU backend `choice` picks ([`OpenedVfio::open`]:
+    /// `Auto` takes iommufd when `/dev/iommu` and the device's cdev exist, else type1), and
+    /// sets up its DMA mapper.
+    pub fn open_with(
+        paths: &HostPaths,
+        address: PciAddress,
+        kvm_device: Option<Arc<VfioDeviceFd>>,
+        choice: IommuBackendChoice,
+    ) -> Result<Self, VfioBackendError> {
+        Self::from_opened(OpenedVfio::open(paths, address, kvm_device, choice)?)
+    }
+
+    /// Wraps a device opened with [`OpenedDevice::open`] or
+    /// [`OpenedIommufdDevice::open`](crate::host::OpenedIommufdDevice::open), with a new DMA
+    /// mapper over its container or IOAS.
+    pub fn from_opened(opened: impl Into<OpenedVfio>) -> Result<Self, VfioBackendError> {
+        let opened = opened.into();
         let address = opened.address();
-        let mapper = VfioType1Mapper::new(opened.container().clone())
+        let mapper = opened
+            .new_dma_mapper()
             .map_err(|source| VfioBackendError::Dma { address, source })?;
-        Self::from_opened_with_mapper(opened, Arc::new(mapper))
+        Self::from_opened_with_mapper(opened, mapper)
     }
 
     /// Wraps a device opened with [`OpenedDevice::open_in`] into a container that other
@@ -112,9 +136,10 @@ impl VfioBackend {
     /// [`GuestMemoryDma`](iommu_dma::GuestMemoryDma) through
     /// [`DmaSetup::Shared`](crate::DmaSetup::Shared), so guest RAM is mapped once.
     pub fn from_opened_with_mapper(
-        opened: OpenedDevice,
+        opened: impl Into<OpenedVfio>,
         mapper: Arc<dyn DmaMapper>,
     ) -> Result<Self, VfioBackendError> {
+        let opened = opened.into();
         let address = opened.address();
         let config = opened
             .info()
@@ -145,8 +170,8 @@ impl VfioBackend {
         })
     }
 
-    /// The opened device (address, group, container, vfio-ioctls device).
-    pub fn opened(&self) -> &OpenedDevice {
+    /// The opened device (address, group, backend, vfio-ioctls device).
+    pub fn opened(&self) -> &OpenedVfio {
         &self.opened
     }
 

@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::limits::{MemlockLimit, ProcessLimits, format_bytes};
+use super::open_iommufd::{IommuAvailability, IommuBackend, IommuBackendChoice};
 use super::sysfs::{HostDevice, IommuGroup, IommuStatus, MemberState, SysfsError, VFIO_PCI_DRIVER};
 use super::{HostPaths, PciAddress};
 
@@ -451,23 +452,27 @@ fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
 }
 
 fn check_iommufd(paths: &HostPaths, device: &HostDevice) -> CheckItem {
-    let iommufd = paths.iommufd_node();
-    match (&device.vfio_cdev, iommufd.exists()) {
-        (Some(cdev), true) => CheckItem::new(
+    let host = match IommuAvailability::probe(paths, device.address) {
+        Ok(host) => host,
+        Err(e) => return CheckItem::new(CheckKind::Iommufd, Status::Skip, e.to_string()),
+    };
+    // `Auto` always decides: it says which backend `--iommu auto` takes, and why.
+    match IommuBackendChoice::Auto.decide(&host) {
+        Ok(d) if d.backend == IommuBackend::Iommufd => CheckItem::new(
             CheckKind::Iommufd,
             Status::Ok,
-            format!(
-                "available: {} and {}",
-                iommufd.display(),
-                paths.vfio_device_cdev(cdev).display()
-            ),
+            format!("available: {}; `--iommu auto` uses it", d.reason),
         ),
-        _ => CheckItem::new(
+        Ok(d) => CheckItem::new(
             CheckKind::Iommufd,
             Status::Skip,
-            "not available (needs CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV); the type1 \
-             container is used",
+            format!(
+                "not available: {}; `--iommu auto` uses the type1 container (iommufd needs \
+                 CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV)",
+                d.reason
+            ),
         ),
+        Err(e) => CheckItem::new(CheckKind::Iommufd, Status::Skip, e.to_string()),
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `check.rs` | [`Readiness`]: the passthrough checklist |
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
+//! | `open_iommufd.rs` | [`OpenedIommufdDevice`]: `/dev/iommu` + device cdev; [`IommuBackendChoice`] and [`OpenedVfio`] pick and open either |
 //! | `info.rs` | [`DeviceInfo`]: regions (sparse mmap, MSI-X mappable) and IRQs as plain data |
 //! | `fake.rs` | `fake::FakeHost`, `fake::FakeKernel`: a fake tree for tests (feature `sim`) |
 
@@ -24,6 +25,7 @@ pub mod fake;
 mod info;
 mod limits;
 mod open;
+mod open_iommufd;
 mod paths;
 mod sysfs;
 
@@ -35,6 +37,10 @@ pub use info::{
 };
 pub use limits::{MemlockLimit, ProcessLimits, format_bytes};
 pub use open::{OpenError, OpenedDevice};
+pub use open_iommufd::{
+    IommuAvailability, IommuBackend, IommuBackendChoice, IommuChoiceError, IommuDecision,
+    IommufdOpenError, OpenVfioError, OpenedIommufdDevice, OpenedVfio,
+};
 pub use paths::HostPaths;
 pub use sysfs::{
     CpuVendor, DriverOverride, GroupMember, HostDevice, IommuGroup, IommuStatus, KernelIommuParams,

@@ -5,9 +5,8 @@
 //! and the node. `vfio-ioctls` opens `/dev/vfio/vfio` and `/dev/vfio/N` itself, so a
 //! [`HostPaths`] with another `dev` root only moves those checks, not the opening.
 //!
-//! The iommufd path (`/dev/iommu` and `/dev/vfio/devices/vfioN`) needs the `iommufd-ioctls`
-//! crate to create the `IommuFd` that `vfio-ioctls` takes; it is not opened here yet, and
-//! `refvmm check` reports whether the kernel offers it.
+//! The iommufd path (`/dev/iommu` and `/dev/vfio/devices/vfioN`) is in `open_iommufd.rs`, which
+//! also chooses between the two.
 
 use std::path::PathBuf;
 use std::sync::Arc;
