@@ -78,8 +78,9 @@ pub trait DeviceBackend: Send + Sync {
     /// `VFIO_REGION_INFO_FLAG_MMAP`).
     fn mmap_source(&self, index: u32) -> Option<MmapSource<'_>>;
 
-    /// Routes every vector of `kind` to the given eventfds (`fds[i]` for vector `i`), replacing
-    /// any earlier set-up of that kind (`VFIO_DEVICE_SET_IRQS`, `ACTION_TRIGGER`).
+    /// Routes every vector of `kind` to the given eventfds (`fds[i]` for vector `i`)
+    /// (`VFIO_DEVICE_SET_IRQS`, `ACTION_TRIGGER`). VFIO refuses it while another kind is
+    /// enabled, and refuses to grow an enabled MSI block: the device disables first.
     fn enable_irqs(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), BackendError>;
 
     /// Turns interrupts of `kind` off (the device stops signalling them).

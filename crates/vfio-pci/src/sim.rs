@@ -621,6 +621,15 @@ impl DeviceBackend for SimBackend {
                 "another interrupt type is enabled (VFIO answers EINVAL)",
             ));
         }
+        // Nor can it grow an enabled MSI block (`vfio_msi_set_block`): disable it first.
+        if kind == IrqKind::Msi && !irqs.msi.is_empty() && owned.len() > irqs.msi.len() {
+            return Err(sim_err(
+                &self.spec.name,
+                op(),
+                io::ErrorKind::InvalidInput,
+                "MSI is enabled with fewer vectors (VFIO answers EINVAL)",
+            ));
+        }
         match kind {
             IrqKind::Intx => irqs.intx = owned.pop(),
             IrqKind::Msi => irqs.msi = owned,

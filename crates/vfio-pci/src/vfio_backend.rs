@@ -255,6 +255,20 @@ fn irq_index(kind: IrqKind) -> io::Result<u32> {
     }
 }
 
+/// A vfio-pci region index as people say it: `BAR0`..`BAR5`, `ROM`, `config`.
+struct RegionName(u32);
+
+impl std::fmt::Display for RegionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            i @ 0..=5 => write!(f, "BAR{i}"),
+            6 => f.write_str("ROM"),
+            VFIO_PCI_CONFIG_REGION_INDEX => f.write_str("config"),
+            i => write!(f, "region {i}"),
+        }
+    }
+}
+
 fn vfio_err(e: vfio_ioctls::VfioError) -> io::Error {
     io::Error::other(e)
 }
@@ -269,14 +283,13 @@ impl DeviceBackend for VfioBackend {
     }
 
     fn config_read(&self, offset: u16, data: &mut [u8]) -> Result<(), BackendError> {
-        let op = || format!("config read of {} bytes at {offset:#x}", data.len());
-        if u64::from(offset) + data.len() as u64 > self.config_size {
+        let len = data.len();
+        let op = || format!("config read of {len} bytes at {offset:#x}");
+        if u64::from(offset) + len as u64 > self.config_size {
             return Err(self.err(op(), io::Error::from(io::ErrorKind::InvalidInput)));
         }
-        let at = self.config_offset + u64::from(offset);
-        let len = data.len();
-        self.pread(at, data)
-            .map_err(|e| self.err(format!("config read of {len} bytes at {offset:#x}"), e))
+        self.pread(self.config_offset + u64::from(offset), data)
+            .map_err(|e| self.err(op(), e))
     }
 
     fn config_write(&self, offset: u16, data: &[u8]) -> Result<(), BackendError> {
@@ -290,7 +303,12 @@ impl DeviceBackend for VfioBackend {
 
     fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), BackendError> {
         let len = data.len();
-        let op = || format!("read of {len} bytes at {offset:#x} of region {index}");
+        let op = || {
+            format!(
+                "read of {len} bytes at {offset:#x} of {}",
+                RegionName(index)
+            )
+        };
         let at = self
             .region_bounds(index, offset, len)
             .map_err(|e| self.err(op(), e))?;
@@ -300,8 +318,9 @@ impl DeviceBackend for VfioBackend {
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         let op = || {
             format!(
-                "write of {} bytes at {offset:#x} of region {index}",
-                data.len()
+                "write of {} bytes at {offset:#x} of {}",
+                data.len(),
+                RegionName(index)
             )
         };
         let at = self

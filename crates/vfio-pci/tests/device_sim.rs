@@ -350,6 +350,25 @@ fn bad_bar_addresses_are_refused_and_harmless() {
         nvme.mtree()
     );
 
+    // A BAR that is only trapped (the NIC's MSI-X BAR 3) and the ROM over RAM: refused too
+    // (RAM would shadow the ranges, so they would look placed while the guest reaches RAM).
+    w32(&mut nic, 0x1c, 0x4_0000);
+    w32(&mut nic, 0x30, 0x8_0001);
+    memory_on(&mut nic);
+    assert_eq!(nic.bar_address(3), None);
+    assert_eq!(nic.bar_address(6), None);
+    assert!(device_ranges(&vm, "0000:02:00.0 BAR3").is_empty());
+    assert!(device_ranges(&vm, "0000:02:00.0 ROM").is_empty());
+    let mtree = nic.mtree();
+    assert!(
+        mtree.contains("BAR3: not mapped: refused at 0x40000"),
+        "{mtree}"
+    );
+    assert!(mtree.contains("overlaps memory region \"ram0\""), "{mtree}");
+    w32(&mut nic, 0x1c, 0);
+    w32(&mut nic, 0x30, 0);
+    memory_off(&mut nic);
+
     // Over another device's BAR: the second placement is refused, the first keeps working.
     w32(&mut nic, 0x10, BAR_BASE as u32);
     memory_on(&mut nic);
@@ -406,6 +425,14 @@ fn bad_bar_addresses_are_refused_and_harmless() {
     vm.bus().mmio_write(0xd100_0000, &[0, 0]);
     nic_sim.peek(6, 0, &mut rom).unwrap();
     assert_eq!(rom, [0x55, 0xaa]);
+    // The ROM was read from the host once, at the first read (each VFIO ROM read maps and
+    // unmaps the host's ROM BAR): later reads, past the first bytes too, come from that copy.
+    nic_sim.poke(6, 0, &[0, 0]).unwrap();
+    nic_sim.poke(6, 0xfffe, &[0x12, 0x34]).unwrap();
+    assert!(vm.bus().mmio_read(0xd100_0000, &mut rom));
+    assert_eq!(rom, [0x55, 0xaa]);
+    assert!(vm.bus().mmio_read(0xd100_fffe, &mut rom));
+    assert_eq!(rom, [0, 0]);
 }
 
 /// Writes one MSI-X table entry through the trapped table.
@@ -712,4 +739,103 @@ fn no_interrupt_routing_leaves_everything_unwired_but_works() {
     assert_eq!(d.msix_vector(0).unwrap().gsi, None);
     assert!(d.dma().is_none());
     assert!(sim.iommu().mappings().is_empty());
+}
+
+/// A function with a 4-vector MSI capability (64-bit, per-vector masking) and no MSI-X.
+fn multi_msi() -> Arc<SimBackend> {
+    use pci_config::capability::MsiCapability;
+    use pci_config::{BarDef, ConfigSize, ConfigSpace, DeviceIds, HeaderType};
+    use vfio_pci::sim::{SimBar, SimSpec};
+    let ids = DeviceIds {
+        vendor_id: 0x8086,
+        device_id: 0x1234,
+        class_code: 0x088000,
+        revision: 0,
+        subsystem_vendor_id: 0x8086,
+        subsystem_id: 0,
+    };
+    let mut config = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, ids);
+    config
+        .add_capability(MsiCapability::new(4, true, true))
+        .unwrap();
+    Arc::new(
+        SimBackend::new(SimSpec {
+            name: "0000:03:00.0".into(),
+            config,
+            bars: vec![SimBar {
+                index: 0,
+                def: BarDef::memory32(0x1000),
+                sparse: None,
+                msix_mappable: false,
+            }],
+            rom_size: 0,
+            intx: true,
+            msi_vectors: 4,
+            msix_vectors: 0,
+            doorbell: None,
+        })
+        .expect("sim multi-MSI"),
+    )
+}
+
+#[test]
+fn msi_vector_count_changes_while_enabled() {
+    let Some(vm) = vm() else { return };
+    let sim = multi_msi();
+    let mut d = attach(&vm, &sim);
+    let cfg = guest_config(&mut d);
+    let msi = pci_config::capability::standard_capabilities(&cfg)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == CapId::Standard(pci_config::CapabilityId::MSI))
+        .unwrap()
+        .offset;
+    // 64-bit with per-vector masking: address 4, upper 8, data 12, mask 16.
+    w32(&mut d, msi + 4, 0xfee0_0000);
+    w32(&mut d, msi + 8, 0);
+    w16(&mut d, msi + 12, 0x40);
+    let ctl = r16(&mut d, msi + 2);
+    w16(&mut d, msi + 2, ctl | 1);
+    assert_eq!(sim.enabled_vectors(IrqKind::Msi), 1);
+    assert_eq!(
+        sim.enabled_vectors(IrqKind::Intx),
+        0,
+        "INTx off while MSI is on"
+    );
+
+    // Multiple Message Enable 4 (MME = 2 in bits 6:4) while MSI stays enabled: VFIO cannot grow
+    // an enabled block, so the device must disable and re-enable with four vectors.
+    w16(&mut d, msi + 2, (ctl & !0x70) | (2 << 4) | 1);
+    assert_eq!(sim.enabled_vectors(IrqKind::Msi), 4);
+    assert_eq!(
+        sim.enabled_vectors(IrqKind::Intx),
+        0,
+        "INTx stays off meanwhile"
+    );
+    let gsis: Vec<u32> = d.msi_gsis().into_iter().map(|g| g.unwrap()).collect();
+    assert_eq!(gsis.len(), 4);
+    for (i, gsi) in gsis.iter().enumerate() {
+        assert_eq!(
+            msi_route(&vm, *gsi),
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x40 | i as u32,
+            }),
+            "vector {i}"
+        );
+    }
+    // A device signal on vector 2 reaches its eventfd (VFIO holds the new ones).
+    assert_eq!(sim.fire(2).unwrap(), Fired::Msi);
+
+    // Disable: host MSI off, routes gone, INTx back.
+    w16(&mut d, msi + 2, ctl & !1);
+    assert_eq!(sim.enabled_vectors(IrqKind::Msi), 0);
+    assert!(gsis.iter().all(|g| msi_route(&vm, *g).is_none()));
+    assert_eq!(sim.enabled_vectors(IrqKind::Intx), 1);
+    d.detach().unwrap();
+    assert_eq!(
+        sim.enabled_vectors(IrqKind::Intx),
+        0,
+        "detach leaves nothing enabled"
+    );
 }

@@ -8,7 +8,8 @@
 //! RAM or nothing there, never a device page mapped over RAM.
 
 use std::fs::File;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use kvm_runloop::reexports::vm_device::bus::{
     MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset,
@@ -45,14 +46,49 @@ pub(crate) struct TrapHandler {
     /// Offset of the segment in the BAR.
     seg_offset: u64,
     handling: TrapHandling,
-    read_only: bool,
+    /// The expansion ROM: read-only, and read from the host once, at the guest's first read
+    /// (as QEMU's `vfio_pci_load_rom`): every VFIO ROM read makes the host kernel map and unmap
+    /// the ROM BAR, and firmware reads a ROM a few bytes at a time. `None` when unreadable.
+    rom: Option<OnceLock<Option<Box<[u8]>>>>,
 }
 
 impl TrapHandler {
+    /// The ROM's bytes (loaded on first use), `None` when the host could not read it.
+    fn rom_bytes(&self) -> Option<&[u8]> {
+        self.rom
+            .as_ref()?
+            .get_or_init(|| {
+                let size = self.shared.backend.info().region(self.region)?.size;
+                let mut rom = vec![0u8; usize::try_from(size).ok()?].into_boxed_slice();
+                match self.shared.backend.region_read(self.region, 0, &mut rom) {
+                    Ok(()) => Some(rom),
+                    Err(e) => {
+                        warn!(
+                            "{}: expansion ROM unreadable, the guest reads ones: {e}",
+                            self.shared.name
+                        );
+                        None
+                    }
+                }
+            })
+            .as_deref()
+    }
+
     fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
         let at = self.seg_offset + offset;
         match self.handling {
-            TrapHandling::Device => self.shared.backend.region_read(self.region, at, data)?,
+            TrapHandling::Device => match &self.rom {
+                Some(_) => {
+                    let bytes = usize::try_from(at)
+                        .ok()
+                        .and_then(|at| self.rom_bytes()?.get(at..)?.get(..data.len()));
+                    match bytes {
+                        Some(bytes) => data.copy_from_slice(bytes),
+                        None => data.fill(0xff),
+                    }
+                }
+                None => self.shared.backend.region_read(self.region, at, data)?,
+            },
             TrapHandling::MsixTable => {
                 let base = self.shared.msix.map_or(0, |m| m.table_offset);
                 let irq = self.shared.irq();
@@ -78,7 +114,7 @@ impl TrapHandler {
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         let at = self.seg_offset + offset;
         match self.handling {
-            TrapHandling::Device if !self.read_only => {
+            TrapHandling::Device if self.rom.is_none() => {
                 self.shared.backend.region_write(self.region, at, data)?
             }
             TrapHandling::Device => {}
@@ -92,9 +128,10 @@ impl TrapHandler {
                 irq.apply_msix(events);
             }
             TrapHandling::MsixPba => {
+                let base = self.shared.msix.map_or(0, |m| m.pba_offset);
                 let irq = self.shared.irq();
                 if let Some(m) = irq.msix.as_ref() {
-                    m.table.write_pba(at, data);
+                    m.table.write_pba(at - base, data);
                 }
             }
             TrapHandling::Unbacked => {}
@@ -147,9 +184,30 @@ impl FalliblePio for TrapHandler {
 pub(crate) struct MappedSegment {
     pub offset: u64,
     pub len: u64,
-    pub mmap: MmapRegion,
+    /// Unmapped in `Drop`, and only when no KVM slot still points at it.
+    mmap: ManuallyDrop<MmapRegion>,
+    /// The KVM slot over the mmap, while placed (or while KVM refused to delete it).
     pub slot: Option<SlotId>,
     pub name: String,
+}
+
+impl Drop for MappedSegment {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            // KVM refused to delete the slot (`BarState::remove` logged why), so the guest may
+            // still reach these pages: munmapping them would let a later mmap of the VMM's
+            // land where the guest writes. Leak the mapping instead.
+            warn!(
+                "{}: KVM slot {slot} is still in place; leaking its mmap rather than \
+                 unmapping memory the guest can reach",
+                self.name
+            );
+            return;
+        }
+        // SAFETY: `mmap` is dropped exactly once, here, and no KVM slot points at it any more
+        // (`slot` is cleared only after `MemorySlots::remove` succeeded).
+        unsafe { ManuallyDrop::drop(&mut self.mmap) }
+    }
 }
 
 /// A trapped segment and its bus registration while placed.
@@ -158,7 +216,8 @@ pub(crate) struct TrappedSegment {
     pub len: u64,
     pub handler: Arc<TrapHandler>,
     pub name: String,
-    pub registered: bool,
+    /// The bus address it is registered at, while placed.
+    pub registered: Option<u64>,
 }
 
 /// One guest-visible BAR (or the ROM) and where it is placed.
@@ -170,10 +229,8 @@ pub(crate) struct BarState {
     pub traps: Vec<TrappedSegment>,
     /// Guest address where everything is currently added.
     pub placed: Option<u64>,
-    /// Last address that was refused (logged once).
-    pub refused: Option<u64>,
-    /// Address being tried by a first placement, until it succeeds or is rolled back.
-    pending_base: Option<u64>,
+    /// Last address that was refused and why (logged once, shown by `mtree`).
+    pub refused: Option<(u64, String)>,
     pub is_rom: bool,
 }
 
@@ -231,7 +288,7 @@ impl BarState {
                     maps.push(MappedSegment {
                         offset: seg.offset,
                         len: seg.len,
-                        mmap,
+                        mmap: ManuallyDrop::new(mmap),
                         slot: None,
                         name: format!("{name} BAR{bar} mmap +{:#x}", seg.offset),
                     });
@@ -250,10 +307,10 @@ impl BarState {
                             region: u32::from(bar),
                             seg_offset: seg.offset,
                             handling: reason.handling(),
-                            read_only: false,
+                            rom: None,
                         }),
                         name: format!("{name} BAR{bar} {label}"),
-                        registered: false,
+                        registered: None,
                     });
                 }
             }
@@ -266,12 +323,11 @@ impl BarState {
             traps,
             placed: None,
             refused: None,
-            pending_base: None,
             is_rom: false,
         })
     }
 
-    /// The expansion ROM: one read-only trapped range forwarded to region 6.
+    /// The expansion ROM: one read-only trapped range served from a copy of region 6.
     pub fn rom(shared: &Arc<Shared>, size: u64) -> Self {
         let name = &shared.name;
         Self {
@@ -287,14 +343,13 @@ impl BarState {
                     region: 6,
                     seg_offset: 0,
                     handling: TrapHandling::Device,
-                    read_only: true,
+                    rom: Some(OnceLock::new()),
                 }),
                 name: format!("{name} ROM"),
-                registered: false,
+                registered: None,
             }],
             placed: None,
             refused: None,
-            pending_base: None,
             is_rom: true,
         }
     }
@@ -320,40 +375,36 @@ impl BarState {
         if self.placed == desired {
             return;
         }
-        if let (Some(old), Some(new)) = (self.placed, desired) {
-            match self.try_move(old, new, slots, bus) {
-                Ok(()) => {
-                    self.placed = Some(new);
-                    return;
-                }
-                Err(e) => {
-                    self.remove(slots, bus);
-                    self.refuse(device, new, &e);
-                    return;
-                }
-            }
-        }
-        self.remove(slots, bus);
-        if let Some(new) = desired {
-            if let Err(e) = self.try_add(new, slots, bus) {
-                self.remove(slots, bus);
-                self.refuse(device, new, &e);
-            } else {
+        let Some(new) = desired else {
+            self.remove(slots, bus);
+            return;
+        };
+        let result = if self.placed.is_some() {
+            self.try_move(new, slots, bus)
+        } else {
+            self.try_add(new, slots, bus)
+        };
+        match result {
+            Ok(()) => {
                 self.placed = Some(new);
-                self.pending_base = None;
                 self.refused = None;
+            }
+            Err(e) => {
+                // All or nothing: whatever was added or moved goes.
+                self.remove(slots, bus);
+                self.refuse(device, new, e);
             }
         }
     }
 
-    fn refuse(&mut self, device: &str, address: u64, why: &str) {
-        if self.refused != Some(address) {
+    fn refuse(&mut self, device: &str, address: u64, why: String) {
+        if self.refused.as_ref().is_none_or(|(a, _)| *a != address) {
             warn!(
                 "{device}: the guest placed {} at {address:#x} but it cannot be mapped there \
                  ({why}); it stays unmapped until the guest moves it",
                 self.label()
             );
-            self.refused = Some(address);
+            self.refused = Some((address, why));
         }
     }
 
@@ -373,12 +424,49 @@ impl BarState {
         Ok(())
     }
 
+    /// Trapped ranges must not lie over memory slots (guest RAM, another device's mapped
+    /// pages): KVM serves the slot and the bus would never see the access, so the BAR would
+    /// look placed while the guest reaches RAM there. Mapped segments get the same check from
+    /// `MemorySlots` itself; this covers BARs (or parts) that are only trapped, and the ROM.
+    /// Runs on BAR placement only, never on a guest access.
+    fn check_traps_clear_of_memory(&self, base: u64, slots: &MemorySlots) -> Result<(), String> {
+        if self.kind == BarKind::Io || self.traps.is_empty() {
+            return Ok(());
+        }
+        for r in slots.regions() {
+            if self.maps.iter().any(|m| m.slot == Some(r.slot)) {
+                continue;
+            }
+            let r_end = r.guest_addr.saturating_add(r.size);
+            for t in &self.traps {
+                // `check_range` bounded base + size, so these cannot overflow.
+                let (start, end) = (base + t.offset, base + t.offset + t.len);
+                if start < r_end && r.guest_addr < end {
+                    return Err(format!(
+                        "range \"{}\" [{start:#x}, {end:#x}) overlaps memory region \"{}\" \
+                         [{:#x}, {r_end:#x}) in slot {}",
+                        t.name, r.name, r.guest_addr, r.slot
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn try_add(&mut self, base: u64, slots: &MemorySlots, bus: &DeviceBus) -> Result<(), String> {
         self.check_range(base)?;
-        self.pending_base = Some(base);
+        self.check_traps_clear_of_memory(base, slots)?;
         for m in &mut self.maps {
-            // SAFETY: the mapping is owned by this BarState and outlives the slot: every slot
-            // is removed (`remove`) before the BarState, and so the mmap, is dropped.
+            if let Some(stuck) = m.slot {
+                return Err(format!(
+                    "KVM slot {stuck} of {} could not be removed earlier",
+                    m.name
+                ));
+            }
+            // SAFETY: `m.mmap` is a live MAP_SHARED mapping of `m.len` bytes, page aligned
+            // (trap-map plans whole host pages), and it outlives the slot: `MappedSegment`'s
+            // `Drop` only unmaps it once `slot` is cleared, which `remove` does only after KVM
+            // deleted the slot.
             let slot = unsafe {
                 slots.add_host(
                     &m.name,
@@ -400,92 +488,57 @@ impl BarState {
                 _ => bus.register_fallible_mmio(&t.name, at, t.len, t.handler.clone()),
             }
             .map_err(|e| e.to_string())?;
-            t.registered = true;
+            t.registered = Some(at);
         }
         Ok(())
     }
 
-    fn try_move(
-        &mut self,
-        old: u64,
-        new: u64,
-        slots: &MemorySlots,
-        bus: &DeviceBus,
-    ) -> Result<(), String> {
+    /// Moves every slot and range to `new`. On an error some may have moved and others not:
+    /// the caller removes them all (each records where it is).
+    fn try_move(&mut self, new: u64, slots: &MemorySlots, bus: &DeviceBus) -> Result<(), String> {
         self.check_range(new)?;
-        let mut result = Ok(());
-        let mut moved_maps = 0;
+        self.check_traps_clear_of_memory(new, slots)?;
         for m in &self.maps {
             let Some(slot) = m.slot else { continue };
-            if let Err(e) = slots.move_region(slot, new + m.offset) {
-                result = Err(e.to_string());
-                break;
-            }
-            moved_maps += 1;
+            slots
+                .move_region(slot, new + m.offset)
+                .map_err(|e| e.to_string())?;
         }
-        let mut moved_traps = 0;
-        if result.is_ok() {
-            for t in &self.traps {
-                if !t.registered {
-                    continue;
-                }
-                let r = match self.kind {
-                    BarKind::Io => bus.move_pio((old + t.offset) as u16, (new + t.offset) as u16),
-                    _ => bus.move_mmio(old + t.offset, new + t.offset),
-                };
-                if let Err(e) = r {
-                    result = Err(e.to_string());
-                    break;
-                }
-                moved_traps += 1;
+        for t in &mut self.traps {
+            let Some(old) = t.registered else { continue };
+            let at = new + t.offset;
+            match self.kind {
+                BarKind::Io => bus.move_pio(old as u16, at as u16),
+                _ => bus.move_mmio(old, at),
             }
+            .map_err(|e| e.to_string())?;
+            t.registered = Some(at);
         }
-        if result.is_err() {
-            // Put back what moved, so `remove` finds everything where it expects it.
-            for m in self.maps.iter().take(moved_maps) {
-                if let Some(slot) = m.slot {
-                    let _ = slots.move_region(slot, old + m.offset);
-                }
-            }
-            for t in self.traps.iter().filter(|t| t.registered).take(moved_traps) {
-                let _ = match self.kind {
-                    BarKind::Io => bus.move_pio((new + t.offset) as u16, (old + t.offset) as u16),
-                    _ => bus.move_mmio(new + t.offset, old + t.offset),
-                };
-            }
-        }
-        result
+        Ok(())
     }
 
     /// Removes every slot and range of the BAR (the mmaps stay).
     pub fn remove(&mut self, slots: &MemorySlots, bus: &DeviceBus) {
         for m in &mut self.maps {
-            if let Some(slot) = m.slot.take() {
-                if let Err(e) = slots.remove(slot) {
-                    warn!("{}: {e}", m.name);
-                }
+            let Some(slot) = m.slot else { continue };
+            match slots.remove(slot) {
+                Ok(_) => m.slot = None,
+                // The slot stays recorded so the mmap under it is never unmapped.
+                Err(e) => warn!("{}: {e}", m.name),
             }
         }
-        // Ranges are found by their base: where they were added (`placed`) or, during a
-        // failed first placement, the address being tried.
-        let base = self.placed.or(self.pending_base);
         for t in &mut self.traps {
-            if !t.registered {
-                continue;
-            }
-            t.registered = false;
-            let Some(base) = base else {
+            let Some(at) = t.registered.take() else {
                 continue;
             };
             let r = match self.kind {
-                BarKind::Io => bus.unregister_pio((base + t.offset) as u16),
-                _ => bus.unregister_mmio(base + t.offset),
+                BarKind::Io => bus.unregister_pio(at as u16),
+                _ => bus.unregister_mmio(at),
             };
             if let Err(e) = r {
                 warn!("{}: {e}", t.name);
             }
         }
         self.placed = None;
-        self.pending_base = None;
     }
 }

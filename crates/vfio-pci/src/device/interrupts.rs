@@ -32,6 +32,25 @@ pub(crate) fn valid_msi_address(address: u64) -> bool {
     address >> 20 == 0xfee
 }
 
+/// Names a vector in logs (`MSI-X vector 3`) without formatting a string on every guest write
+/// of the table.
+#[derive(Clone, Copy)]
+struct VectorLabel {
+    kind: IrqKind,
+    index: usize,
+}
+
+impl std::fmt::Display for VectorLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} vector {}", self.kind, self.index)
+    }
+}
+
+/// `n` fresh vectors.
+fn new_vectors(n: usize) -> std::io::Result<Vec<Vector>> {
+    (0..n).map(|_| Vector::new()).collect()
+}
+
 /// One vector wired to KVM.
 struct Vector {
     fd: EventFd,
@@ -141,10 +160,16 @@ impl IrqState {
     }
 
     /// Enables or disables INTx at the host (VFIO allows one interrupt type at a time).
+    /// Turning it back on waits until neither MSI nor MSI-X is in use (VFIO refuses INTx then).
     fn intx_at_host(&mut self, on: bool) {
+        let msi_in_use = !self.msi.vectors.is_empty()
+            || self.msix.as_ref().is_some_and(|m| !m.vectors.is_empty());
         let Some(intx) = self.intx.as_mut() else {
             return;
         };
+        if on && msi_in_use {
+            return;
+        }
         if intx.at_host == on {
             return;
         }
@@ -201,24 +226,20 @@ impl IrqState {
 
     fn msix_enable(&mut self) {
         self.intx_at_host(false);
-        let name = self.name.clone();
         let Some(msix) = self.msix.as_mut() else {
             return;
         };
         let n = usize::from(msix.table.len()).min(self.backend.irq_count(IrqKind::Msix) as usize);
-        let mut vectors = Vec::with_capacity(n);
-        for _ in 0..n {
-            match Vector::new() {
-                Ok(v) => vectors.push(v),
-                Err(e) => {
-                    warn!("{name}: MSI-X: cannot create eventfds: {e}");
-                    return;
-                }
+        let vectors = match new_vectors(n) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("{}: MSI-X: cannot create {n} eventfds: {e}", self.name);
+                return;
             }
-        }
+        };
         let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
         if let Err(e) = self.backend.enable_irqs(IrqKind::Msix, &fds) {
-            warn!("{name}: MSI-X: {e}");
+            warn!("{}: MSI-X: {e}", self.name);
         }
         msix.vectors = vectors;
     }
@@ -226,22 +247,27 @@ impl IrqState {
     fn msix_disable(&mut self) {
         if let Some(msix) = self.msix.as_mut() {
             let vectors = std::mem::take(&mut msix.vectors);
-            for v in vectors {
-                unwire(&self.name, self.routing.as_deref(), v);
-            }
-            if let Err(e) = self.backend.disable_irqs(IrqKind::Msix) {
-                warn!("{}: MSI-X: {e}", self.name);
-            }
+            self.release(IrqKind::Msix, vectors);
         }
         self.intx_at_host(true);
     }
 
+    /// Stops interrupts of `kind` at the host, then unbinds and unroutes their vectors and
+    /// closes the eventfds: VFIO stops signalling an eventfd before KVM forgets it and before
+    /// it is closed (the order of QEMU's `vfio_msix_disable`).
+    fn release(&self, kind: IrqKind, vectors: Vec<Vector>) {
+        if let Err(e) = self.backend.disable_irqs(kind) {
+            warn!("{}: {kind}: {e}", self.name);
+        }
+        for v in vectors {
+            unwire(&self.name, self.routing.as_deref(), v);
+        }
+    }
+
     fn msix_route(&mut self, vector: u16, address: u64, data: u32) {
-        let Some(routing) = self.routing.clone() else {
+        let Some(routing) = self.routing.as_deref() else {
             return;
         };
-        let name = self.name.clone();
-        let counters = self.counters.clone();
         let Some(msix) = self.msix.as_mut() else {
             return;
         };
@@ -250,54 +276,51 @@ impl IrqState {
             return;
         };
         route_vector(
-            &name,
-            &format!("MSI-X vector {vector}"),
-            routing.as_ref(),
+            &self.name,
+            VectorLabel {
+                kind: IrqKind::Msix,
+                index: usize::from(vector),
+            },
+            routing,
             v,
             MsiMessage { address, data },
             !masked,
-            &counters,
+            &self.counters,
         );
     }
 
     fn msix_mask(&mut self, vector: u16) {
-        let Some(routing) = self.routing.clone() else {
+        let (Some(routing), Some(msix)) = (self.routing.as_deref(), self.msix.as_mut()) else {
             return;
         };
-        if let Some(v) = self
-            .msix
-            .as_mut()
-            .and_then(|m| m.vectors.get_mut(usize::from(vector)))
-        {
-            if let (true, Some(gsi)) = (v.irqfd, v.gsi) {
-                if let Err(e) = routing.unregister_irqfd(&v.fd, gsi) {
-                    warn!("{}: MSI-X vector {vector}: {e}", self.name);
-                }
-                v.irqfd = false;
+        let Some(v) = msix.vectors.get_mut(usize::from(vector)) else {
+            return;
+        };
+        if let (true, Some(gsi)) = (v.irqfd, v.gsi) {
+            if let Err(e) = routing.unregister_irqfd(&v.fd, gsi) {
+                warn!("{}: MSI-X vector {vector}: {e}", self.name);
             }
+            v.irqfd = false;
         }
     }
 
     fn msix_unmask(&mut self, vector: u16) {
-        let Some(routing) = self.routing.clone() else {
+        let (Some(routing), Some(msix)) = (self.routing.as_deref(), self.msix.as_mut()) else {
             return;
         };
-        if let Some(v) = self
-            .msix
-            .as_mut()
-            .and_then(|m| m.vectors.get_mut(usize::from(vector)))
-        {
-            if let (false, Some(gsi)) = (v.irqfd, v.gsi) {
-                match routing.register_irqfd(&v.fd, gsi) {
-                    Ok(()) => v.irqfd = true,
-                    Err(e) => warn!("{}: MSI-X vector {vector}: {e}", self.name),
-                }
+        let Some(v) = msix.vectors.get_mut(usize::from(vector)) else {
+            return;
+        };
+        if let (false, Some(gsi)) = (v.irqfd, v.gsi) {
+            match routing.register_irqfd(&v.fd, gsi) {
+                Ok(()) => v.irqfd = true,
+                Err(e) => warn!("{}: MSI-X vector {vector}: {e}", self.name),
             }
         }
     }
 
-    fn msix_deliver(&mut self, vector: u16, address: u64, data: u32) {
-        let Some(routing) = self.routing.clone() else {
+    fn msix_deliver(&self, vector: u16, address: u64, data: u32) {
+        let Some(routing) = self.routing.as_deref() else {
             return;
         };
         if !valid_msi_address(address) {
@@ -363,60 +386,57 @@ impl IrqState {
         let Some(cap) = cap else {
             return;
         };
-        let host = self.backend.irq_count(IrqKind::Msi) as usize;
         if !cap.enabled() {
-            if !self.msi.vectors.is_empty() {
-                for v in std::mem::take(&mut self.msi.vectors) {
-                    unwire(&self.name, self.routing.as_deref(), v);
-                }
-                if let Err(e) = self.backend.disable_irqs(IrqKind::Msi) {
-                    warn!("{}: MSI: {e}", self.name);
-                }
-                self.intx_at_host(true);
-            }
+            self.msi_disable();
             return;
         }
-        let n = usize::from(cap.vectors_enabled()).clamp(1, host.max(1));
-        if self.msi.vectors.len() != n {
-            for v in std::mem::take(&mut self.msi.vectors) {
-                unwire(&self.name, self.routing.as_deref(), v);
-            }
-            if host == 0 {
+        let host = self.backend.irq_count(IrqKind::Msi) as usize;
+        if host == 0 {
+            if self.msi.vectors.is_empty() {
                 warn!(
                     "{}: MSI enabled by the guest but the host offers no MSI",
                     self.name
                 );
-                return;
+            }
+            return;
+        }
+        let n = usize::from(cap.vectors_enabled()).min(host);
+        if self.msi.vectors.len() != n {
+            // VFIO cannot grow an enabled MSI block: disable, then enable with the new count
+            // (INTx stays off in between).
+            let old = std::mem::take(&mut self.msi.vectors);
+            if !old.is_empty() {
+                self.release(IrqKind::Msi, old);
             }
             self.intx_at_host(false);
-            let mut vectors = Vec::with_capacity(n);
-            for _ in 0..n {
-                match Vector::new() {
-                    Ok(v) => vectors.push(v),
-                    Err(e) => {
-                        warn!("{}: MSI: cannot create eventfds: {e}", self.name);
-                        return;
-                    }
+            let vectors = match new_vectors(n) {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!("{}: MSI: cannot create {n} eventfds: {e}", self.name);
+                    return;
                 }
-            }
+            };
             let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
             if let Err(e) = self.backend.enable_irqs(IrqKind::Msi, &fds) {
                 warn!("{}: MSI: {e}", self.name);
             }
             self.msi.vectors = vectors;
         }
-        let Some(routing) = self.routing.clone() else {
+        let Some(routing) = self.routing.as_deref() else {
             return;
         };
-        // Multiple Message: vector i sends the data with its low log2(n) bits replaced by i
-        // (PCI 3.0 §6.8.1.6).
-        let low = (n as u32).saturating_sub(1);
+        // Multiple Message: vector i sends the data with its low log2(MME) bits replaced by i
+        // (PCI 3.0 §6.8.1.6); the guest's Multiple Message Enable says how many bits.
+        let low = u32::from(cap.vectors_enabled()) - 1;
         for (i, v) in self.msi.vectors.iter_mut().enumerate() {
             let data = (u32::from(cap.data) & !low) | i as u32;
             route_vector(
                 &self.name,
-                &format!("MSI vector {i}"),
-                routing.as_ref(),
+                VectorLabel {
+                    kind: IrqKind::Msi,
+                    index: i,
+                },
+                routing,
                 v,
                 MsiMessage {
                     address: cap.address,
@@ -428,16 +448,27 @@ impl IrqState {
         }
     }
 
+    /// Turns MSI off at the host and unwires its vectors (nothing to do when it is off).
+    fn msi_disable(&mut self) {
+        if self.msi.vectors.is_empty() {
+            return;
+        }
+        let vectors = std::mem::take(&mut self.msi.vectors);
+        self.release(IrqKind::Msi, vectors);
+        self.intx_at_host(true);
+    }
+
     // ----- all --------------------------------------------------------------------------
 
     /// Unwires everything (detach): MSI-X, MSI and INTx.
     pub fn teardown(&mut self) {
+        // INTx first, so turning MSI and MSI-X off does not hand the device back to INTx.
+        self.teardown_intx();
         if let Some(msix) = self.msix.as_mut() {
             let events = msix.table.reset();
             self.apply_msix(events);
         }
-        self.apply_msi(Some(MsiCapability::new(1, false, false)));
-        self.teardown_intx();
+        self.msi_disable();
     }
 
     /// GSI and irqfd state of MSI-X vector `v`, for views and tests.
@@ -456,7 +487,7 @@ impl IrqState {
 /// an address outside the interrupt window unroutes the vector instead.
 fn route_vector(
     name: &str,
-    what: &str,
+    what: VectorLabel,
     routing: &dyn InterruptRouting,
     v: &mut Vector,
     msg: MsiMessage,

@@ -464,9 +464,9 @@ impl PassthroughDevice {
         self.shared.irq().poll_masked();
     }
 
-    /// Unwires interrupts, removes the BARs from the guest, unmaps guest RAM from the IOMMU and
-    /// resets the function. Dropping the device does the same, logging instead of returning
-    /// the DMA error.
+    /// Unwires interrupts, removes the BARs from the guest, resets the function (or, without a
+    /// reset method, clears its Bus Master Enable) and then unmaps guest RAM from the IOMMU.
+    /// Dropping the device does the same, logging instead of returning the DMA error.
     pub fn detach(mut self) -> Result<(), AttachError> {
         self.teardown()
     }
@@ -480,18 +480,41 @@ impl PassthroughDevice {
         for bar in &mut self.bars {
             bar.remove(&self.slots, &self.bus);
         }
-        let result = match self.dma.take() {
+        // Quiesce the function before its IOMMU mappings go, so it cannot DMA into guest RAM
+        // that is being unmapped (or fault on it): reset it, or at least stop it mastering.
+        match self.shared.backend.reset() {
+            Ok(true) => {}
+            Ok(false) => self.stop_bus_master(),
+            Err(e) => {
+                warn!("{}: reset at detach failed: {e}", self.name);
+                self.stop_bus_master();
+            }
+        }
+        match self.dma.take() {
             Some(a) => a.detach().map_err(|source| AttachError::Dma {
                 device: self.name.clone(),
                 source,
             }),
             None => Ok(()),
-        };
-        match self.shared.backend.reset() {
-            Ok(_) => {}
-            Err(e) => warn!("{}: reset at detach failed: {e}", self.name),
         }
-        result
+    }
+
+    /// Clears Bus Master Enable in the host's command register (a device without a reset).
+    fn stop_bus_master(&self) {
+        let backend = &self.shared.backend;
+        let mut command = [0u8; 2];
+        let result = backend
+            .config_read(offset::COMMAND, &mut command)
+            .and_then(|()| {
+                let value = u16::from_le_bytes(command) & !pci_config::header::Command::BUS_MASTER;
+                backend.config_write(offset::COMMAND, &value.to_le_bytes())
+            });
+        if let Err(e) = result {
+            warn!(
+                "{}: cannot clear Bus Master Enable at detach ({e}); it may still DMA",
+                self.name
+            );
+        }
     }
 
     /// Re-evaluates where every BAR and the ROM should be, after a write that may have moved

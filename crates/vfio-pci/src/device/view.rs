@@ -53,8 +53,8 @@ impl PassthroughDevice {
             }
         }
         for bar in self.bars.iter().filter(|b| b.placed.is_none()) {
-            let why = match bar.refused {
-                Some(a) => format!("refused at {a:#x} (overlaps RAM or another region)"),
+            let why = match &bar.refused {
+                Some((a, why)) => format!("refused at {a:#x} ({why})"),
                 None => "unassigned or decode off".to_string(),
             };
             let _ = writeln!(out, "  {} {}: not mapped: {why}", self.name, bar.label());
