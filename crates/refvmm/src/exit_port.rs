@@ -3,7 +3,7 @@
 //! fail, 2 for a crash). The device stops every vCPU from inside its own handler; kvm-runloop
 //! completes the `out` before `run` returns.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use kvm_runloop::StopHandle;
 use kvm_runloop::reexports::vm_device::DevicePio;
@@ -15,7 +15,8 @@ pub const EXIT_PORT: u16 = 0x501;
 /// The exit-status device.
 pub struct ExitPort {
     stop: StopHandle,
-    status: Mutex<Option<u8>>,
+    /// The first byte written; later ones are ignored.
+    status: OnceLock<u8>,
 }
 
 impl ExitPort {
@@ -23,13 +24,13 @@ impl ExitPort {
     pub fn new(stop: StopHandle) -> Self {
         ExitPort {
             stop,
-            status: Mutex::new(None),
+            status: OnceLock::new(),
         }
     }
 
     /// The byte the guest wrote, if it did (the first one counts).
     pub fn status(&self) -> Option<u8> {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+        self.status.get().copied()
     }
 }
 
@@ -40,10 +41,7 @@ impl DevicePio for ExitPort {
 
     fn pio_write(&self, _base: PioAddress, _offset: PioAddressOffset, data: &[u8]) {
         let Some(&byte) = data.first() else { return };
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        if status.is_none() {
-            *status = Some(byte);
-        }
+        let _ = self.status.set(byte);
         self.stop.stop();
     }
 }

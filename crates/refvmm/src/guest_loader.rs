@@ -35,7 +35,10 @@ pub const HIGHMEM_START: u64 = 0x10_0000;
 #[derive(Debug, Error)]
 pub enum LoadError {
     /// The image file cannot be opened.
-    #[error("cannot open guest image {path}")]
+    #[error(
+        "cannot open guest image {path}; give the path of a 64-bit ELF guest (tests/guests/build.sh \
+         DIR builds the test guests), or leave --guest out to run the built-in one"
+    )]
     Open {
         /// The path given.
         path: PathBuf,
@@ -84,17 +87,13 @@ pub enum LoadError {
 pub struct LoadedGuest {
     /// The entry point (RIP).
     pub entry: u64,
-    /// One past the last byte of the image in memory (with .bss).
-    pub end: u64,
     /// Guest address of the command line, or 0.
     pub cmdline: u64,
 }
 
 /// Loads `path` into `vm`'s RAM (whose first `low_ram` bytes start at 0) and places `cmdline`.
 pub fn load(vm: &Vm, path: &Path, cmdline: &str, low_ram: u64) -> Result<LoadedGuest, LoadError> {
-    if cmdline.len() > MAX_CMDLINE || cmdline.contains('\0') {
-        return Err(LoadError::Cmdline { len: cmdline.len() });
-    }
+    check_cmdline(cmdline)?;
     let mut file = File::open(path).map_err(|source| LoadError::Open {
         path: path.into(),
         source,
@@ -117,7 +116,6 @@ pub fn load(vm: &Vm, path: &Path, cmdline: &str, low_ram: u64) -> Result<LoadedG
     }
     Ok(LoadedGuest {
         entry: result.kernel_load.0,
-        end: result.kernel_end,
         cmdline: place_cmdline(vm, cmdline)?,
     })
 }
@@ -129,7 +127,6 @@ pub fn load_builtin(vm: &Vm, cmdline: &str) -> Result<LoadedGuest, LoadError> {
     vm.write_memory(crate::builtin_guest::BASE, &image.bytes)?;
     Ok(LoadedGuest {
         entry: image.entry,
-        end: crate::builtin_guest::BASE + image.bytes.len() as u64,
         cmdline: place_cmdline(vm, cmdline)?,
     })
 }

@@ -95,15 +95,17 @@ fn parse_device(arg: &str) -> Result<PciAddress, String> {
 }
 
 /// Parses `4096`, `64K`, `512M`, `512MiB`, `2G`, `1T` (binary units, any case).
-fn parse_size(arg: &str) -> Result<u64, String> {
+pub fn parse_size(arg: &str) -> Result<u64, String> {
     let text = arg.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("{arg:?}: expected a size such as 512M or 2G"))?;
+    let number: u64 = digits.parse().map_err(|_| {
+        format!(
+            "{arg:?}: expected a size in bytes or with a K, M, G or T suffix, such as 512M or 2G"
+        )
+    })?;
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kib" | "kb" => 10,

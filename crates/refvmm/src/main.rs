@@ -46,9 +46,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    restore_default_sigpipe();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    // `run` keeps SIGPIPE ignored: a console reader that goes away must not kill a VMM that
+    // holds a device (COM1 drops the guest's output instead; see serial.rs).
+    if !matches!(cli.command, Command::Run(_)) {
+        restore_default_sigpipe();
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result = match cli.command {
         // `run` exits with the guest's status byte (see run.rs), not just success/failure.
         Command::Run(args) => return run::main(args),
@@ -67,13 +71,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Lets `refvmm ... | head` end quietly instead of panicking in `println!`.
+/// Lets `refvmm plan ... | head` end quietly instead of panicking in `println!`.
 ///
 /// Rust ignores SIGPIPE, so a closed pipe turns every later `println!` into a panic; the
 /// default action ends the process the way every other command-line tool does.
 fn restore_default_sigpipe() {
-    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid
-    // disposition for SIGPIPE and no handler code is involved.
+    // SAFETY: called from main before any thread exists (only the command line has been parsed);
+    // SIG_DFL is a valid disposition for SIGPIPE and no handler code is involved.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -14,11 +14,11 @@ use kvm_runloop::{BackingKind, BusKind, MemoryAccess, Vm};
 use trap_map::{MtreeKind, mtree_line};
 
 use crate::devices::Attached;
-use crate::pci::PciBus;
+use crate::pci::{CONF1_PORT, ECAM_BASE, PciBus};
 
 /// The functions on the bus, then the flat memory view, then each device's own view.
 pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
-    let mut out = String::from("PCI bus 0 (conf1 at 0xcf8, ECAM at 0xb0000000):\n");
+    let mut out = format!("PCI bus 0 (conf1 at {CONF1_PORT:#x}, ECAM at {ECAM_BASE:#x}):\n");
     for (bdf, name, _) in pci.functions() {
         let _ = writeln!(out, "  {} {name}", bdf.short());
     }

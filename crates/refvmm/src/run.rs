@@ -41,8 +41,10 @@ pub const EXIT_VMM: u8 = 125;
 const HIGH_RAM_BASE: u64 = 1 << 32;
 /// The local APIC and IOAPIC range, never RAM nor a BAR.
 const APIC_RANGE: (u64, u64) = (0xfec0_0000, 0xff00_0000);
-/// KVM's real-mode TSS pages (kvm-runloop puts them there).
-const KVM_TSS: (u64, u64) = (0xfffb_d000, 0xfffc_0000);
+/// KVM's private pages: the real-mode TSS (three pages at 0xfffb_d000, where kvm-runloop's
+/// `KVM_SET_TSS_ADDR` puts it) and, just below, the EPT identity-map page table that Intel KVM
+/// places at 0xfffb_c000 by default (`VMX_EPT_IDENTITY_PAGETABLE_ADDR`).
+const KVM_TSS: (u64, u64) = (0xfffb_c000, 0xfffc_0000);
 
 /// Options of `refvmm run`.
 #[derive(Args, Debug)]
@@ -65,8 +67,8 @@ pub struct RunArgs {
     /// The guest's command line, placed in guest RAM with its address in RDI (at most 1023 bytes).
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
-    /// Guest RAM, in bytes or with a K, M or G suffix. Up to 2816M sits below the PCI hole; the
-    /// rest is placed at 4 GiB.
+    /// Guest RAM, in bytes or with a K, M, G or T suffix (binary units). Up to 2816M sits below
+    /// the PCI hole; the rest is placed at 4 GiB.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub memory: u64,
     /// Stop the guest after this many seconds (exit status 124). 0: no limit.
@@ -126,21 +128,10 @@ pub fn parse_policy(s: &str) -> Result<Policy, String> {
     Ok(p)
 }
 
-/// Parses `64M`, `1G`, `4096K`, `1048576`.
+/// Parses guest RAM (`64M`, `1G`, `4096K`, `1048576`; the units of [`crate::host::parse_size`])
+/// and checks it fits the machine's layout.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size: use bytes or a K, M or G suffix (64M)"))?;
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let bytes = crate::host::parse_size(s)?;
     if bytes < 4 << 20 || bytes % 4096 != 0 {
         return Err(format!(
             "{s:?}: guest RAM must be at least 4M (the test guests load at 2 MiB) and a multiple of 4K"
@@ -189,7 +180,7 @@ fn reserved_ranges(ram: &[(u64, u64)]) -> Vec<Reserved> {
     r.push(Reserved {
         base: KVM_TSS.0,
         end: KVM_TSS.1,
-        what: "KVM's TSS pages",
+        what: "KVM's TSS and identity-map pages",
     });
     r
 }
@@ -328,6 +319,8 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     };
     let _ = thread.join();
     let elapsed = started.elapsed();
+    // The guest's last line, if it did not end it (COM1 leaves flushing to the line buffer).
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     print_reports(&vm, &pci, &attached, args.show_mtree, args.show_counters);
 
     // Detach: take the configuration paths off the VM's bus and drop the PCI bus (and with it
@@ -403,7 +396,8 @@ mod tests {
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert_eq!(parse_size("8192K"), Ok(8 << 20));
         assert!(parse_size("1M").unwrap_err().contains("at least 4M"));
-        assert!(parse_size("lots").unwrap_err().contains("K, M or G"));
+        assert!(parse_size("lots").unwrap_err().contains("K, M, G or T"));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert!(parse_size("4097K").is_err());
         assert!(
             parse_size("600G")

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Run, guest, refvmm_run};
+use common::{guest, probe};
 
 const ALL_STEPS: [&str; 8] = [
     "pci-scan",
@@ -27,84 +27,35 @@ fn pci_probe_passes_with_the_simulated_passthrough_device() {
     let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
         return;
     };
-    let r = refvmm_run(&[
-        "--guest",
-        &guest("pci_probe"),
-        "--device",
-        "sim",
-        "--show-counters",
-        "--show-mtree",
-        "--timeout",
-        "30",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.all());
+    let r = probe("sim", &["--show-counters", "--show-mtree"]);
+    r.exited_with(0);
     for step in ALL_STEPS {
         r.passed(step);
     }
-    assert!(
-        r.stdout.contains("  pci 00:00.0 1b36:0008 class 06:00:00"),
-        "{}",
-        r.all()
-    );
-    assert!(
-        r.stdout.contains("  pci 00:01.0 1b36:0010 class 01:08:02"),
-        "{}",
-        r.all()
-    );
-    // The trapped register: exactly one exit on its range.
-    let regs = r.range("00:01.0 BAR0 +0x0 (host does not allow mmap)");
-    assert_eq!(
-        (Run::field(regs, "writes"), Run::field(regs, "reads")),
-        (1, 0),
-        "{regs}"
-    );
+    r.stdout_has("  pci 00:00.0 1b36:0008 class 06:00:00");
+    r.stdout_has("  pci 00:01.0 1b36:0010 class 01:08:02");
     // The mapped page is a memory slot over the device's mmap...
     assert!(
         r.step("mapped-page").contains("at 0xc0001000"),
         "{}",
         r.all()
     );
-    assert!(
-        r.stdout.contains(
-            "slot 1 0xc0001000-0xc0001fff host write-traps=0 \"00:01.0 BAR0 mmap +0x1000\""
-        ),
-        "{}",
-        r.all()
+    r.stdout_has("slot 1 0xc0001000-0xc0001fff host write-traps=0 \"00:01.0 BAR0 mmap +0x1000\"");
+    // ...so every MMIO exit is accounted for by trapped ranges: the MSI-X table and exactly one
+    // on the trapped register. None came from the page's store and load.
+    r.only_trapped_ranges_exited(
+        "00:01.0 BAR0 msix-table",
+        "00:01.0 BAR0 +0x0 (host does not allow mmap)",
     );
-    assert!(
-        r.stdout.contains(
-            "  00000000c0001000-00000000c0001fff (prio 0, ramd): 00:01.0 BAR0 mmap +0x1000\n"
-        ),
-        "{}",
-        r.all()
-    );
-    // ...and every MMIO exit is accounted for by trapped ranges: 5 writes and 4 reads of the MSI-X
-    // table, and the register store. None came from the page's store and load.
-    let msix = r.range("00:01.0 BAR0 msix-table");
-    assert_eq!(
-        (Run::field(msix, "writes"), Run::field(msix, "reads")),
-        (5, 4),
-        "{msix}"
-    );
-    assert_eq!(r.exits("mmio-write"), 5 + 1, "{}", r.all());
-    assert_eq!(r.exits("mmio-read"), 4, "{}", r.all());
-    assert!(r.stdout.contains("unhandled-mmio=0"), "{}", r.all());
     // The interrupt went through the kernel: vector 0's eventfd is bound to a KVM irqfd, and
     // refvmm delivered nothing itself.
+    r.stdout_has("msix-irqfd-vectors=1 msix-pending-delivered=0");
+    // The flat view, and the device's own, as `info mtree -f` prints them.
+    r.stdout_has("  00000000c0001000-00000000c0001fff (prio 0, ramd): 00:01.0 BAR0 mmap +0x1000\n");
+    r.stdout_has("FlatView (memory) of 00:01.0");
+    let own_view = &r.stdout[r.stdout.find("FlatView (memory) of 00:01.0").unwrap()..];
     assert!(
-        r.stdout
-            .contains("msix-irqfd-vectors=1 msix-pending-delivered=0"),
-        "{}",
-        r.all()
-    );
-    // The device's own flat view, as `info mtree -f` prints it.
-    assert!(
-        r.stdout.contains("FlatView (memory) of 00:01.0"),
-        "{}",
-        r.all()
-    );
-    assert!(
-        r.stdout.contains(
+        own_view.contains(
             "  00000000c0001000-00000000c0001fff (prio 0, ramd): 00:01.0 BAR0 mmap +0x1000"
         ),
         "{}",
@@ -119,32 +70,23 @@ fn trap_all_policy_traps_the_page_that_was_mapped() {
     let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
         return;
     };
-    let r = refvmm_run(&[
-        "--guest",
-        &guest("pci_probe"),
-        "--device",
-        "sim",
-        "--policy",
-        "trap-all",
-        "--show-counters",
-        "--timeout",
-        "30",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.all());
+    let r = probe("sim", &["--policy", "trap-all", "--show-counters"]);
+    r.exited_with(0);
     for step in ALL_STEPS {
         r.passed(step);
     }
+    let slots = r.slots();
     assert!(
-        !r.stdout.contains("BAR0 mmap"),
-        "nothing mapped:\n{}",
+        slots.len() == 1 && slots[0].contains("guest-ram"),
+        "only RAM is mapped:\n{}",
         r.all()
     );
-    let pages = r.range("00:01.0 BAR0 +0x0 (trap-all policy)");
     // The register store, plus the page's store and load.
     assert_eq!(
-        (Run::field(pages, "writes"), Run::field(pages, "reads")),
-        (2, 1),
-        "{pages}"
+        r.range_counts("00:01.0 BAR0 +0x0 (trap-all policy)"),
+        (1, 2),
+        "{}",
+        r.all()
     );
     assert_eq!(r.exits("mmio-write"), 5 + 2, "{}", r.all());
 }
@@ -154,86 +96,28 @@ fn pci_probe_passes_with_the_test_function_and_the_counters_agree() {
     let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
         return;
     };
-    let r = refvmm_run(&[
-        "--guest",
-        &guest("pci_probe"),
-        "--device",
-        "test",
-        "--show-counters",
-        "--show-mtree",
-        "--timeout",
-        "30",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.all());
+    let r = probe("test", &["--show-counters", "--show-mtree"]);
+    r.exited_with(0);
     for step in ALL_STEPS {
         r.passed(step);
     }
-    assert!(
-        r.stdout.contains("GUEST: RESULT PASS program=pci_probe"),
-        "{}",
-        r.all()
-    );
+    r.stdout_has("GUEST: RESULT PASS program=pci_probe");
     // The scan saw the host bridge at 00:00.0 and the device at 00:01.0.
-    assert!(
-        r.stdout.contains("  pci 00:00.0 1b36:0008 class 06:00:00"),
-        "{}",
-        r.all()
-    );
-    assert!(r.stdout.contains("  pci 00:01.0 1b36:0005"), "{}", r.all());
-    assert!(
-        r.stderr.contains("guest exit status 0 (pass)"),
-        "{}",
-        r.all()
-    );
-
-    // The trapped register: exactly one exit, a write.
-    let regs = r.range("00:01.0 BAR0 registers");
-    assert_eq!(
-        (Run::field(regs, "writes"), Run::field(regs, "reads")),
-        (1, 0),
-        "{regs}"
-    );
+    r.stdout_has("  pci 00:00.0 1b36:0008 class 06:00:00");
+    r.stdout_has("  pci 00:01.0 1b36:0005");
+    r.stderr_has("guest exit status 0 (pass)");
     // The mapped page is a memory slot, and no trapped range covers it...
     let page = r.step("mapped-page");
     assert!(page.contains("at 0xc0001000"), "{page}");
-    assert!(
-        r.stdout
-            .contains("0xc0001000-0xc0001fff file write-traps=0 \"00:01.0 BAR0 memory\""),
-        "{}",
-        r.all()
-    );
-    // ...so every MMIO exit is accounted for by the trapped ranges: the MSI-X table (5 writes and
-    // 4 reads for one entry, the guest README says) and the one register store. The page's store
-    // and load caused none.
-    let msix = r.range("00:01.0 BAR0 msix");
-    assert_eq!(
-        (Run::field(msix, "writes"), Run::field(msix, "reads")),
-        (5, 4),
-        "{msix}"
-    );
-    assert_eq!(r.exits("mmio-write"), 5 + 1, "{}", r.all());
-    assert_eq!(r.exits("mmio-read"), 4, "{}", r.all());
-    assert!(r.stdout.contains("unhandled-mmio=0"), "{}", r.all());
+    r.stdout_has("0xc0001000-0xc0001fff file write-traps=0 \"00:01.0 BAR0 memory\"");
+    // ...so every MMIO exit is accounted for by the trapped ranges: the MSI-X table and exactly
+    // one on the register. The page's store and load caused none.
+    r.only_trapped_ranges_exited("00:01.0 BAR0 msix", "00:01.0 BAR0 registers");
     // The interrupt came from the test function's doorbell.
-    assert!(
-        r.stdout
-            .contains("doorbells=1 msi-delivered=1 msi-refused=0"),
-        "{}",
-        r.all()
-    );
+    r.stdout_has("doorbells=1 msi-delivered=1 msi-refused=0");
     // The flat view lists the bus, then shows the device's mapped page as QEMU would.
-    assert!(
-        r.stdout
-            .contains("PCI bus 0 (conf1 at 0xcf8, ECAM at 0xb0000000):\n  00:00.0 "),
-        "{}",
-        r.all()
-    );
-    assert!(
-        r.stdout
-            .contains("  00000000c0001000-00000000c0001fff (prio 0, ramd): 00:01.0 BAR0 memory\n"),
-        "{}",
-        r.all()
-    );
+    r.stdout_has("PCI bus 0 (conf1 at 0xcf8, ECAM at 0xb0000000):\n  00:00.0 ");
+    r.stdout_has("  00000000c0001000-00000000c0001fff (prio 0, ramd): 00:01.0 BAR0 memory\n");
 }
 
 #[test]
@@ -241,32 +125,13 @@ fn a_guest_that_keeps_the_vmm_placed_bars_finds_them_where_refvmm_put_them() {
     let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
         return;
     };
-    let r = refvmm_run(&[
-        "--guest",
-        &guest("pci_probe"),
-        "--cmdline",
-        "bars=keep",
-        "--device",
-        "test",
-        "--timeout",
-        "30",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.all());
+    let r = probe("test", &["--cmdline", "bars=keep"]);
+    r.exited_with(0);
     let bars = r.step("bars");
     assert!(bars.contains("kept where they were"), "{bars}");
     // refvmm placed BAR0 at the bottom of the 32-bit window and said so.
-    assert!(
-        r.stderr
-            .contains("BAR0 mem32 [0xc0000000-0xc0003fff] size 0x4000 (32-bit window)"),
-        "{}",
-        r.all()
-    );
-    assert!(
-        r.stdout
-            .contains("00:01.0 BAR0 mem32 size 0x4000 at 0xc0000000"),
-        "{}",
-        r.all()
-    );
+    r.stderr_has("BAR0 mem32 [0xc0000000-0xc0003fff] size 0x4000 (32-bit window)");
+    r.stdout_has("00:01.0 BAR0 mem32 size 0x4000 at 0xc0000000");
     r.passed("msix-interrupt");
 }
 
@@ -277,7 +142,8 @@ fn sigusr1_prints_the_reports_while_the_guest_runs() {
     let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
         return;
     };
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_refvmm"))
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_refvmm"))
         .args([
             "run",
             "--guest",
@@ -290,14 +156,24 @@ fn sigusr1_prints_the_reports_while_the_guest_runs() {
             "30",
         ])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // SAFETY: kill(2) on our own child's pid, with a valid signal number.
+    // Signal once the guest has printed its first line: refvmm installs the handler before it
+    // starts the guest, so the signal cannot hit the default action (which would end refvmm).
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = String::new();
+    while !stdout.contains("GUEST: ") {
+        let n = out.read_line(&mut stdout).unwrap();
+        assert_ne!(
+            n, 0,
+            "refvmm ended before the guest printed anything:\n{stdout}"
+        );
+    }
+    // SAFETY: kill(2) on our own child's pid (not yet reaped), with a valid signal number.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) };
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    out.read_to_string(&mut stdout).unwrap();
+    let status = child.wait().unwrap();
     let report = stdout.find("Exits by kind:").expect(&stdout);
     let result = stdout.find("GUEST: RESULT").expect(&stdout);
     assert!(
@@ -305,5 +181,5 @@ fn sigusr1_prints_the_reports_while_the_guest_runs() {
         "the report came before the guest's end:\n{stdout}"
     );
     assert!(stdout.contains("FlatView (memory) of 00:01.0"), "{stdout}");
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(status.code(), Some(1), "{stdout}");
 }

@@ -70,7 +70,10 @@ echo "  (time per I/O: the guest's own TSC measurement of 8 reads of 1 block, do
 echo "   in microseconds of L3 time. L2 runs under TCG, so the absolute numbers are emulation speed, not hardware;"
 echo "   the difference between the columns is the cost of the doorbell exits. wall: refvmm start to exit, VM set-up included.)"
 echo
-printf 'post-check: dma-fault: %s\n' "$(tr -d '\r' <"$TESTBED_LOG" | grep -m 1 '^TESTBED: STEP dma-fault-nvme-status ' | sed 's/^TESTBED: STEP //')"
-printf 'post-check: dma-fault: %s\n' "$(tr -d '\r' <"$TESTBED_LOG" | grep -m 1 '^TESTBED: STEP dma-fault-iommu-log ' | sed 's/^TESTBED: STEP //')"
+# The DMA-fault run's two verdicts (run-l3.sh counted them already), repeated here next to the table.
+for s in dma-fault-nvme-status dma-fault-iommu-log; do
+    line=$(tr -d '\r' <"$TESTBED_LOG" | grep -m 1 "^TESTBED: STEP $s " | sed 's/^TESTBED: STEP //' || true)
+    printf 'post-check: dma-fault: %s\n' "${line:-no TESTBED: STEP $s line in $TESTBED_LOG}"
+done
 [ "$fails" -eq 0 ] || { echo "post-check: $fails check(s) failed"; exit 1; }
 echo "post-check: PASS"

@@ -82,6 +82,81 @@ impl Run {
             .unwrap_or_else(|| panic!("no {k}N on {line:?}"))
     }
 
+    /// Asserts refvmm's stdout (guest output and reports) holds `needle`.
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) {
+        assert!(
+            self.stdout.contains(needle),
+            "no {needle:?} on stdout:\n{}",
+            self.all()
+        );
+    }
+
+    /// Asserts stdout does not hold `needle`.
+    #[track_caller]
+    pub fn stdout_lacks(&self, needle: &str) {
+        assert!(
+            !self.stdout.contains(needle),
+            "{needle:?} on stdout:\n{}",
+            self.all()
+        );
+    }
+
+    /// Asserts refvmm's own messages hold `needle`.
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) {
+        assert!(
+            self.stderr.contains(needle),
+            "no {needle:?} on stderr:\n{}",
+            self.all()
+        );
+    }
+
+    /// Asserts the exit status.
+    #[track_caller]
+    pub fn exited_with(&self, code: i32) {
+        assert_eq!(self.code, code, "{}", self.all());
+    }
+
+    /// Asserts the step's line says FAIL.
+    #[track_caller]
+    pub fn failed(&self, name: &str) {
+        let l = self.step(name);
+        assert!(l.contains(" FAIL "), "{l}\n{}", self.all());
+    }
+
+    /// `(reads, writes)` of the trapped range named `name`.
+    pub fn range_counts(&self, name: &str) -> (u64, u64) {
+        let l = self.range(name);
+        (Self::field(l, "reads"), Self::field(l, "writes"))
+    }
+
+    /// Asserts that every MMIO exit of a `pci_probe` run came from a trapped range: the MSI-X
+    /// table range `msix` took the 4 reads and 5 writes of programming one entry (the guest README
+    /// says so) and the register range `register` the one trapped store; so the store and load
+    /// to the mapped page caused none, and no access missed every range.
+    #[track_caller]
+    pub fn only_trapped_ranges_exited(&self, msix: &str, register: &str) {
+        assert_eq!(
+            self.range_counts(register),
+            (0, 1),
+            "{register}:\n{}",
+            self.all()
+        );
+        assert_eq!(self.range_counts(msix), (4, 5), "{msix}:\n{}", self.all());
+        assert_eq!(self.exits("mmio-write"), 5 + 1, "{}", self.all());
+        assert_eq!(self.exits("mmio-read"), 4, "{}", self.all());
+        self.stdout_has("unhandled-mmio=0");
+    }
+
+    /// The `slot N ...` lines of `--show-counters` (memory slots: RAM and mapped BAR pages).
+    pub fn slots(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with("  slot "))
+            .collect()
+    }
+
     /// The `exit <kind> N` count (0 when absent).
     pub fn exits(&self, kind: &str) -> u64 {
         self.stdout
@@ -107,6 +182,15 @@ pub fn refvmm_run(args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Runs the `pci_probe` guest with `--device device`, then `extra`, under a 30 s limit.
+pub fn probe(device: &str, extra: &[&str]) -> Run {
+    let image = guest("pci_probe");
+    let mut args = vec!["--guest", image.as_str(), "--device", device];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--timeout", "30"]);
+    refvmm_run(&args)
 }
 
 /// The path of a built guest image.
