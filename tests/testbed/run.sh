@@ -18,7 +18,7 @@ CACHE=${TESTBED_CACHE:-$REPO/build/testbed}
 INTERACTIVE=${TESTBED_INTERACTIVE:-0}      # 1: QEMU in the foreground, a shell in L2 at the end
 TIMEOUT=${TESTBED_TIMEOUT:-300}            # seconds per L2 boot, hard limit
 [ "$INTERACTIVE" != 1 ] || TIMEOUT=${TESTBED_TIMEOUT:-3600}
-RETRIES=${TESTBED_RETRIES:-2}              # extra boots after a hang (timeout, silence or RCU stall), never after a FAIL
+RETRIES=${TESTBED_RETRIES:-2}              # extra boots after a hang (timeout, silence, RCU stall or lockup), never after a FAIL
 QUIET=${TESTBED_QUIET_TIMEOUT:-60}         # seconds without serial output that count as a hang (0: off)
 KEEP=${TESTBED_KEEP:-0}                    # 1: keep the disk image and initramfs of a passing run
 APT_UPDATE=${TESTBED_APT_UPDATE:-auto}     # auto (when lists are missing or older than APT_MAX_AGE days) | always | never
@@ -433,7 +433,9 @@ stage_initramfs() {
 }
 
 # ---- 7. boot L2 ---------------------------------------------------------------------------------------------
-STALL_RE='rcu: INFO: rcu_(sched|preempt) (self-)?detected stall|detected stalls on CPUs'
+# A frozen L2 vCPU shows as an RCU stall or a soft lockup; a soft lockup repeats every ~28 s, which keeps the
+# silence detector quiet, so it must be caught here or it costs the whole TESTBED_TIMEOUT.
+STALL_RE='rcu: INFO: rcu_(sched|preempt) (self-)?detected stall|detected stalls on CPUs|watchdog: BUG: soft lockup|Watchdog detected hard LOCKUP'
 qemu_cmd() { # the command line from TESTBED.md, with the unpacked firmware
     local append="console=ttyS0 intel_iommu=on iommu=pt panic=-1 $APPEND_EXTRA" serial=stdio
     [ "$INTERACTIVE" = 1 ] && serial=mon:stdio
