@@ -21,11 +21,11 @@ use trap_map::{PageSize, Policy};
 use vfio_pci::host::{HostPaths, IommuBackendChoice, PciAddress};
 use vfio_pci::{
     AttachContext, DeviceBackend, DmaSetup, InterruptRouting, PassthroughDevice,
-    PassthroughOptions, VfioBackend,
+    PassthroughOptions, ReservedRange, VfioBackend,
 };
 
 use crate::pci::{AssignedBar, BarAllocator, PciBus};
-use crate::test_function::{Reserved, TestFunction, TestHandle};
+use crate::test_function::{TestFunction, TestHandle};
 
 /// A preset of the simulated backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +253,7 @@ fn passthrough<B: DeviceBackend + 'static>(
     spec: &DeviceSpec,
     bdf: Bdf,
     vm: &Arc<Vm>,
+    reserved: &[ReservedRange],
     knobs: &PassthroughKnobs,
 ) -> Result<Arc<Mutex<PassthroughDevice>>, AttachError> {
     let routing: Arc<dyn InterruptRouting> = vm.clone();
@@ -262,6 +263,7 @@ fn passthrough<B: DeviceBackend + 'static>(
         interrupts: Some(routing),
         dma: DmaSetup::GuestMemory(vm.memory().clone()),
         intx_gsi: Some(16 + u32::from(bdf.device % 4)),
+        reserved: reserved.to_vec(),
     };
     let options = PassthroughOptions {
         page_size: knobs.page_size,
@@ -284,7 +286,7 @@ pub fn attach(
     vm: &Arc<Vm>,
     bus: &PciBus,
     bars: &mut BarAllocator,
-    reserved: &[Reserved],
+    reserved: &[ReservedRange],
     knobs: &PassthroughKnobs,
 ) -> Result<Attached, AttachError> {
     let bus_error = |source| AttachError::Bus {
@@ -304,13 +306,13 @@ pub fn attach(
                 "refvmm: {address} opened through {}",
                 backend.opened().describe()
             );
-            let dev = passthrough(backend, spec, bdf, vm, knobs)?;
+            let dev = passthrough(backend, spec, bdf, vm, reserved, knobs)?;
             (
                 Box::new(SharedPassthrough(dev.clone())),
                 DeviceHandle::Passthrough(dev),
             )
         }
-        DeviceSpec::Sim(preset) => sim(*preset, spec, bdf, vm, knobs)?,
+        DeviceSpec::Sim(preset) => sim(*preset, spec, bdf, vm, reserved, knobs)?,
         DeviceSpec::Test => {
             let (function, handle) = TestFunction::new(&bdf.short(), vm, reserved.to_vec())
                 .map_err(AttachError::Test)?;
@@ -343,6 +345,7 @@ fn sim(
     spec: &DeviceSpec,
     bdf: Bdf,
     vm: &Arc<Vm>,
+    reserved: &[ReservedRange],
     knobs: &PassthroughKnobs,
 ) -> Result<(Box<dyn PciFunction>, DeviceHandle), AttachError> {
     use vfio_pci::sim::SimBackend;
@@ -354,7 +357,7 @@ fn sim(
         spec: spec.clone(),
         source,
     })?;
-    let dev = passthrough(backend, spec, bdf, vm, knobs)?;
+    let dev = passthrough(backend, spec, bdf, vm, reserved, knobs)?;
     Ok((
         Box::new(SharedPassthrough(dev.clone())),
         DeviceHandle::Passthrough(dev),

@@ -20,6 +20,7 @@ use kvm_runloop::reexports::vmm_sys_util::eventfd::EventFd;
 use kvm_runloop::{VcpuStop, Vm, VmConfig};
 use pci_config::Bdf;
 use trap_map::{MsixRelocation, PageSize, Policy};
+use vfio_pci::ReservedRange;
 
 use crate::devices::{self, Attached, DeviceSpec, PassthroughKnobs};
 use crate::exit_port::{EXIT_PORT, ExitPort};
@@ -30,7 +31,6 @@ use crate::pci::{
 };
 use crate::report;
 use crate::serial::{COM1_GSI, COM1_PORT, Com1, ConsoleOut};
-use crate::test_function::Reserved;
 
 /// Exit status when the time limit ran out.
 pub const EXIT_TIMEOUT: u8 = 124;
@@ -158,29 +158,29 @@ pub fn ram_layout(size: u64) -> Vec<(u64, u64)> {
 }
 
 /// Everything a device BAR must never cover.
-fn reserved_ranges(ram: &[(u64, u64)]) -> Vec<Reserved> {
-    let mut r: Vec<Reserved> = ram
+fn reserved_ranges(ram: &[(u64, u64)]) -> Vec<ReservedRange> {
+    let mut r: Vec<ReservedRange> = ram
         .iter()
-        .map(|&(base, size)| Reserved {
+        .map(|&(base, size)| ReservedRange {
             base,
             end: base + size,
-            what: "guest RAM",
+            what: "guest RAM".into(),
         })
         .collect();
-    r.push(Reserved {
+    r.push(ReservedRange {
         base: ECAM_BASE,
         end: ECAM_BASE + ECAM_SIZE,
-        what: "the ECAM window",
+        what: "the ECAM window".into(),
     });
-    r.push(Reserved {
+    r.push(ReservedRange {
         base: APIC_RANGE.0,
         end: APIC_RANGE.1,
-        what: "the IOAPIC/local APIC range",
+        what: "the IOAPIC/local APIC range".into(),
     });
-    r.push(Reserved {
+    r.push(ReservedRange {
         base: KVM_TSS.0,
         end: KVM_TSS.1,
-        what: "KVM's TSS and identity-map pages",
+        what: "KVM's TSS and identity-map pages".into(),
     });
     r
 }

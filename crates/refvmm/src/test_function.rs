@@ -41,6 +41,7 @@ use pci_config::{
     BarDef, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, HeaderType, PciFunction,
 };
 use trap_map::{FireOutcome, MsixEvent, MsixTable};
+use vfio_pci::ReservedRange;
 
 const PAGE: u64 = 0x1000;
 const BAR_SIZE: u64 = 4 * PAGE;
@@ -49,17 +50,6 @@ const MSIX_TABLE: u64 = 2 * PAGE;
 const MSIX_PBA: u64 = 3 * PAGE;
 /// The local APIC MSI window: the only addresses an x86 MSI may target.
 const MSI_WINDOW: (u64, u64) = (0xfee0_0000, 0xfef0_0000);
-
-/// A guest physical range nothing may be decoded over, with its name for messages.
-#[derive(Debug, Clone)]
-pub struct Reserved {
-    /// First address.
-    pub base: u64,
-    /// One past the last.
-    pub end: u64,
-    /// What it is ("RAM", "ECAM", ...).
-    pub what: &'static str,
-}
 
 /// Counters of the test function, for `--show-counters`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -80,7 +70,7 @@ struct State {
     msix_cap: u16,
     msix: MsixTable,
     vm: Weak<Vm>,
-    reserved: Vec<Reserved>,
+    reserved: Vec<ReservedRange>,
     memfd: File,
     /// Where BAR0 is decoded now, and what was registered there.
     mapped: Option<Mapped>,
@@ -115,7 +105,7 @@ impl TestFunction {
     pub fn new(
         name: &str,
         vm: &Arc<Vm>,
-        reserved: Vec<Reserved>,
+        reserved: Vec<ReservedRange>,
     ) -> std::io::Result<(Self, TestHandle)> {
         let ids = DeviceIds {
             vendor_id: 0x1b36,
@@ -223,7 +213,7 @@ impl State {
             return None;
         }
         let end = base + BAR_SIZE;
-        if let Some(r) = self.reserved.iter().find(|r| base < r.end && r.base < end) {
+        if let Some(r) = self.reserved.iter().find(|r| r.overlaps(base, end)) {
             log::warn!(
                 "{}: BAR0 programmed at {base:#x}-{:#x}, over {} {:#x}-{:#x}: not decoded (a \
                  device must never cover it); reprogram BAR0 inside the PCI window",
@@ -448,11 +438,11 @@ mod tests {
         ))
     }
 
-    fn reserved() -> Vec<Reserved> {
-        vec![Reserved {
+    fn reserved() -> Vec<ReservedRange> {
+        vec![ReservedRange {
             base: 0,
             end: 2 << 20,
-            what: "guest RAM",
+            what: "guest RAM".into(),
         }]
     }
 

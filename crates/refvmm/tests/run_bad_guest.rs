@@ -1,5 +1,5 @@
-//! Bad guest input, guest-driven on real KVM: a guest that programs BARs over its own RAM, or
-//! points an MSI-X entry at an absurd address. refvmm keeps running, never maps a device page
+//! Bad guest input, guest-driven on real KVM: a guest that programs BARs over its own RAM or
+//! over refvmm's ECAM window, or points an MSI-X entry at an absurd address. refvmm keeps running, never maps a device page
 //! over RAM, never injects the absurd message, and reports the guest's verdict.
 //!
 //! `irq-timeout-ms=0`: the interrupt the guest waits for cannot come in these runs, and a zero
@@ -11,6 +11,8 @@ use common::{guest, probe, refvmm_run};
 
 /// Where the guest places its BARs in these runs: at 16 MiB, inside its 64 MiB of RAM.
 const BARS_IN_RAM: &str = "mmio=0x1000000 mmio-end=0x2000000 irq-timeout-ms=0";
+/// Where the guest places its BARs in this run: over refvmm's ECAM window at 0xb000_0000.
+const BARS_OVER_ECAM: &str = "mmio=0xb0000000 mmio-end=0xb0100000 irq-timeout-ms=0";
 /// After programming MSI-X entry 0 properly, the guest overwrites its address with 0x12345000
 /// (`poke` into the MSI-X table at BAR0+0x2000), then rings the doorbell.
 const ABSURD_MSIX_ADDRESS: &str = "poke=0:0x2000=0x12345000 irq-timeout-ms=0";
@@ -70,6 +72,32 @@ fn the_passthrough_device_refuses_to_map_its_bar_over_guest_ram() {
     assert_eq!(r.slots().len(), 1, "{}", r.all());
     r.stdout_lacks("(prio 0, ramd)");
     r.stdout_lacks("MMIO 0x100");
+    r.exited_with(1);
+    r.failed("msix-interrupt");
+}
+
+#[test]
+fn the_passthrough_device_refuses_to_map_its_bar_over_the_ecam_window() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let r = probe(
+        "sim",
+        &[
+            "--cmdline",
+            BARS_OVER_ECAM,
+            "--show-counters",
+            "--show-mtree",
+        ],
+    );
+    r.stdout_has("00:01.0 BAR0 mem64 size 0x4000 at 0xb0000000");
+    r.stderr_has("the guest placed BAR0 at 0xb0000000 but it cannot be mapped there");
+    r.stdout_has("refused at 0xb0000000 (it would overlap the ECAM window");
+    // ECAM keeps its window: no device page is mapped or trapped there.
+    assert_eq!(r.slots().len(), 1, "{}", r.all());
+    r.stdout_lacks("(prio 0, ramd)");
+    r.stdout_has("MMIO 0xb0000000-0xbfffffff");
+    r.stdout_lacks("\"00:01.0 BAR0 msix-table\"");
     r.exited_with(1);
     r.failed("msix-interrupt");
 }

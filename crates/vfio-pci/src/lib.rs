@@ -12,7 +12,7 @@ mod vfio_backend;
 pub use backend::{BackendError, DeviceBackend, MmapSource};
 pub use device::{
     AttachContext, AttachError, DEFAULT_HIDDEN_EXTENDED, DmaSetup, MmapError, MsixVectorState,
-    PassthroughDevice, PassthroughOptions, host_page_size,
+    PassthroughDevice, PassthroughOptions, ReservedRange, host_page_size,
 };
 pub use routing::InterruptRouting;
 pub use vfio_backend::{VfioBackend, VfioBackendError};

@@ -9,7 +9,7 @@ use kvm_runloop::{MsiMessage, Route, Vm, VmConfig};
 use pci_config::{CapId, ExtCapabilityId, PciFunction, capability};
 use vfio_pci::host::IrqKind;
 use vfio_pci::sim::{Fired, SimBackend};
-use vfio_pci::{AttachContext, DmaSetup, PassthroughDevice, PassthroughOptions};
+use vfio_pci::{AttachContext, DmaSetup, PassthroughDevice, PassthroughOptions, ReservedRange};
 
 const RAM: usize = 2 << 20;
 const BAR_BASE: u64 = 0xc000_0000;
@@ -44,6 +44,7 @@ fn attach_with(
             interrupts: Some(vm.clone()),
             dma: DmaSetup::GuestMemory(vm.memory().clone()),
             intx_gsi: Some(INTX_GSI),
+            reserved: Vec::new(),
         },
         options,
     )
@@ -321,6 +322,51 @@ fn bars_follow_the_guest() {
     d.detach().unwrap();
     assert!(device_slots(&vm, dev).is_empty());
     assert!(device_ranges(&vm, dev).is_empty());
+}
+
+#[test]
+fn bars_stay_clear_of_the_vmms_reserved_windows() {
+    let Some(vm) = vm() else { return };
+    let sim = nvme();
+    let ecam = ReservedRange {
+        base: 0xb000_0000,
+        end: 0xc000_0000,
+        what: "the ECAM window".into(),
+    };
+    let mut nvme = PassthroughDevice::attach(
+        sim.clone(),
+        AttachContext {
+            bus: vm.bus().clone(),
+            slots: vm.slots().clone(),
+            interrupts: Some(vm.clone()),
+            dma: DmaSetup::None,
+            intx_gsi: None,
+            reserved: vec![ecam],
+        },
+        PassthroughOptions::default(),
+    )
+    .expect("attach");
+
+    // BAR0 (16 KiB, so the register keeps 0xbfffc000) in the window's last pages: refused,
+    // nothing of it in the guest.
+    w32(&mut nvme, 0x10, 0xbfff_f000);
+    w32(&mut nvme, 0x14, 0);
+    memory_on(&mut nvme);
+    assert_eq!(nvme.bar_address(0), None);
+    assert!(device_slots(&vm, "0000:01:00.0 ").is_empty());
+    assert!(device_ranges(&vm, "0000:01:00.0 ").is_empty());
+    let mtree = nvme.mtree();
+    assert!(
+        mtree.contains("refused at 0xbfffc000")
+            && mtree.contains("overlap the ECAM window [0xb0000000-0xbfffffff]"),
+        "{mtree}"
+    );
+
+    // Just past the window: placed, mapped and trapped as usual.
+    w32(&mut nvme, 0x10, BAR_BASE as u32);
+    assert_eq!(nvme.bar_address(0), Some(BAR_BASE));
+    assert!(!device_slots(&vm, "0000:01:00.0 ").is_empty());
+    assert!(!device_ranges(&vm, "0000:01:00.0 ").is_empty());
 }
 
 #[test]
@@ -723,6 +769,7 @@ fn no_interrupt_routing_leaves_everything_unwired_but_works() {
             interrupts: None,
             dma: DmaSetup::None,
             intx_gsi: Some(INTX_GSI),
+            reserved: Vec::new(),
         },
         PassthroughOptions::default(),
     )

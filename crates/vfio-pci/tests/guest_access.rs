@@ -29,6 +29,7 @@ fn mapped_stores_do_not_exit_and_trapped_ones_do() {
             interrupts: None,
             dma: DmaSetup::GuestMemory(vm.memory().clone()),
             intx_gsi: None,
+            reserved: Vec::new(),
         },
         PassthroughOptions::default(),
     )

@@ -122,6 +122,7 @@ proptest! {
                 interrupts: Some(vm.clone()),
                 dma: DmaSetup::GuestMemory(vm.memory().clone()),
                 intx_gsi: Some(10),
+                reserved: Vec::new(),
             },
             PassthroughOptions::default(),
         ).unwrap();

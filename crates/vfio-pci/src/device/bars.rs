@@ -21,6 +21,7 @@ use log::warn;
 use trap_map::{BarKind, BarPlan, MsixPlacement, SegmentKind, TrapHandling, TrapReason};
 use vm_memory::{FileOffset, MmapRegion};
 
+use super::ReservedRange;
 use super::interrupts::IrqState;
 use crate::backend::DeviceBackend;
 
@@ -371,6 +372,7 @@ impl BarState {
         desired: Option<u64>,
         slots: &MemorySlots,
         bus: &DeviceBus,
+        reserved: &[ReservedRange],
     ) {
         if self.placed == desired {
             return;
@@ -379,7 +381,9 @@ impl BarState {
             self.remove(slots, bus);
             return;
         };
-        let result = if self.placed.is_some() {
+        let result = if let Err(why) = self.check_clear_of_reserved(new, reserved) {
+            Err(why)
+        } else if self.placed.is_some() {
             self.try_move(new, slots, bus)
         } else {
             self.try_add(new, slots, bus)
@@ -422,6 +426,24 @@ impl BarState {
             ));
         }
         Ok(())
+    }
+
+    /// No memory BAR may cover the VMM's own windows (ECAM, the interrupt controllers): the
+    /// guest would lose them, or the device would shadow them. Runs on placement only.
+    fn check_clear_of_reserved(&self, base: u64, reserved: &[ReservedRange]) -> Result<(), String> {
+        if self.kind == BarKind::Io {
+            return Ok(());
+        }
+        let end = base.saturating_add(self.size);
+        match reserved.iter().find(|r| r.overlaps(base, end)) {
+            Some(r) => Err(format!(
+                "it would overlap {} [{:#x}-{:#x}]",
+                r.what,
+                r.base,
+                r.end - 1
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Trapped ranges must not lie over memory slots (guest RAM, another device's mapped

@@ -59,6 +59,28 @@ pub struct AttachContext {
     pub dma: DmaSetup,
     /// The GSI the function's INTx pin is wired to (after the bus's swizzle); `None`: no INTx.
     pub intx_gsi: Option<u32>,
+    /// Guest-physical ranges no memory BAR may cover: the VMM's own MMIO windows (ECAM, the
+    /// interrupt controllers). A placement over one is refused like one over RAM (which the
+    /// memory slots refuse by themselves) and the BAR stays unmapped.
+    pub reserved: Vec<ReservedRange>,
+}
+
+/// A guest-physical range that belongs to the VMM, with its name for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedRange {
+    /// First address.
+    pub base: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// What is there ("the ECAM window", "the IOAPIC/local APIC range", ...).
+    pub what: String,
+}
+
+impl ReservedRange {
+    /// Whether `[base, end)` overlaps this range.
+    pub fn overlaps(&self, base: u64, end: u64) -> bool {
+        base < self.end && self.base < end
+    }
 }
 
 /// Knobs of the passthrough device.
@@ -189,6 +211,7 @@ pub struct PassthroughDevice {
     bars: Vec<BarState>,
     bus: Arc<DeviceBus>,
     slots: Arc<MemorySlots>,
+    reserved: Vec<ReservedRange>,
     dma: Option<DmaAttachment>,
     msix_cap: Option<u16>,
     detached: bool,
@@ -348,6 +371,7 @@ impl PassthroughDevice {
             bars,
             bus: ctx.bus,
             slots: ctx.slots,
+            reserved: ctx.reserved,
             dma: None,
             msix_cap,
             detached: false,
@@ -552,7 +576,7 @@ impl PassthroughDevice {
                 Some((true, false, 0)) => None,
                 Some((true, false, address)) => Some(address),
             };
-            bar.place(&self.name, desired, &self.slots, &self.bus);
+            bar.place(&self.name, desired, &self.slots, &self.bus, &self.reserved);
         }
     }
 
