@@ -21,7 +21,7 @@ use trap_map::{PageSize, Policy};
 use vfio_pci::host::{HostPaths, IommuBackendChoice, PciAddress};
 use vfio_pci::{
     AttachContext, DeviceBackend, DmaSetup, InterruptRouting, PassthroughDevice,
-    PassthroughOptions, ReservedRange, VfioBackend,
+    PassthroughOptions, ReservedRange, VfioBackend, VfioDeviceFd,
 };
 
 use crate::pci::{AssignedBar, BarAllocator, PciBus};
@@ -87,6 +87,8 @@ pub struct PassthroughKnobs {
     pub page_size: PageSize,
     /// IOMMU interface for host devices (`--iommu`).
     pub iommu: IommuBackendChoice,
+    /// The VM's KVM VFIO device, created once when a host device is passed through.
+    pub kvm_vfio: Option<Arc<VfioDeviceFd>>,
 }
 
 /// A device on the bus, as the run command keeps it.
@@ -296,12 +298,16 @@ pub fn attach(
     let bdf = bus.next_free().map_err(bus_error)?;
     let (function, handle): (Box<dyn PciFunction>, DeviceHandle) = match spec {
         DeviceSpec::Host(address) => {
-            let backend =
-                VfioBackend::open_with(&HostPaths::default(), *address, None, knobs.iommu)
-                    .map_err(|source| AttachError::Open {
-                        address: *address,
-                        source,
-                    })?;
+            let backend = VfioBackend::open_with(
+                &HostPaths::default(),
+                *address,
+                knobs.kvm_vfio.clone(),
+                knobs.iommu,
+            )
+            .map_err(|source| AttachError::Open {
+                address: *address,
+                source,
+            })?;
             eprintln!(
                 "refvmm: {address} opened through {}",
                 backend.opened().describe()

@@ -263,10 +263,21 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     if let Some(m) = args.msix_relocation {
         policy.msix_relocation = m;
     }
+    // One KVM VFIO device per VM, shared by every host device (mainline KVM refuses a second).
+    let kvm_vfio = if args
+        .devices
+        .iter()
+        .any(|d| matches!(d, DeviceSpec::Host(_)))
+    {
+        Some(vfio_pci::create_kvm_vfio_device(vm.fd())?)
+    } else {
+        None
+    };
     let knobs = PassthroughKnobs {
         policy,
         page_size: args.page_size.unwrap_or_else(vfio_pci::host_page_size),
         iommu: args.iommu,
+        kvm_vfio,
     };
     let mut attached: Vec<Attached> = Vec::new();
     for spec in &args.devices {

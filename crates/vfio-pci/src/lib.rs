@@ -15,4 +15,6 @@ pub use device::{
     PassthroughDevice, PassthroughOptions, ReservedRange, host_page_size,
 };
 pub use routing::InterruptRouting;
-pub use vfio_backend::{VfioBackend, VfioBackendError};
+pub use vfio_backend::{VfioBackend, VfioBackendError, create_kvm_vfio_device};
+/// The VM's KVM VFIO device handle that [`VfioBackend::open_with`] takes.
+pub use vfio_ioctls::VfioDeviceFd;

@@ -11,6 +11,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use iommu_dma::{DmaError, DmaMapper};
+use kvm_runloop::reexports::kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use kvm_runloop::reexports::kvm_ioctls::VmFd;
 use thiserror::Error;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
@@ -44,6 +46,16 @@ pub enum VfioBackendError {
     /// BDF, the missing node or kernel option, and the `--iommu` fallback.
     #[error(transparent)]
     OpenVfio(#[from] OpenVfioError),
+    /// `KVM_CREATE_DEVICE` of the VM's KVM VFIO device failed.
+    #[error(
+        "cannot create the VM's KVM VFIO device (KVM_CREATE_DEVICE, KVM_DEV_TYPE_VFIO): {source}; \
+         the host kernel needs CONFIG_KVM_VFIO (create one per VM and share it)"
+    )]
+    KvmVfioDevice {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The device has no configuration region (not a vfio-pci device?).
     #[error(
         "{address}: VFIO reports no readable config region (index 7): is it bound to vfio-pci \
@@ -92,6 +104,25 @@ impl std::fmt::Debug for VfioBackend {
             .field("reset_supported", &self.reset_supported)
             .finish_non_exhaustive()
     }
+}
+
+/// Creates the VM's `KVM_DEV_TYPE_VFIO` pseudo-device, to hand to every
+/// [`VfioBackend::open_with`] of that VM: VFIO adds each group (or device cdev) to it as it is
+/// opened, so KVM knows the VM has assigned devices and honours the guest's cache attributes
+/// where DMA is not coherent (QEMU does the same with `vfio_kvm_device_add_group`). Create one
+/// per VM and share it: mainline KVM refuses a second one.
+pub fn create_kvm_vfio_device(vm: &VmFd) -> Result<Arc<VfioDeviceFd>, VfioBackendError> {
+    let mut request = kvm_create_device {
+        type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+        fd: 0,
+        flags: 0,
+    };
+    let device = vm
+        .create_device(&mut request)
+        .map_err(|e| VfioBackendError::KvmVfioDevice {
+            source: io::Error::from_raw_os_error(e.errno()),
+        })?;
+    Ok(Arc::new(VfioDeviceFd::new_from_kvm(device)))
 }
 
 impl VfioBackend {

@@ -28,3 +28,20 @@ fn open_failures_name_the_device_and_the_fix() {
     let err = VfioBackend::open(&host.paths(), missing, None).unwrap_err();
     assert!(err.to_string().contains("0000:05:00.0"), "{err}");
 }
+
+#[test]
+fn the_kvm_vfio_device_can_be_created() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let vm = kvm_runloop::Vm::new(&kvm_runloop::VmConfig {
+        ram: vec![(0, 1 << 20)],
+        ..Default::default()
+    })
+    .expect("VM");
+    let device = vfio_pci::create_kvm_vfio_device(vm.fd()).expect("KVM VFIO device");
+    assert!(
+        device.try_clone().is_ok(),
+        "the handle is a live file descriptor"
+    );
+}
