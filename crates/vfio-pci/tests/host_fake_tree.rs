@@ -27,12 +27,7 @@ fn roomy_limits() -> CheckOptions {
 
 /// An Intel host with the IOMMU on, vfio-pci loaded, and an NVMe on `nvme` alone in group 7.
 fn host_with_nvme(label: &str) -> FakeHost {
-    let host = FakeHost::new(label).unwrap();
-    host.set_cpu_vendor("GenuineIntel").unwrap();
-    host.set_cmdline("BOOT_IMAGE=/vmlinuz intel_iommu=on iommu=pt")
-        .unwrap();
-    host.add_iommu_unit("dmar0").unwrap();
-    host.add_driver("vfio-pci").unwrap();
+    let host = FakeHost::intel_with_iommu(label).unwrap();
     host.add_device(
         &FakeDevice::new(NVME, 0x1b36, 0x0010, 0x010802)
             .driver("nvme")

@@ -95,6 +95,17 @@ pub struct FakeHost {
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 impl FakeHost {
+    /// A host ready for passthrough but for the device: an Intel CPU with the IOMMU on
+    /// (`intel_iommu=on iommu=pt`, unit `dmar0`) and the vfio-pci driver loaded.
+    pub fn intel_with_iommu(label: &str) -> io::Result<Self> {
+        let host = Self::new(label)?;
+        host.set_cpu_vendor("GenuineIntel")?;
+        host.set_cmdline("BOOT_IMAGE=/vmlinuz intel_iommu=on iommu=pt")?;
+        host.add_iommu_unit("dmar0")?;
+        host.add_driver("vfio-pci")?;
+        Ok(host)
+    }
+
     /// Creates an empty tree (`sys/bus/pci/{devices,drivers}`, `drivers_probe`, `proc/cmdline`)
     /// in a new directory under the system temporary directory.
     pub fn new(label: &str) -> io::Result<Self> {
