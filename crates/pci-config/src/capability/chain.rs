@@ -230,22 +230,7 @@ fn step_standard(
     }
     let id = CapabilityId(raw_id);
     let cid = CapId::Standard(id);
-    let available = (area.len() - ptr as usize) as u16;
-    let len =
-        standard_len(area, ptr as usize, id).map_err(|needed| CapabilityError::Truncated {
-            offset: ptr,
-            id: cid,
-            needed,
-            available,
-        })?;
-    if len > available {
-        return Err(CapabilityError::Truncated {
-            offset: ptr,
-            id: cid,
-            needed: len,
-            available,
-        });
-    }
+    let len = fitting_len(standard_len(area, ptr as usize, id), area.len(), ptr, cid)?;
     let next = (area[ptr as usize + 1] & !3) as u16;
     let cap = Capability {
         offset: ptr,
@@ -257,6 +242,27 @@ fn step_standard(
     check_overlap(found, &cap)?;
     found.push(cap);
     Ok(())
+}
+
+/// The length of the capability at `offset`, or `Truncated` when it does not fit in the
+/// `space_len` bytes of the space: `len` is the length its header implies, or the bytes its
+/// header needs to be read at all (`Err`).
+fn fitting_len(
+    len: Result<u16, u16>,
+    space_len: usize,
+    offset: u16,
+    id: CapId,
+) -> Result<u16, CapabilityError> {
+    let available = (space_len - offset as usize) as u16;
+    match len {
+        Ok(len) if len <= available => Ok(len),
+        Ok(needed) | Err(needed) => Err(CapabilityError::Truncated {
+            offset,
+            id,
+            needed,
+            available,
+        }),
+    }
 }
 
 fn walk_extended(config: &[u8]) -> (Vec<Capability>, Option<CapabilityError>) {
@@ -309,22 +315,7 @@ fn step_extended(
     let cid = CapId::Extended(id);
     let version = ((header >> 16) & 0xf) as u8;
     let next = ((header >> 20) & !3) as u16;
-    let available = (config.len() - at as usize) as u16;
-    let len =
-        extended_len(config, at as usize, id).map_err(|needed| CapabilityError::Truncated {
-            offset: at,
-            id: cid,
-            needed,
-            available,
-        })?;
-    if len > available {
-        return Err(CapabilityError::Truncated {
-            offset: at,
-            id: cid,
-            needed: len,
-            available,
-        });
-    }
+    let len = fitting_len(extended_len(config, at as usize, id), config.len(), at, cid)?;
     let cap = Capability {
         offset: at,
         id: cid,
