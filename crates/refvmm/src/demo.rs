@@ -219,6 +219,19 @@ impl DeviceMmio for Latch {
 /// The power-off port: a write stops the vCPU.
 struct PowerOff(StopHandle);
 
+impl PowerOff {
+    /// Puts the power-off port on `vm`'s bus.
+    fn install(vm: &Vm) -> DemoResult<()> {
+        vm.bus().register_pio(
+            "power-off",
+            POWER_OFF_PORT,
+            1,
+            Arc::new(PowerOff(vm.stop_handle())),
+        )?;
+        Ok(())
+    }
+}
+
 impl DevicePio for PowerOff {
     fn pio_read(&self, _: PioAddress, _: u16, data: &mut [u8]) {
         data.fill(0);
@@ -369,12 +382,7 @@ fn repeat(vm: &Vm, n: u64, trap: bool, ring: u8) -> CmdResult {
     let result = Arc::new(Latch::default());
     vm.bus()
         .register_pio("result port", RESULT_PORT, 1, result.clone())?;
-    vm.bus().register_pio(
-        "power-off",
-        POWER_OFF_PORT,
-        1,
-        Arc::new(PowerOff(vm.stop_handle())),
-    )?;
+    PowerOff::install(vm)?;
 
     let mut p = Program::new();
     p.ins("movabs $DATA, %rsi", |a| {
@@ -493,12 +501,7 @@ fn trap_vs_map(vm: &Vm, n: u64, ring: u8) -> CmdResult {
     let trapped = Arc::new(Latch::default());
     vm.bus()
         .register_mmio("trapped page", TRAPPED_PAGE, 4096, trapped.clone())?;
-    vm.bus().register_pio(
-        "power-off",
-        POWER_OFF_PORT,
-        1,
-        Arc::new(PowerOff(vm.stop_handle())),
-    )?;
+    PowerOff::install(vm)?;
 
     let mut p = Program::new();
     p.ins("movabs $DATA, %rsi", |a| {
