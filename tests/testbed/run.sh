@@ -537,7 +537,7 @@ stage_verify() {
     say "${result:-no RESULT line}"
     case $BOOT_OUTCOME in
     timeout) die "L2 did not finish within TESTBED_TIMEOUT=${TIMEOUT}s (last lines: tail $BOOT_LOG)" ;;
-    stall) die "L2 hit an RCU stall on every attempt (see $BOOT_LOG)" ;;
+    stall) die "L2 hit an RCU stall or soft lockup on every attempt (see $BOOT_LOG)" ;;
     quiet) die "L2 went silent for TESTBED_QUIET_TIMEOUT=${QUIET}s on every attempt (see $BOOT_LOG)" ;;
     esac
     grep -aq 'Kernel panic' "$BOOT_LOG" && die "L2 kernel panic: $(grep -a -m 1 'Kernel panic' "$BOOT_LOG" | tr -d '\r')"
