@@ -8,6 +8,7 @@ use iommu_dma::DmaMapper;
 use kvm_runloop::{MsiMessage, Route, Vm, VmConfig};
 use pci_config::{CapId, ExtCapabilityId, PciFunction, capability};
 use vfio_pci::host::IrqKind;
+use vfio_pci::ports::{KvmPorts, MsiWindow};
 use vfio_pci::sim::{Fired, SimBackend};
 use vfio_pci::{AttachContext, DmaSetup, PassthroughDevice, PassthroughOptions, ReservedRange};
 
@@ -39,12 +40,10 @@ fn attach_with(
     PassthroughDevice::attach(
         sim.clone(),
         AttachContext {
-            bus: vm.bus().clone(),
-            slots: vm.slots().clone(),
-            interrupts: Some(vm.clone()),
             dma: DmaSetup::GuestMemory(vm.memory().clone()),
             intx_gsi: Some(INTX_GSI),
             reserved: Vec::new(),
+            ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
         },
         options,
     )
@@ -265,7 +264,7 @@ fn bars_follow_the_guest() {
     assert!(vm.bus().mmio_read(BAR_BASE + 0x40, &mut r));
     assert_eq!(u32::from_le_bytes(r), 7);
     let counters = d.exit_counters();
-    let page0 = counters.iter().find(|c| c.base == BAR_BASE).unwrap();
+    let page0 = counters.iter().find(|c| c.at.raw() == BAR_BASE).unwrap();
     assert_eq!((page0.reads, page0.writes), (1, 1));
 
     // Move with decode on: slots follow, same host memory (mmaps are not redone).
@@ -283,7 +282,7 @@ fn bars_follow_the_guest() {
     assert_eq!(
         d.exit_counters()
             .iter()
-            .find(|c| c.base == new)
+            .find(|c| c.at.raw() == new)
             .unwrap()
             .writes,
         1
@@ -336,12 +335,10 @@ fn bars_stay_clear_of_the_vmms_reserved_windows() {
     let mut nvme = PassthroughDevice::attach(
         sim.clone(),
         AttachContext {
-            bus: vm.bus().clone(),
-            slots: vm.slots().clone(),
-            interrupts: Some(vm.clone()),
             dma: DmaSetup::None,
             intx_gsi: None,
             reserved: vec![ecam],
+            ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
         },
         PassthroughOptions::default(),
     )
@@ -764,12 +761,11 @@ fn no_interrupt_routing_leaves_everything_unwired_but_works() {
     let mut d = PassthroughDevice::attach(
         sim.clone(),
         AttachContext {
-            bus: vm.bus().clone(),
-            slots: vm.slots().clone(),
             interrupts: None,
             dma: DmaSetup::None,
             intx_gsi: Some(INTX_GSI),
             reserved: Vec::new(),
+            ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
         },
         PassthroughOptions::default(),
     )
