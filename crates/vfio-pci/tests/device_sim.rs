@@ -882,3 +882,51 @@ fn msi_vector_count_changes_while_enabled() {
         "detach leaves nothing enabled"
     );
 }
+
+/// Issue 12 item 2 on KVM: two devices, each with its own `KvmPorts` (two routers on one VM),
+/// programmed by two threads at once, never end on the same GSI. With the former two-step
+/// `allocate_gsi` then `set_msi_route`, both could get the lowest free GSI.
+#[test]
+fn two_routers_on_one_vm_never_share_a_gsi() {
+    let Some(vm) = vm() else { return };
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = [0xc000_0000u64, 0xd000_0000]
+        .into_iter()
+        .map(|base| {
+            let (vm, start) = (vm.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut d = attach(&vm, &nvme());
+                w32(&mut d, 0x10, base as u32);
+                w32(&mut d, 0x14, 0);
+                memory_on(&mut d);
+                let cap = d.config().model().msix().unwrap().offset;
+                w16(&mut d, cap + 2, 0x8000);
+                start.wait();
+                for round in 0..5u32 {
+                    for v in 0..16 {
+                        program_vector(&vm, base + 0x2000, v, 0xfee0_0000, 0x40 + round, false);
+                    }
+                    w16(&mut d, cap + 2, 0);
+                    w16(&mut d, cap + 2, 0x8000);
+                }
+                for v in 0..16 {
+                    program_vector(&vm, base + 0x2000, v, 0xfee0_0000, 0x60 + v as u32, false);
+                }
+                let gsis: Vec<u32> = (0..16)
+                    .map(|v| d.msix_vector(v).unwrap().gsi.expect("routed"))
+                    .collect();
+                (d, gsis)
+            })
+        })
+        .collect();
+    let results: Vec<(PassthroughDevice, Vec<u32>)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<u32> = results.iter().flat_map(|(_, g)| g.clone()).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        32,
+        "GSIs shared between the two devices' vectors"
+    );
+}
