@@ -44,8 +44,15 @@ pub struct PlacedRange {
     pub len: u64,
     /// Its name (the [`BarRange`] name, or what the VMM reserved it for).
     pub name: String,
-    /// What part of a BAR it is; `None` for a range the VMM reserved (RAM, its own windows).
-    pub kind: Option<BarRangeKind>,
+    /// Which part of which BAR it is; `None` for a range the VMM reserved (RAM, its windows).
+    pub bar_range: Option<BarRange>,
+}
+
+impl PlacedRange {
+    /// What part of a BAR it is; `None` for a range the VMM reserved.
+    pub fn kind(&self) -> Option<BarRangeKind> {
+        self.bar_range.as_ref().map(|r| r.kind)
+    }
 }
 
 /// An eventfd bound to a GSI.
@@ -149,9 +156,9 @@ impl InMemoryPorts {
                     base: *base,
                     len: e.len,
                     name: e.name().to_string(),
-                    kind: match &e.occupant {
+                    bar_range: match &e.occupant {
                         Occupant::Reserved(_) => None,
-                        Occupant::Mapped(r, _) | Occupant::Trapped(r, _) => Some(r.kind),
+                        Occupant::Mapped(r, _) | Occupant::Trapped(r, _) => Some(r.clone()),
                     },
                 })
                 .collect()
