@@ -47,7 +47,7 @@ fn new_vectors(n: usize) -> std::io::Result<Vec<Vector>> {
     (0..n).map(|_| Vector::new()).collect()
 }
 
-/// One vector wired to KVM.
+/// One vector wired to the VM (route and irqfd).
 struct Vector {
     fd: EventFd,
     gsi: Option<u32>,
@@ -341,7 +341,7 @@ impl IrqState {
             .as_ref()
             .and_then(|m| m.vectors.get(usize::from(vector)));
         let result = match v {
-            // Through the irqfd, so the message follows the route KVM holds.
+            // Through the irqfd, so the message follows the route the VM holds.
             Some(v) if v.irqfd => v.fd.write(1).map_err(|e| e.to_string()),
             _ => routing
                 .signal_msi(msg)
@@ -361,7 +361,7 @@ impl IrqState {
         }
     }
 
-    /// Turns device signals on vectors that are not bound to KVM (masked, or unroutable) into
+    /// Turns device signals on vectors that are not bound to an irqfd (masked, or unroutable) into
     /// pending bits, or delivers them when they are deliverable.
     pub fn poll_masked(&mut self) {
         let Some(msix) = self.msix.as_mut() else {

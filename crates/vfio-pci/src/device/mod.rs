@@ -234,7 +234,7 @@ impl ConfigBackend for ConfigPort {
 pub struct MsixVectorState {
     /// The GSI routed to the vector's message, if routed.
     pub gsi: Option<u32>,
-    /// Whether its eventfd is bound to KVM (unmasked and routed).
+    /// Whether its eventfd is bound as an irqfd (unmasked and routed).
     pub bound: bool,
     /// Masked (vector, function mask or MSI-X disabled).
     pub masked: bool,
