@@ -374,6 +374,7 @@ fn sim(
     spec: &DeviceSpec,
     _: Bdf,
     _: &Arc<Vm>,
+    _: &[ReservedRange],
     _: &PassthroughKnobs,
 ) -> Result<(Box<dyn PciFunction>, DeviceHandle), AttachError> {
     Err(AttachError::Sim {
