@@ -18,7 +18,8 @@ use kvm_runloop::{
     DeviceBus, DeviceError, FallibleMmio, FalliblePio, MemoryAccess, MemorySlots, SlotId,
 };
 use log::warn;
-use trap_map::{BarKind, BarPlan, MsixPlacement, SegmentKind, TrapHandling, TrapReason};
+use pci_config::BarKind;
+use trap_map::{BarPlan, MsixPlacement, SegmentKind, TrapHandling, TrapReason};
 use vm_memory::{FileOffset, MmapRegion};
 
 use super::ReservedRange;

@@ -31,9 +31,9 @@ mod sysfs;
 
 pub use address::{AddressError, PciAddress};
 pub use bind::{BindError, BindMethod, BindRecord, BindStep, Binder, KernelSysfs, SysfsWriter};
-pub use check::{CheckItem, CheckKind, CheckOptions, MEMLOCK_WARN_BELOW, Readiness, Status};
+pub use check::{CheckItem, CheckKind, CheckOptions, CheckStatus, MEMLOCK_WARN_BELOW, Readiness};
 pub use info::{
-    DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, RegionInfo, RegionKind, SparseArea,
+    DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, VfioRegionInfo, VfioRegionKind,
 };
 pub use limits::{MemlockLimit, ProcessLimits, format_bytes};
 pub use open::{OpenError, OpenedDevice};
