@@ -8,6 +8,7 @@ mod error;
 pub mod events;
 mod function;
 pub mod header;
+#[cfg(feature = "lspci")]
 pub mod lspci;
 pub mod registers;
 mod space;
