@@ -418,6 +418,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kinds_print_as_plans_name_them() {
+        let names = [BarKind::Io, BarKind::Memory32, BarKind::Memory64].map(|k| k.to_string());
+        assert_eq!(names, ["I/O", "mem32", "mem64"]);
+    }
+
+    #[test]
     fn validation() {
         assert!(BarDef::memory64(0x4000).validate(0).is_ok());
         assert!(BarDef::memory64(0x4000).at(0xfe00_4000).validate(0).is_ok());

@@ -148,3 +148,25 @@ pub(crate) fn install_masks(regs: &mut RegisterFile, offset: u16) {
     );
     let _ = regs.set_bits_u16(offset + 2, 0x3800, BitKind::Reserved);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_decode_once_for_parse_and_dumps() {
+        // Enabled, function-masked, 65 vectors; table in BAR0 at 0x2000, PBA in BAR7 (no such BAR).
+        let raw = MsixCapability::from_registers(0x40, 0xc040, 0x2000, 0x3007);
+        assert_eq!(
+            (raw.table_size, raw.enabled, raw.function_masked),
+            (65, true, true)
+        );
+        assert_eq!((raw.table.bir, raw.table.offset), (0, 0x2000));
+        assert_eq!((raw.pba.bir, raw.pba.offset), (7, 0x3000));
+        assert_eq!(raw.control(), 0xc040);
+        let mut space = vec![0u8; 0x40];
+        space.extend_from_slice(&raw.encode());
+        let err = MsixCapability::parse(&space, 0x40).unwrap_err();
+        assert!(err.to_string().contains("PBA BIR is 7"), "{err}");
+    }
+}
