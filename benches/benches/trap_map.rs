@@ -7,14 +7,14 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use trap_map::{
-    BarInfo, DeviceLayout, DevicePlan, MsixInfo, MsixRelocation, MsixTable, PageSize, Policy,
-    SparseArea,
+    DeviceLayout, DevicePlan, HostBar, MmapArea, MsixInfo, MsixRelocation, MsixTable, PageSize,
+    Policy,
 };
 
 /// QEMU's NVMe controller: one 16 KiB BAR, 65 vectors.
 fn nvme() -> DeviceLayout {
     DeviceLayout {
-        bars: vec![BarInfo::memory64(0, 0x4000)],
+        bars: vec![HostBar::memory64(0, 0x4000)],
         msix: Some(MsixInfo {
             entries: 65,
             table_bar: 0,
@@ -28,16 +28,16 @@ fn nvme() -> DeviceLayout {
 /// A large NIC: three 64-bit BARs, one with many sparse areas, 2048 vectors.
 fn big_nic() -> DeviceLayout {
     let sparse = (0..32)
-        .map(|i| SparseArea {
+        .map(|i| MmapArea {
             offset: i * 0x1_0000,
             size: 0x8000,
         })
         .collect();
     DeviceLayout {
         bars: vec![
-            BarInfo::memory64(0, 0x20_0000).sparse_mmap(sparse),
-            BarInfo::memory64(2, 0x1_0000).msix_mappable(true),
-            BarInfo::memory64(4, 0x400_0000).prefetchable(true),
+            HostBar::memory64(0, 0x20_0000).sparse_mmap(sparse),
+            HostBar::memory64(2, 0x1_0000).msix_mappable(true),
+            HostBar::memory64(4, 0x400_0000).prefetchable(true),
         ],
         msix: Some(MsixInfo {
             entries: 2048,

@@ -116,13 +116,31 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
+/// Why the bytes `VFIO_IOMMU_GET_INFO` returned cannot be read. Reported inside an
+/// `io::Error` (the kernel gave them), so the type stays private.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Type1InfoError {
+    /// A structure runs past the end of the bytes.
+    #[error("VFIO_IOMMU_GET_INFO: {what} at offset {offset:#x} is truncated")]
+    Truncated { what: &'static str, offset: usize },
+    /// The capability chain has more entries than any kernel writes.
+    #[error("VFIO_IOMMU_GET_INFO: capability chain does not end (loop?)")]
+    Loop,
+    /// A next pointer points back into the fixed header.
+    #[error("VFIO_IOMMU_GET_INFO: capability offset {0:#x} points into the info header")]
+    IntoHeader(usize),
+    /// An IOVA range whose end is below its start.
+    #[error("VFIO_IOMMU_GET_INFO: IOVA range {start:#x}-{end:#x} ends before it starts")]
+    BackwardsRange { start: u64, end: u64 },
+}
+
 /// Parse a `vfio_iommu_type1_info` and its capability chain.
-pub(crate) fn parse(b: &[u8]) -> Result<Type1Info, String> {
+pub(crate) fn parse(b: &[u8]) -> Result<Type1Info, Type1InfoError> {
     const HEADER: usize = size_of::<vfio_iommu_type1_info>();
     const CAP_HEADER: usize = 8;
     // A real chain has two or three entries; anything longer is a loop.
     const MAX_CAPS: usize = 64;
-    let truncated = |what: &str, off: usize| format!("{what} at offset {off:#x} is truncated");
+    let truncated = |what: &'static str, offset: usize| Type1InfoError::Truncated { what, offset };
     let flags = u32_at(b, 4).ok_or_else(|| truncated("info header", 0))?;
     let mut info = Type1Info::default();
     if flags & VFIO_IOMMU_INFO_PGSIZES != 0 {
@@ -136,12 +154,10 @@ pub(crate) fn parse(b: &[u8]) -> Result<Type1Info, String> {
     while off != 0 {
         seen += 1;
         if seen > MAX_CAPS {
-            return Err("capability chain does not end (loop?)".into());
+            return Err(Type1InfoError::Loop);
         }
         if off < HEADER {
-            return Err(format!(
-                "capability offset {off:#x} points into the info header"
-            ));
+            return Err(Type1InfoError::IntoHeader(off));
         }
         let id = u16_at(b, off).ok_or_else(|| truncated("capability header", off))?;
         let next = u32_at(b, off + 4).ok_or_else(|| truncated("capability header", off))?;
@@ -156,9 +172,10 @@ pub(crate) fn parse(b: &[u8]) -> Result<Type1Info, String> {
                         u64_at(b, at).ok_or_else(|| truncated("IOVA range capability", off))?;
                     let end =
                         u64_at(b, at + 8).ok_or_else(|| truncated("IOVA range capability", off))?;
-                    ranges.push(IovaRange::from_inclusive(start, end).ok_or_else(|| {
-                        format!("IOVA range {start:#x}-{end:#x} ends before it starts")
-                    })?);
+                    ranges.push(
+                        IovaRange::from_inclusive(start, end)
+                            .ok_or(Type1InfoError::BackwardsRange { start, end })?,
+                    );
                 }
                 info.iova_ranges = Some(ranges);
             }
@@ -242,19 +259,34 @@ pub(crate) mod tests {
         let mut looped = testbed_info();
         // Point the DMA-avail cap back at the IOVA range cap.
         looped[72 + 4..72 + 8].copy_from_slice(&24u32.to_ne_bytes());
-        assert!(parse(&looped).unwrap_err().contains("loop"));
+        assert!(parse(&looped).unwrap_err().to_string().contains("loop"));
 
         let mut into_header = testbed_info();
         into_header[16..20].copy_from_slice(&8u32.to_ne_bytes());
-        assert!(parse(&into_header).unwrap_err().contains("info header"));
+        assert!(
+            parse(&into_header)
+                .unwrap_err()
+                .to_string()
+                .contains("info header")
+        );
 
         let truncated = &testbed_info()[..60];
-        assert!(parse(truncated).unwrap_err().contains("truncated"));
+        assert!(
+            parse(truncated)
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
 
         let mut backwards = testbed_info();
         backwards[40..48].copy_from_slice(&0x10_0000u64.to_ne_bytes());
         backwards[48..56].copy_from_slice(&0x1000u64.to_ne_bytes());
-        assert!(parse(&backwards).unwrap_err().contains("ends before"));
+        assert!(
+            parse(&backwards)
+                .unwrap_err()
+                .to_string()
+                .contains("ends before")
+        );
 
         assert!(parse(&[0u8; 3]).is_err());
     }

@@ -360,6 +360,15 @@ pub struct DeviceBus {
     generation: AtomicU64,
 }
 
+impl std::fmt::Debug for DeviceBus {
+    /// The generation only: the registry is behind a lock a handler may hold.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceBus")
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for DeviceBus {
     fn default() -> Self {
         Self::new()

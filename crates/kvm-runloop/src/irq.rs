@@ -70,6 +70,14 @@ pub struct Interrupts {
     table: Mutex<BTreeMap<u32, Route>>,
 }
 
+impl std::fmt::Debug for Interrupts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interrupts")
+            .field("max_gsi", &self.max_gsi)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Interrupts {
     pub(crate) fn new(vm: Arc<VmFd>, max_gsi: u32) -> Self {
         let mut table = BTreeMap::new();

@@ -166,6 +166,12 @@ pub struct StopHandle {
     pub(crate) control: Arc<RunControl>,
 }
 
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle").finish_non_exhaustive()
+    }
+}
+
 impl StopHandle {
     /// Asks every vCPU to stop: each `Vcpu::run` returns
     /// [`VcpuStop::Stopped`](crate::VcpuStop::Stopped) promptly, after completing the access in
@@ -205,10 +211,8 @@ mod tests {
         // SAFETY: plain old data, filled in by sigaction.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: a valid signal number and a valid pointer for the current action.
-        assert_eq!(
-            unsafe { libc::sigaction(signal, ptr::null(), &mut action) },
-            0
-        );
+        let rc = unsafe { libc::sigaction(signal, ptr::null(), &mut action) };
+        assert_eq!(rc, 0);
         assert_eq!(action.sa_sigaction, kick_handler as *const () as usize);
         assert_ne!(
             action.sa_flags & libc::SA_RESTART,

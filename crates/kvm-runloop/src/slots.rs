@@ -118,6 +118,16 @@ pub struct MemorySlots {
     table: Mutex<BTreeMap<u32, Slot>>,
 }
 
+impl std::fmt::Debug for MemorySlots {
+    /// The limits only: the slot table is behind a lock a caller may hold.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySlots")
+            .field("max_slots", &self.max_slots)
+            .field("readonly_supported", &self.readonly_supported)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MemorySlots {
     pub(crate) fn new(vm: Arc<VmFd>, max_slots: u32, readonly_supported: bool) -> Self {
         MemorySlots {

@@ -10,7 +10,7 @@ use crate::exit::ExitKind;
 /// The counters of one vCPU. Only that vCPU's thread writes them; anyone may read them while it
 /// runs. Aligned to a cache line so two vCPUs never share one.
 #[repr(align(64))]
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct ExitStats {
     counts: [AtomicU64; ExitKind::COUNT],
 }

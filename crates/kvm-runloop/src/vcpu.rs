@@ -47,6 +47,15 @@ pub struct Vcpu {
 // handler running on that same thread).
 unsafe impl Send for Vcpu {}
 
+impl std::fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("id", &self.id)
+            .field("pending_io", &self.pending_io)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Vcpu {
     pub(crate) fn new(
         id: u32,

@@ -73,6 +73,16 @@ pub struct Vm {
     vcpu_stats: Mutex<Vec<(u32, Arc<ExitStats>)>>,
 }
 
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("slots", &self.slots)
+            .field("bus", &self.bus)
+            .field("interrupts", &self.interrupts)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Vm {
     /// Opens the KVM device, creates the VM, its RAM (each range in its own memory slot) and, if
     /// asked, the in-kernel irqchip. A missing or inaccessible device gives [`Error::OpenKvm`]

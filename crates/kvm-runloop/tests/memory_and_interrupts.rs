@@ -447,7 +447,7 @@ fn level_intx_through_irqfd_is_resampled_on_guest_eoi() {
 #[test]
 fn routes_without_an_irqchip_are_refused_with_the_fix() {
     let Some(vm) = vm(false) else { return };
-    let err = vm.interrupts().err().expect("no irqchip").to_string();
+    let err = vm.interrupts().expect_err("no irqchip").to_string();
     assert!(err.contains("irqchip: true"), "{err}");
 }
 

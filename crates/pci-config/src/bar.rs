@@ -23,8 +23,19 @@ pub enum BarKind {
 
 impl BarKind {
     /// True for the memory kinds.
-    pub fn is_memory(self) -> bool {
+    pub const fn is_memory(self) -> bool {
         !matches!(self, BarKind::Io)
+    }
+}
+
+impl std::fmt::Display for BarKind {
+    /// `I/O`, `mem32` or `mem64`, as plans and error messages print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BarKind::Io => "I/O",
+            BarKind::Memory32 => "mem32",
+            BarKind::Memory64 => "mem64",
+        })
     }
 }
 
@@ -405,6 +416,12 @@ pub fn format_size(size: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_print_as_plans_name_them() {
+        let names = [BarKind::Io, BarKind::Memory32, BarKind::Memory64].map(|k| k.to_string());
+        assert_eq!(names, ["I/O", "mem32", "mem64"]);
+    }
 
     #[test]
     fn validation() {

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 pub mod bar;
 mod bdf;
@@ -8,6 +10,7 @@ mod error;
 pub mod events;
 mod function;
 pub mod header;
+#[cfg(feature = "lspci")]
 pub mod lspci;
 pub mod registers;
 mod space;

@@ -5,6 +5,8 @@
 //!
 //! Set `UPDATE_GOLDEN=1` to rewrite the `*.render.txt` files after an intended change.
 
+#![cfg(feature = "lspci")]
+
 use std::path::PathBuf;
 
 use pci_config::capability::{BarOffset, CapId, CapabilityId, ExtCapabilityId};

@@ -1,5 +1,7 @@
 //! The lspci text parser against the output variants users paste.
 
+#![cfg(feature = "lspci")]
+
 use pci_config::capability::{BarOffset, CapId, CapabilityId, ExtCapabilityId};
 use pci_config::lspci::{self, LspciError};
 use pci_config::{BarKind, Bdf};

@@ -3,6 +3,8 @@
 //! Each subcommand lives in its own module; this file only parses the command line,
 //! dispatches, and prints errors with their causes.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod builtin_guest;
 mod demo;
 mod devices;

@@ -9,11 +9,12 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use clap::Args;
+use pci_config::Bdf;
+use pci_config::capability::MsixCapability;
 use pci_config::lspci::{self, LspciDevice, LspciError};
-use pci_config::{BarKind, Bdf};
 use trap_map::view::{self, GuestPlacement};
 use trap_map::{
-    BarInfo, DeviceLayout, DevicePlan, MsixInfo, MsixRelocation, PageSize, Policy, RelocationKind,
+    DeviceLayout, DevicePlan, HostBar, MsixInfo, MsixRelocation, PageSize, Policy, RelocationKind,
 };
 
 use crate::CmdResult;
@@ -185,13 +186,9 @@ pub fn layout_from_lspci(
         let size = b
             .size
             .ok_or(PlanCmdError::BarWithoutSize { bdf, bar: b.index })?;
-        let mut bar = match b.kind {
-            BarKind::Io => BarInfo::io(b.index, size),
-            BarKind::Memory32 => BarInfo::memory32(b.index, size),
-            BarKind::Memory64 => BarInfo::memory64(b.index, size),
-        }
-        .prefetchable(b.prefetchable)
-        .msix_mappable(msix_mappable);
+        let mut bar = HostBar::new(b.index, size, b.kind)
+            .prefetchable(b.prefetchable)
+            .msix_mappable(msix_mappable);
         if not_mmappable.contains(&b.index) {
             bar = bar.not_mmappable();
         }
@@ -208,13 +205,11 @@ pub fn layout_from_lspci(
             let (Some(table), Some(pba)) = (m.table, m.pba) else {
                 return Err(PlanCmdError::MsixWithoutLocation { bdf });
             };
-            Some(MsixInfo {
-                entries: m.table_size,
-                table_bar: table.bir,
-                table_offset: table.offset,
-                pba_bar: pba.bir,
-                pba_offset: pba.offset,
-            })
+            Some(MsixInfo::from(&MsixCapability::new(
+                m.table_size,
+                table,
+                pba,
+            )))
         }
     };
     Ok(DeviceLayout { bars, msix })

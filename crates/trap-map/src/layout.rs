@@ -8,53 +8,29 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Size of one MSI-X table entry (PCI Local Bus 3.0 §6.8.2: four DWORDs).
-pub const MSIX_ENTRY_SIZE: u64 = 16;
-/// The largest MSI-X table a function can have (Table Size is an 11-bit N-1 field).
-pub const MSIX_MAX_ENTRIES: u16 = 2048;
+use pci_config::BarKind;
+use pci_config::capability::MsixCapability;
+
+/// Size of one MSI-X table entry, as a BAR length ([`MsixCapability::ENTRY_SIZE`]).
+pub const MSIX_ENTRY_SIZE: u64 = MsixCapability::ENTRY_SIZE as u64;
+/// The largest MSI-X table a function can have ([`MsixCapability::MAX_ENTRIES`]).
+pub const MSIX_MAX_ENTRIES: u16 = MsixCapability::MAX_ENTRIES;
 /// Number of BAR slots in a type 0 header.
 pub const BAR_SLOTS: u8 = 6;
 
-/// The address space and width of a BAR.
+/// One area of a BAR the host allows to mmap (`struct vfio_region_sparse_mmap_area`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BarKind {
-    /// An I/O port BAR: always trapped (KVM cannot map port I/O into a guest).
-    Io,
-    /// A 32-bit memory BAR.
-    Memory32,
-    /// A 64-bit memory BAR; it also takes the next BAR slot (the upper half).
-    Memory64,
-}
-
-impl BarKind {
-    /// Whether this is a memory BAR.
-    pub const fn is_memory(self) -> bool {
-        !matches!(self, BarKind::Io)
-    }
-}
-
-impl fmt::Display for BarKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BarKind::Io => "I/O",
-            BarKind::Memory32 => "mem32",
-            BarKind::Memory64 => "mem64",
-        })
-    }
-}
-
-/// One area of a region the host allows to mmap (`struct vfio_region_sparse_mmap_area`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SparseArea {
+pub struct MmapArea {
     /// Offset of the area from the start of the BAR.
     pub offset: u64,
     /// Length of the area in bytes.
     pub size: u64,
 }
 
-/// One BAR of the host device, with what the host says about mmapping it.
+/// One BAR of the host device, with what the host says about mmapping it: the planner's input.
+/// (A BAR as the guest programs it is [`pci_config::BarInfo`].)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BarInfo {
+pub struct HostBar {
     /// BAR slot, 0 to 5.
     pub index: u8,
     /// Size in bytes: a power of two, as PCI BAR sizing gives it.
@@ -67,7 +43,7 @@ pub struct BarInfo {
     pub mmappable: bool,
     /// The areas the host allows to mmap (`VFIO_REGION_INFO_CAP_SPARSE_MMAP`). `None` means the
     /// whole region when [`mmappable`](Self::mmappable) is set; an empty list means nothing.
-    pub sparse_mmap: Option<Vec<SparseArea>>,
+    pub sparse_mmap: Option<Vec<MmapArea>>,
     /// Whether the host lets the MSI-X table pages be mmapped too
     /// (`VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`, Linux 4.16+ with interrupt remapping). Without it
     /// the host refuses to mmap the pages holding the table, as QEMU's
@@ -75,9 +51,10 @@ pub struct BarInfo {
     pub msix_mappable: bool,
 }
 
-impl BarInfo {
-    fn new(index: u8, size: u64, kind: BarKind) -> BarInfo {
-        BarInfo {
+impl HostBar {
+    /// A BAR of `kind`; memory BARs are mmappable, I/O BARs are not.
+    pub fn new(index: u8, size: u64, kind: BarKind) -> HostBar {
+        HostBar {
             index,
             size,
             kind,
@@ -89,46 +66,47 @@ impl BarInfo {
     }
 
     /// A mmappable 32-bit memory BAR.
-    pub fn memory32(index: u8, size: u64) -> BarInfo {
-        BarInfo::new(index, size, BarKind::Memory32)
+    pub fn memory32(index: u8, size: u64) -> HostBar {
+        HostBar::new(index, size, BarKind::Memory32)
     }
 
     /// A mmappable 64-bit memory BAR.
-    pub fn memory64(index: u8, size: u64) -> BarInfo {
-        BarInfo::new(index, size, BarKind::Memory64)
+    pub fn memory64(index: u8, size: u64) -> HostBar {
+        HostBar::new(index, size, BarKind::Memory64)
     }
 
     /// An I/O port BAR.
-    pub fn io(index: u8, size: u64) -> BarInfo {
-        BarInfo::new(index, size, BarKind::Io)
+    pub fn io(index: u8, size: u64) -> HostBar {
+        HostBar::new(index, size, BarKind::Io)
     }
 
     /// Sets the prefetchable bit.
-    pub fn prefetchable(mut self, prefetchable: bool) -> BarInfo {
+    pub fn prefetchable(mut self, prefetchable: bool) -> HostBar {
         self.prefetchable = prefetchable;
         self
     }
 
     /// Marks the host region as not mmappable.
-    pub fn not_mmappable(mut self) -> BarInfo {
+    pub fn not_mmappable(mut self) -> HostBar {
         self.mmappable = false;
         self
     }
 
     /// Sets the sparse-mmap areas the host reports.
-    pub fn sparse_mmap(mut self, areas: Vec<SparseArea>) -> BarInfo {
+    pub fn sparse_mmap(mut self, areas: Vec<MmapArea>) -> HostBar {
         self.sparse_mmap = Some(areas);
         self
     }
 
     /// Sets whether the host allows mmapping the MSI-X table pages.
-    pub fn msix_mappable(mut self, mappable: bool) -> BarInfo {
+    pub fn msix_mappable(mut self, mappable: bool) -> HostBar {
         self.msix_mappable = mappable;
         self
     }
 }
 
-/// The MSI-X capability of the host device (PCI Local Bus 3.0 §6.8.2).
+/// Where the host device's MSI-X table and PBA are (PCI Local Bus 3.0 §6.8.2): the layout part
+/// of a [`MsixCapability`], which decodes the registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MsixInfo {
     /// Table Size: number of vectors, 1 to 2048.
@@ -143,18 +121,21 @@ pub struct MsixInfo {
     pub pba_offset: u32,
 }
 
-impl MsixInfo {
-    /// Decodes the capability registers: Message Control, Table Offset/BIR, PBA Offset/BIR.
-    pub fn from_registers(message_control: u16, table: u32, pba: u32) -> MsixInfo {
+impl From<&MsixCapability> for MsixInfo {
+    /// The layout part of a capability pci-config decoded (where the table and PBA are and how
+    /// many vectors there are; enable and mask bits are run-time state the planner ignores).
+    fn from(cap: &MsixCapability) -> MsixInfo {
         MsixInfo {
-            entries: (message_control & 0x7ff) + 1,
-            table_bar: (table & 0x7) as u8,
-            table_offset: table & !0x7,
-            pba_bar: (pba & 0x7) as u8,
-            pba_offset: pba & !0x7,
+            entries: cap.table_size,
+            table_bar: cap.table.bir,
+            table_offset: cap.table.offset,
+            pba_bar: cap.pba.bir,
+            pba_offset: cap.pba.offset,
         }
     }
+}
 
+impl MsixInfo {
     /// Bytes taken by the table: 16 per entry.
     pub fn table_len(&self) -> u64 {
         u64::from(self.entries) * MSIX_ENTRY_SIZE
@@ -175,7 +156,7 @@ pub(crate) fn pba_len(entries: u16) -> u64 {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceLayout {
     /// The implemented BARs, in any order (absent BARs and upper halves are simply not listed).
-    pub bars: Vec<BarInfo>,
+    pub bars: Vec<HostBar>,
     /// The MSI-X capability, if the device has one.
     pub msix: Option<MsixInfo>,
 }
@@ -249,7 +230,12 @@ mod tests {
 
     #[test]
     fn decodes_msix_registers() {
-        let m = MsixInfo::from_registers(0x8000 | 63, 0x2000, 0x3000 | 0x2);
+        let m = MsixInfo::from(&MsixCapability::from_registers(
+            0x40,
+            0x8000 | 63,
+            0x2000,
+            0x3002,
+        ));
         assert_eq!(m.entries, 64);
         assert_eq!((m.table_bar, m.table_offset), (0, 0x2000));
         assert_eq!((m.pba_bar, m.pba_offset), (2, 0x3000));

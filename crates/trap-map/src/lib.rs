@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
 mod layout;
@@ -11,8 +12,8 @@ mod relocation;
 pub mod view;
 
 pub use layout::{
-    BAR_SLOTS, BarInfo, BarKind, DeviceLayout, MSIX_ENTRY_SIZE, MSIX_MAX_ENTRIES, MsixInfo,
-    MsixRelocation, ParseRelocationError, Policy, SparseArea,
+    BAR_SLOTS, DeviceLayout, HostBar, MSIX_ENTRY_SIZE, MSIX_MAX_ENTRIES, MmapArea, MsixInfo,
+    MsixRelocation, ParseRelocationError, Policy,
 };
 pub use msix::{FireOutcome, MsixEntry, MsixError, MsixEvent, MsixTable};
 pub use page::{PageSize, ParsePageSizeError};

@@ -1,15 +1,15 @@
 //! MSI-X table and PBA emulation (PCI Local Bus 3.0 §6.8.2): see [`MsixTable`].
 
 use log::debug;
+use pci_config::capability::MsixCapability;
 
 use crate::layout::{MSIX_ENTRY_SIZE, MSIX_MAX_ENTRIES, pba_len};
 
-/// Vector Control: bit 0 masks the vector; the other bits are reserved (read as zero).
-const VECTOR_CONTROL_MASK: u32 = 1;
-/// Message Control: MSI-X Enable.
-const CONTROL_ENABLE: u16 = 1 << 15;
-/// Message Control: Function Mask.
-const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
+// The register bits are pci-config's: Vector Control bit 0 masks the vector (the other bits are
+// reserved, read as zero); Message Control bits 15 and 14 are MSI-X Enable and Function Mask.
+const VECTOR_CONTROL_MASK: u32 = MsixCapability::VECTOR_MASKED;
+const CONTROL_ENABLE: u16 = MsixCapability::ENABLE;
+const CONTROL_FUNCTION_MASK: u16 = MsixCapability::FUNCTION_MASK;
 
 /// One table entry as the guest programmed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use crate::layout::{BAR_SLOTS, BarInfo, BarKind, DeviceLayout, MSIX_MAX_ENTRIES, MsixRelocation};
+use pci_config::BarKind;
+
+use crate::layout::{BAR_SLOTS, DeviceLayout, HostBar, MSIX_MAX_ENTRIES, MsixRelocation};
 use crate::layout::{MsixInfo, Policy};
 use crate::page::PageSize;
 use crate::ranges::{self, Range};
@@ -652,7 +654,7 @@ fn validate_msix(slots: &Slots<'_>, m: &MsixInfo, policy: Policy) -> Result<(), 
 }
 
 /// The host byte ranges of `bar` the host lets us mmap.
-fn host_mappable(bar: &BarInfo, msix: Option<&MsixInfo>, page: PageSize) -> Vec<Range> {
+fn host_mappable(bar: &HostBar, msix: Option<&MsixInfo>, page: PageSize) -> Vec<Range> {
     if !bar.mmappable || !bar.kind.is_memory() {
         return Vec::new();
     }

@@ -20,7 +20,9 @@
 //! free slot, or else doubles the table's BAR, and the planner keeps the result only if it maps
 //! more bytes than not relocating.
 
-use crate::layout::{BAR_SLOTS, BarInfo, BarKind, MsixInfo};
+use pci_config::BarKind;
+
+use crate::layout::{BAR_SLOTS, HostBar, MsixInfo};
 use crate::page::PageSize;
 use crate::plan::PlanError;
 
@@ -55,7 +57,7 @@ pub struct Relocation {
 }
 
 /// The BARs indexed by slot, as validated by the planner.
-pub(crate) type Slots<'a> = [Option<&'a BarInfo>; BAR_SLOTS as usize];
+pub(crate) type Slots<'a> = [Option<&'a HostBar>; BAR_SLOTS as usize];
 
 /// Size of the relocated area: table and PBA, whole host pages, power of two.
 pub(crate) fn area_size(msix: &MsixInfo, page: PageSize) -> u64 {

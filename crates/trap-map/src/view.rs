@@ -21,7 +21,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::layout::BarKind;
+use pci_config::BarKind;
+
 use crate::plan::{BarPlan, DevicePlan, SegmentKind, TrapReason};
 
 /// The 32-bit MMIO window BARs are placed in by default (below the IOAPIC at `0xfec00000`).

@@ -3,9 +3,10 @@
 #[path = "support/invariants.rs"]
 mod invariants;
 
+use pci_config::BarKind;
 use trap_map::{
-    BarInfo, BarKind, DeviceLayout, DevicePlan, MsixInfo, MsixRelocation, MsixStructure, PageSize,
-    PlanError, Policy, RelocationKind, SegmentKind, SparseArea, TrapHandling, TrapReason,
+    DeviceLayout, DevicePlan, HostBar, MmapArea, MsixInfo, MsixRelocation, MsixStructure, PageSize,
+    PlanError, Policy, RelocationKind, SegmentKind, TrapHandling, TrapReason,
 };
 
 use PageSize::{Size4K, Size16K, Size64K};
@@ -50,7 +51,7 @@ fn msix(entries: u16, table: (u8, u32), pba: (u8, u32)) -> Option<MsixInfo> {
 
 fn qemu_nvme() -> DeviceLayout {
     DeviceLayout {
-        bars: vec![BarInfo::memory64(0, 0x4000)],
+        bars: vec![HostBar::memory64(0, 0x4000)],
         msix: msix(65, (0, 0x2000), (0, 0x3000)),
     }
 }
@@ -94,7 +95,7 @@ fn trap_pba_policy_traps_the_pba_page() {
 #[test]
 fn table_and_pba_on_the_same_page() {
     let layout = DeviceLayout {
-        bars: vec![BarInfo::memory32(0, 0x4000)],
+        bars: vec![HostBar::memory32(0, 0x4000)],
         msix: msix(8, (0, 0x1000), (0, 0x1800)),
     };
     let p = plan(&layout, Size4K, Policy::default());
@@ -118,7 +119,7 @@ fn table_and_pba_on_the_same_page() {
 #[test]
 fn table_at_odd_offset_among_registers() {
     let nvme = |msix_mappable| DeviceLayout {
-        bars: vec![BarInfo::memory64(0, 0x4000).msix_mappable(msix_mappable)],
+        bars: vec![HostBar::memory64(0, 0x4000).msix_mappable(msix_mappable)],
         msix: msix(9, (0, 0x1810), (0, 0x18a0)),
     };
     let p = plan(&nvme(false), Size4K, Policy::default());
@@ -181,7 +182,7 @@ fn table_at_odd_offset_among_registers() {
 #[test]
 fn relocation_into_an_existing_bar_doubles_it() {
     let layout = DeviceLayout {
-        bars: vec![BarInfo::memory32(0, 0x4000).msix_mappable(true)],
+        bars: vec![HostBar::memory32(0, 0x4000).msix_mappable(true)],
         msix: msix(16, (0, 0x800), (0, 0x900)),
     };
     let policy = Policy {
@@ -227,7 +228,7 @@ fn sixteen_kib_bar_on_64k_pages() {
         ],
     );
     let no_msix = DeviceLayout {
-        bars: vec![BarInfo::memory32(2, 0x4000)],
+        bars: vec![HostBar::memory32(2, 0x4000)],
         msix: None,
     };
     let p = plan(&no_msix, Size64K, Policy::default());
@@ -241,7 +242,7 @@ fn sixteen_kib_bar_on_64k_pages() {
 #[test]
 fn table_in_the_middle_of_a_64k_page() {
     let layout = DeviceLayout {
-        bars: vec![BarInfo::memory64(0, 0x10_0000)],
+        bars: vec![HostBar::memory64(0, 0x10_0000)],
         msix: msix(32, (0, 0x2_3000), (0, 0x2_3800)),
     };
     let p = plan(&layout, Size64K, Policy::default());
@@ -267,8 +268,8 @@ fn table_in_the_middle_of_a_64k_page() {
 fn bar_the_host_marks_not_mmappable() {
     let layout = DeviceLayout {
         bars: vec![
-            BarInfo::memory32(0, 0x2_0000).not_mmappable(),
-            BarInfo::memory32(1, 0x4000),
+            HostBar::memory32(0, 0x2_0000).not_mmappable(),
+            HostBar::memory32(1, 0x4000),
         ],
         msix: msix(4, (1, 0), (1, 0x2000)),
     };
@@ -288,17 +289,17 @@ fn bar_the_host_marks_not_mmappable() {
 #[test]
 fn sparse_mmap_areas_leave_holes() {
     let layout = DeviceLayout {
-        bars: vec![BarInfo::memory64(0, 0x1_0000).sparse_mmap(vec![
-            SparseArea {
+        bars: vec![HostBar::memory64(0, 0x1_0000).sparse_mmap(vec![
+            MmapArea {
                 offset: 0,
                 size: 0x2000,
             },
-            SparseArea {
+            MmapArea {
                 offset: 0x3000,
                 size: 0x5000,
             },
             // Not page aligned at either end: only its whole page maps.
-            SparseArea {
+            MmapArea {
                 offset: 0x9800,
                 size: 0x1c00,
             },
@@ -322,7 +323,7 @@ fn sparse_mmap_areas_leave_holes() {
     );
     // An empty list: nothing may be mmapped.
     let none = DeviceLayout {
-        bars: vec![BarInfo::memory32(0, 0x1000).sparse_mmap(Vec::new())],
+        bars: vec![HostBar::memory32(0, 0x1000).sparse_mmap(Vec::new())],
         msix: None,
     };
     assert_segments(
@@ -337,7 +338,7 @@ fn sparse_mmap_areas_leave_holes() {
 #[test]
 fn host_table_pages_stay_unmapped_without_msix_mappable() {
     let layout = DeviceLayout {
-        bars: vec![BarInfo::memory32(0, 0x4000), BarInfo::memory32(1, 0x1000)],
+        bars: vec![HostBar::memory32(0, 0x4000), HostBar::memory32(1, 0x1000)],
         msix: msix(4, (0, 0x1000), (0, 0x1800)),
     };
     let policy = Policy {
@@ -370,9 +371,9 @@ fn host_table_pages_stay_unmapped_without_msix_mappable() {
 fn io_bars_and_trap_all() {
     let layout = DeviceLayout {
         bars: vec![
-            BarInfo::memory32(0, 0x2_0000),
-            BarInfo::io(2, 0x20),
-            BarInfo::memory32(3, 0x4000),
+            HostBar::memory32(0, 0x2_0000),
+            HostBar::io(2, 0x20),
+            HostBar::memory32(3, 0x4000),
         ],
         msix: msix(5, (3, 0), (3, 0x2000)),
     };
@@ -403,16 +404,16 @@ fn io_bars_and_trap_all() {
 fn invalid_layouts_are_refused_with_the_field_named() {
     let page = Size4K;
     let p = Policy::default();
-    let err = |bars: Vec<BarInfo>, m: Option<MsixInfo>, policy: Policy| {
+    let err = |bars: Vec<HostBar>, m: Option<MsixInfo>, policy: Policy| {
         DevicePlan::new(&DeviceLayout { bars, msix: m }, page, policy).unwrap_err()
     };
     assert_eq!(
-        err(vec![BarInfo::memory32(6, 0x1000)], None, p),
+        err(vec![HostBar::memory32(6, 0x1000)], None, p),
         PlanError::BarIndex { index: 6 }
     );
     assert_eq!(
         err(
-            vec![BarInfo::memory32(1, 0x1000), BarInfo::io(1, 8)],
+            vec![HostBar::memory32(1, 0x1000), HostBar::io(1, 8)],
             None,
             p
         ),
@@ -420,27 +421,27 @@ fn invalid_layouts_are_refused_with_the_field_named() {
     );
     assert_eq!(
         err(
-            vec![BarInfo::memory64(0, 0x1000), BarInfo::memory32(1, 0x1000)],
+            vec![HostBar::memory64(0, 0x1000), HostBar::memory32(1, 0x1000)],
             None,
             p
         ),
         PlanError::UpperHalfListed { index: 1, lower: 0 }
     );
     assert_eq!(
-        err(vec![BarInfo::memory64(5, 0x1000)], None, p),
+        err(vec![HostBar::memory64(5, 0x1000)], None, p),
         PlanError::Bar64InLastSlot { index: 5 }
     );
-    let e = err(vec![BarInfo::memory32(0, 0x3000)], None, p);
+    let e = err(vec![HostBar::memory32(0, 0x3000)], None, p);
     assert!(
         e.to_string().contains("BAR 0 (mem32) has size 0x3000"),
         "{e}"
     );
     assert!(matches!(
-        err(vec![BarInfo::memory32(0, 1 << 32)], None, p),
+        err(vec![HostBar::memory32(0, 1 << 32)], None, p),
         PlanError::BarSize { .. }
     ));
     let e = err(
-        vec![BarInfo::memory32(0, 0x1000).sparse_mmap(vec![SparseArea {
+        vec![HostBar::memory32(0, 0x1000).sparse_mmap(vec![MmapArea {
             offset: 0x800,
             size: 0x1000,
         }])],
@@ -448,7 +449,7 @@ fn invalid_layouts_are_refused_with_the_field_named() {
         p,
     );
     assert!(matches!(e, PlanError::SparseArea { index: 0, .. }), "{e}");
-    let bar = || vec![BarInfo::memory32(0, 0x1000), BarInfo::io(1, 0x100)];
+    let bar = || vec![HostBar::memory32(0, 0x1000), HostBar::io(1, 0x100)];
     assert_eq!(
         err(bar(), msix(0, (0, 0), (0, 0x800)), p),
         PlanError::MsixEntries { entries: 0 }
@@ -510,19 +511,19 @@ fn invalid_layouts_are_refused_with_the_field_named() {
         PlanError::RelocationWithoutMsix { bar: 2 }
     );
     let e = err(
-        vec![BarInfo::memory64(0, 0x4000)],
+        vec![HostBar::memory64(0, 0x4000)],
         msix(1, (0, 0), (0, 0x800)),
         reloc(1),
     );
     assert!(e.to_string().contains("upper half of 64-bit BAR 0"), "{e}");
     let e = err(
-        vec![BarInfo::memory32(0, 1 << 31)],
+        vec![HostBar::memory32(0, 1 << 31)],
         msix(1, (0, 0), (0, 0x800)),
         reloc(0),
     );
     assert!(e.to_string().contains("cannot double"), "{e}");
     let e = err(
-        vec![BarInfo::memory64(0, 8 << 30)],
+        vec![HostBar::memory64(0, 8 << 30)],
         msix(1, (0, 0), (0, 0x800)),
         reloc(0),
     );

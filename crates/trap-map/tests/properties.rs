@@ -8,10 +8,11 @@ mod invariants;
 #[path = "support/msix_model.rs"]
 mod msix_model;
 
+use pci_config::BarKind;
 use proptest::prelude::*;
 use trap_map::{
-    BarInfo, BarKind, DeviceLayout, DevicePlan, MsixInfo, MsixRelocation, MsixTable, PageSize,
-    PlanError, Policy, SparseArea,
+    DeviceLayout, DevicePlan, HostBar, MmapArea, MsixInfo, MsixRelocation, MsixTable, PageSize,
+    PlanError, Policy,
 };
 
 use msix_model::{Model, Op};
@@ -141,13 +142,13 @@ fn layout(slots: &[SlotGen], hosts: &[HostGen], msix: Option<MsixGen>) -> Device
         let index = i as u8;
         let mut bar = match *s {
             SlotGen::Empty => continue,
-            SlotGen::Io(log) => BarInfo::io(index, 1 << log),
-            SlotGen::Mem32(log, pref) => BarInfo::memory32(index, 1 << log).prefetchable(pref),
+            SlotGen::Io(log) => HostBar::io(index, 1 << log),
+            SlotGen::Mem32(log, pref) => HostBar::memory32(index, 1 << log).prefetchable(pref),
             SlotGen::Mem64(log, pref) if i < 5 => {
                 skip = true;
-                BarInfo::memory64(index, 1 << log).prefetchable(pref)
+                HostBar::memory64(index, 1 << log).prefetchable(pref)
             }
-            SlotGen::Mem64(log, pref) => BarInfo::memory32(index, 1 << log).prefetchable(pref),
+            SlotGen::Mem64(log, pref) => HostBar::memory32(index, 1 << log).prefetchable(pref),
         };
         if bar.kind != BarKind::Io {
             bar.mmappable = h.mmappable;
@@ -162,7 +163,7 @@ fn layout(slots: &[SlotGen], hosts: &[HostGen], msix: Option<MsixGen>) -> Device
                             offset &= !0xfff;
                             size = (size & !0xfff).max(0x1000).min(bar.size - offset);
                         }
-                        SparseArea { offset, size }
+                        MmapArea { offset, size }
                     })
                     .collect()
             });
@@ -170,10 +171,10 @@ fn layout(slots: &[SlotGen], hosts: &[HostGen], msix: Option<MsixGen>) -> Device
         bars.push(bar);
     }
     let msix = msix.and_then(|m| {
-        let memory: Vec<&BarInfo> = bars.iter().filter(|b| b.kind != BarKind::Io).collect();
+        let memory: Vec<&HostBar> = bars.iter().filter(|b| b.kind != BarKind::Io).collect();
         let table_len = u64::from(m.entries) * 16;
         let pba_len = u64::from(m.entries).div_ceil(64) * 8;
-        let fits: Vec<&&BarInfo> = memory
+        let fits: Vec<&&HostBar> = memory
             .iter()
             .filter(|b| b.size >= table_len + pba_len)
             .collect();

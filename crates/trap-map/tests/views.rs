@@ -3,16 +3,16 @@
 use trap_map::view::{
     GuestPlacement, MMIO32_WINDOW, PlacementError, render_mtree, render_summary, render_trap_table,
 };
-use trap_map::{BarInfo, DeviceLayout, DevicePlan, MsixInfo, MsixRelocation, PageSize, Policy};
+use trap_map::{DeviceLayout, DevicePlan, HostBar, MsixInfo, MsixRelocation, PageSize, Policy};
 
 /// An Intel 82574L-like NIC: registers in BAR 0, flash in BAR 1, I/O BAR 2, MSI-X in BAR 3.
 fn nic() -> DeviceLayout {
     DeviceLayout {
         bars: vec![
-            BarInfo::memory32(0, 0x2_0000),
-            BarInfo::memory32(1, 0x8_0000),
-            BarInfo::io(2, 0x20),
-            BarInfo::memory32(3, 0x4000),
+            HostBar::memory32(0, 0x2_0000),
+            HostBar::memory32(1, 0x8_0000),
+            HostBar::io(2, 0x20),
+            HostBar::memory32(3, 0x4000),
         ],
         msix: Some(MsixInfo {
             entries: 5,
@@ -102,7 +102,7 @@ fn relocated_area_is_named_like_qemu() {
 #[test]
 fn nothing_trapped_says_so() {
     let layout = DeviceLayout {
-        bars: vec![BarInfo::memory64(0, 0x1000)],
+        bars: vec![HostBar::memory64(0, 0x1000)],
         msix: None,
     };
     let plan = DevicePlan::new(&layout, PageSize::Size4K, Policy::default()).unwrap();
@@ -166,7 +166,7 @@ fn bad_placements_are_explained() {
     );
     // A 32-bit BAR that does not fit the default window.
     let huge = DeviceLayout {
-        bars: vec![BarInfo::memory32(0, 1 << 31)],
+        bars: vec![HostBar::memory32(0, 1 << 31)],
         msix: None,
     };
     let plan = DevicePlan::new(&huge, PageSize::Size4K, Policy::default()).unwrap();
@@ -179,7 +179,7 @@ fn bad_placements_are_explained() {
     );
     // A 64-bit one goes above 4 GiB instead.
     let huge = DeviceLayout {
-        bars: vec![BarInfo::memory64(0, 1 << 31)],
+        bars: vec![HostBar::memory64(0, 1 << 31)],
         msix: None,
     };
     let plan = DevicePlan::new(&huge, PageSize::Size4K, Policy::default()).unwrap();

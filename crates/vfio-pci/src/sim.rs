@@ -33,6 +33,7 @@ use iommu_dma::{DmaMapper, HostIommuLimits, SoftwareIommu};
 use pci_config::capability::{BarOffset, MsiCapability, MsixCapability, PowerManagement};
 use pci_config::capability::{ExpressCapability, PortType};
 use pci_config::{BarDef, ConfigSize, ConfigSpace, DeviceIds, ExtCapabilityId, HeaderType};
+use trap_map::MmapArea;
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_REGIONS,
@@ -40,7 +41,7 @@ use vfio_bindings::bindings::vfio::{
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::{BackendError, DeviceBackend, MmapSource};
-use crate::host::{DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, RegionInfo, SparseArea};
+use crate::host::{DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, VfioRegionInfo};
 
 /// One BAR of a simulated device.
 #[derive(Debug, Clone)]
@@ -50,7 +51,7 @@ pub struct SimBar {
     /// The BAR definition (kind, size, prefetchable, host address).
     pub def: BarDef,
     /// The areas the "host" lets the VMM mmap (`None`: all of it, for memory BARs).
-    pub sparse: Option<Vec<SparseArea>>,
+    pub sparse: Option<Vec<MmapArea>>,
     /// Whether the MSI-X table pages may be mmapped too.
     pub msix_mappable: bool,
 }
@@ -191,7 +192,7 @@ impl SimBackend {
                 let file = memfd(&format!("{} region {index}", spec.name), size.max(page))?;
                 regions[index as usize] = Some(file);
             }
-            infos.push(RegionInfo {
+            infos.push(VfioRegionInfo {
                 index,
                 size,
                 // VFIO puts region N at N << 40 in the device fd; keep that shape.
@@ -286,11 +287,11 @@ impl SimBackend {
                 index: 0,
                 def: BarDef::memory64(0x4000).at(0xfebd_0000),
                 sparse: Some(vec![
-                    SparseArea {
+                    MmapArea {
                         offset: 0x1000,
                         size: 0x1000,
                     },
-                    SparseArea {
+                    MmapArea {
                         offset: 0x3000,
                         size: 0x1000,
                     },
@@ -349,7 +350,7 @@ impl SimBackend {
                 SimBar {
                     index: 0,
                     def: BarDef::memory32(0x2_0000).at(0xfeb8_0000),
-                    sparse: Some(vec![SparseArea {
+                    sparse: Some(vec![MmapArea {
                         offset: 0x1000,
                         size: 0x1_f000,
                     }]),

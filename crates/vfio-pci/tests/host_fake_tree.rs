@@ -5,8 +5,8 @@ use std::path::Path;
 
 use vfio_pci::host::fake::{FakeDevice, FakeHost, FakeKernel};
 use vfio_pci::host::{
-    BindError, BindStep, Binder, CheckKind, CheckOptions, HostDevice, MemlockLimit, OpenError,
-    OpenedDevice, PciAddress, ProcessLimits, Readiness, Status, SysfsError,
+    BindError, BindStep, Binder, CheckKind, CheckOptions, CheckStatus, HostDevice, MemlockLimit,
+    OpenError, OpenedDevice, PciAddress, ProcessLimits, Readiness, SysfsError,
 };
 
 const NVME: &str = "0000:01:00.0";
@@ -80,13 +80,16 @@ fn device_not_bound_to_vfio_pci() {
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     assert!(!r.is_ready());
     let driver = r.item(CheckKind::Driver).unwrap();
-    assert_eq!(driver.status, Status::Fail);
+    assert_eq!(driver.status, CheckStatus::Fail);
     assert_eq!(driver.finding, "bound to nvme, not vfio-pci");
     assert_eq!(driver.fix.as_deref(), Some("`refvmm bind 0000:01:00.0`"));
     // Only the driver is wrong; /dev/vfio/7 is expected to be missing until the bind.
     assert_eq!(r.problems().count(), 1, "{r}");
-    assert_eq!(r.item(CheckKind::VfioNodes).unwrap().status, Status::Skip);
-    assert_eq!(r.item(CheckKind::Iommu).unwrap().status, Status::Ok);
+    assert_eq!(
+        r.item(CheckKind::VfioNodes).unwrap().status,
+        CheckStatus::Skip
+    );
+    assert_eq!(r.item(CheckKind::Iommu).unwrap().status, CheckStatus::Ok);
     let text = r.to_string();
     assert!(
         text.contains("[FAIL] driver      bound to nvme, not vfio-pci"),
@@ -146,7 +149,7 @@ fn non_viable_group_lists_each_member_and_driver() {
 
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let group = r.item(CheckKind::Group).unwrap();
-    assert_eq!(group.status, Status::Fail);
+    assert_eq!(group.status, CheckStatus::Fail);
     assert_eq!(
         group.finding,
         "group 7 is not viable: these members are on host drivers:\n\
@@ -166,7 +169,7 @@ fn non_viable_group_lists_each_member_and_driver() {
     host.set_driver(addr("0000:01:00.2"), None).unwrap();
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let group = r.item(CheckKind::Group).unwrap();
-    assert_eq!(group.status, Status::Ok, "{r}");
+    assert_eq!(group.status, CheckStatus::Ok, "{r}");
     assert!(
         group
             .finding
@@ -187,7 +190,7 @@ fn no_iommu_names_the_kernel_parameter() {
 
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let iommu = r.item(CheckKind::Iommu).unwrap();
-    assert_eq!(iommu.status, Status::Fail);
+    assert_eq!(iommu.status, CheckStatus::Fail);
     assert!(
         iommu.finding.starts_with("not enabled"),
         "{}",
@@ -196,8 +199,8 @@ fn no_iommu_names_the_kernel_parameter() {
     let fix = iommu.fix.as_deref().unwrap();
     assert!(fix.contains("`intel_iommu=on iommu=pt`"), "{fix}");
     // The group check is moot without an IOMMU; the driver is still reported: all problems.
-    assert_eq!(r.item(CheckKind::Group).unwrap().status, Status::Skip);
-    assert_eq!(r.item(CheckKind::Driver).unwrap().status, Status::Fail);
+    assert_eq!(r.item(CheckKind::Group).unwrap().status, CheckStatus::Skip);
+    assert_eq!(r.item(CheckKind::Driver).unwrap().status, CheckStatus::Fail);
     assert_eq!(r.problems().count(), 2, "{r}");
 
     // An AMD host with the IOMMU switched off on the command line.
@@ -231,7 +234,7 @@ fn missing_dev_vfio_node() {
     host.set_driver(addr(NVME), Some("vfio-pci")).unwrap();
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let nodes = r.item(CheckKind::VfioNodes).unwrap();
-    assert_eq!(nodes.status, Status::Fail);
+    assert_eq!(nodes.status, CheckStatus::Fail);
     let node = host.paths().vfio_group_node(7);
     assert_eq!(
         nodes.finding,
@@ -257,7 +260,7 @@ fn missing_dev_vfio_node() {
     std::fs::write(&node, "").unwrap();
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let nodes = r.item(CheckKind::VfioNodes).unwrap();
-    assert_eq!(nodes.status, Status::Fail);
+    assert_eq!(nodes.status, CheckStatus::Fail);
     assert!(
         nodes.finding.contains("(the VFIO container) is missing"),
         "{}",
@@ -289,7 +292,7 @@ fn memlock_limit() {
     };
     let r = Readiness::assess(&host.paths(), addr(NVME), &options).unwrap();
     let memlock = r.item(CheckKind::Memlock).unwrap();
-    assert_eq!(memlock.status, Status::Fail);
+    assert_eq!(memlock.status, CheckStatus::Fail);
     assert!(
         memlock
             .finding
@@ -306,7 +309,10 @@ fn memlock_limit() {
         limits: low,
     };
     let r = Readiness::assess(&host.paths(), addr(NVME), &options).unwrap();
-    assert_eq!(r.item(CheckKind::Memlock).unwrap().status, Status::Warn);
+    assert_eq!(
+        r.item(CheckKind::Memlock).unwrap().status,
+        CheckStatus::Warn
+    );
     assert!(r.is_ready(), "{r}");
     assert!(
         r.to_string()
@@ -320,7 +326,7 @@ fn memlock_limit() {
         limits: low,
     };
     let r = Readiness::assess(&host.paths(), addr(NVME), &options).unwrap();
-    assert_eq!(r.item(CheckKind::Memlock).unwrap().status, Status::Ok);
+    assert_eq!(r.item(CheckKind::Memlock).unwrap().status, CheckStatus::Ok);
     let options = CheckOptions {
         guest_memory: Some(2 << 30),
         limits: ProcessLimits {
@@ -330,7 +336,7 @@ fn memlock_limit() {
     };
     let r = Readiness::assess(&host.paths(), addr(NVME), &options).unwrap();
     let memlock = r.item(CheckKind::Memlock).unwrap();
-    assert_eq!(memlock.status, Status::Ok);
+    assert_eq!(memlock.status, CheckStatus::Ok);
     assert!(memlock.finding.contains("CAP_IPC_LOCK"));
 }
 
@@ -344,7 +350,7 @@ fn bridge_cannot_be_passed_through() {
     )
     .unwrap();
     let r = Readiness::assess(&host.paths(), addr("00:1c.0"), &roomy_limits()).unwrap();
-    assert_eq!(r.item(CheckKind::Device).unwrap().status, Status::Fail);
+    assert_eq!(r.item(CheckKind::Device).unwrap().status, CheckStatus::Fail);
 }
 
 #[test]

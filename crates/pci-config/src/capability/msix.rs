@@ -53,8 +53,12 @@ impl MsixCapability {
     pub const ENABLE: u16 = 1 << 15;
     /// Message Control: function mask.
     pub const FUNCTION_MASK: u16 = 1 << 14;
-    /// Size of one vector table entry.
+    /// Size of one vector table entry (§6.8.2: four DWORDs).
     pub const ENTRY_SIZE: u32 = 16;
+    /// The most vectors a function can have (Table Size is an 11-bit N-1 field).
+    pub const MAX_ENTRIES: u16 = 2048;
+    /// Vector Control bit 0 of a table entry: the vector is masked (§6.8.2.9).
+    pub const VECTOR_MASKED: u32 = 1;
 
     /// A disabled MSI-X capability with `table_size` vectors.
     pub fn new(table_size: u16, table: BarOffset, pba: BarOffset) -> Self {
@@ -68,19 +72,30 @@ impl MsixCapability {
         }
     }
 
+    /// Decodes the three registers of a capability at `offset`: Message Control, Table
+    /// Offset/BIR and PBA Offset/BIR. No checks: a BIR may name a BAR that does not exist (6 or
+    /// 7), which [`parse`](Self::parse) refuses and a dump renderer shows as it is.
+    pub fn from_registers(offset: u16, control: u16, table: u32, pba: u32) -> Self {
+        MsixCapability {
+            offset,
+            table_size: (control & 0x7ff) + 1,
+            table: BarOffset::from_register(table),
+            pba: BarOffset::from_register(pba),
+            enabled: control & Self::ENABLE != 0,
+            function_masked: control & Self::FUNCTION_MASK != 0,
+        }
+    }
+
     /// Decodes the capability at `offset`, checking that BIRs name a BAR (0..=5).
     pub fn parse(config: &[u8], offset: u16) -> Result<Self, CapabilityError> {
         check_header(config, offset, CapabilityId::MSIX, MSIX_LEN)?;
         let o = offset as usize;
-        let control = rd16(config, o + 2);
-        let cap = MsixCapability {
+        let cap = Self::from_registers(
             offset,
-            table_size: (control & 0x7ff) + 1,
-            table: BarOffset::from_register(rd32(config, o + 4)),
-            pba: BarOffset::from_register(rd32(config, o + 8)),
-            enabled: control & Self::ENABLE != 0,
-            function_masked: control & Self::FUNCTION_MASK != 0,
-        };
+            rd16(config, o + 2),
+            rd32(config, o + 4),
+            rd32(config, o + 8),
+        );
         for (what, loc) in [("table", cap.table), ("PBA", cap.pba)] {
             if loc.bir > 5 {
                 return Err(CapabilityError::Malformed {
@@ -132,4 +147,26 @@ pub(crate) fn install_masks(regs: &mut RegisterFile, offset: u16) {
         BitKind::ReadWrite,
     );
     let _ = regs.set_bits_u16(offset + 2, 0x3800, BitKind::Reserved);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_decode_once_for_parse_and_dumps() {
+        // Enabled, function-masked, 65 vectors; table in BAR0 at 0x2000, PBA in BAR7 (no such BAR).
+        let raw = MsixCapability::from_registers(0x40, 0xc040, 0x2000, 0x3007);
+        assert_eq!(
+            (raw.table_size, raw.enabled, raw.function_masked),
+            (65, true, true)
+        );
+        assert_eq!((raw.table.bir, raw.table.offset), (0, 0x2000));
+        assert_eq!((raw.pba.bir, raw.pba.offset), (7, 0x3000));
+        assert_eq!(raw.control(), 0xc040);
+        let mut space = vec![0u8; 0x40];
+        space.extend_from_slice(&raw.encode());
+        let err = MsixCapability::parse(&space, 0x40).unwrap_err();
+        assert!(err.to_string().contains("PBA BIR is 7"), "{err}");
+    }
 }

@@ -84,18 +84,30 @@ fn render_standard(
             Err(_) => out.push_str("MSI: <unreadable>\n"),
         },
         CapabilityId::MSIX => {
-            let ctl = u16_at(b, at as usize + 2);
+            // Decoded without `parse`'s BIR check: lspci shows a BIR of 6 or 7 as it is.
+            let m = MsixCapability::from_registers(
+                at,
+                u16_at(b, at as usize + 2),
+                u32_at(b, at as usize + 4),
+                u32_at(b, at as usize + 8),
+            );
             let _ = writeln!(
                 out,
                 "MSI-X: Enable{} Count={} Masked{}",
-                pm(ctl & MsixCapability::ENABLE != 0),
-                (ctl & 0x7ff) + 1,
-                pm(ctl & MsixCapability::FUNCTION_MASK != 0)
+                pm(m.enabled),
+                m.table_size,
+                pm(m.function_masked)
             );
-            let t = u32_at(b, at as usize + 4);
-            let p = u32_at(b, at as usize + 8);
-            let _ = writeln!(out, "\t\tVector table: BAR={} offset={:08x}", t & 7, t & !7);
-            let _ = writeln!(out, "\t\tPBA: BAR={} offset={:08x}", p & 7, p & !7);
+            let _ = writeln!(
+                out,
+                "\t\tVector table: BAR={} offset={:08x}",
+                m.table.bir, m.table.offset
+            );
+            let _ = writeln!(
+                out,
+                "\t\tPBA: BAR={} offset={:08x}",
+                m.pba.bir, m.pba.offset
+            );
         }
         CapabilityId::EXPRESS => match ExpressCapability::parse(b, at) {
             Ok(e) => {

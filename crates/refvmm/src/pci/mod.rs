@@ -1,49 +1,11 @@
-//! The reference VMM's PCI host bridge: one PCI bus (bus 0) reached through configuration
-//! mechanism #1 and ECAM, and firmware-style BAR placement for the functions attached to it.
-//!
-//! | file | what |
-//! |---|---|
-//! | `bus.rs` | [`PciBus`]: 32 device slots × 8 functions, `Box<dyn PciFunction>` each behind a `Mutex` |
-//! | `host_bridge.rs` | [`HostBridge`]: the function at 00:00.0 |
-//! | `conf1.rs` | [`Conf1`]: ports 0xCF8 (address) and 0xCFC-0xCFF (data) |
-//! | `ecam.rs` | [`Ecam`]: the memory-mapped configuration window |
-//! | `bar_alloc.rs` | [`BarAllocator`]: 32-bit, 64-bit and I/O windows (vm-allocator) and the sizing protocol |
-//!
-//! # Guest physical layout (x86, QEMU q35-like)
-//!
-//! | range | what |
-//! |---|---|
-//! | `0` .. `min(RAM, 0xB000_0000)` | low RAM |
-//! | `0xB000_0000` .. `0xC000_0000` | ECAM, 256 MiB: buses 0-255, 4 KiB per function (only bus 0 is populated) |
-//! | `0xC000_0000` .. `0xFEC0_0000` | 32-bit BAR window (the default `mmio=` window of the test guests) |
-//! | `0xFEC0_0000` .. `0xFF00_0000` | IOAPIC and local APIC (never given to a BAR) |
-//! | `4 GiB` .. | the rest of RAM, if more than 2.75 GiB |
-//! | `0x80_0000_0000` .. `0x100_0000_0000` | 64-bit BAR window (512 GiB) |
-//! | ports `0xC000` .. `0x1_0000` | I/O BAR window |
+//! The reference VMM's PCI bus: [`pci_bus`] composed with refvmm's memory map. The bus, its host
+//! bridge, conf1, ECAM and BAR placement live in the `pci-bus` crate; this module gathers what the
+//! rest of refvmm uses under one path and keeps the layout constants where refvmm's modules find
+//! them. refvmm uses `pci_bus::layout`'s default (QEMU q35-like) map unchanged: its table is the
+//! guest-physical layout of `refvmm run`.
 
-mod bar_alloc;
-mod bus;
-mod conf1;
-mod ecam;
-mod host_bridge;
-
-pub use bar_alloc::{AssignedBar, BarAllocator, BarAssignError};
-pub use bus::{BusError, PciBus};
-pub use conf1::Conf1;
-pub use ecam::Ecam;
-pub use host_bridge::HostBridge;
-
-/// Guest physical base of the ECAM window.
-pub const ECAM_BASE: u64 = 0xb000_0000;
-/// Size of the ECAM window: 256 buses × 32 devices × 8 functions × 4 KiB.
-pub const ECAM_SIZE: u64 = 256 << 20;
-/// The 32-bit BAR window `[base, end)`.
-pub const MEM32_WINDOW: (u64, u64) = (0xc000_0000, 0xfec0_0000);
-/// The 64-bit BAR window `[base, end)`.
-pub const MEM64_WINDOW: (u64, u64) = (0x80_0000_0000, 0x100_0000_0000);
-/// The I/O BAR window `[base, end)`.
-pub const IO_WINDOW: (u64, u64) = (0xc000, 0x1_0000);
-/// First port of configuration mechanism #1 (0xCF8 address, 0xCFC-0xCFF data).
-pub const CONF1_PORT: u16 = 0xcf8;
-/// Where RAM must end below 4 GiB: the start of the ECAM window.
-pub const LOW_RAM_END: u64 = ECAM_BASE;
+// All of the layout, so a module that needs another window or port takes it from here too.
+pub use pci_bus::layout::*;
+pub use pci_bus::{
+    AssignedBar, BarAllocator, BarAssignError, BusError, Conf1, Ecam, HostBridge, PciBus,
+};

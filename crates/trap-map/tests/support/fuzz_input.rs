@@ -5,9 +5,8 @@
 
 #![allow(dead_code)]
 
-use trap_map::{
-    BarInfo, BarKind, DeviceLayout, MsixInfo, MsixRelocation, PageSize, Policy, SparseArea,
-};
+use pci_config::BarKind;
+use trap_map::{DeviceLayout, HostBar, MmapArea, MsixInfo, MsixRelocation, PageSize, Policy};
 
 /// Reads bytes, yielding zeros once the input is used up.
 struct Bytes<'a>(&'a [u8]);
@@ -77,7 +76,7 @@ pub fn plan_input(data: &[u8]) -> (DeviceLayout, PageSize, Policy) {
             1 << (4 + u32::from(shape) % 21)
         };
         let flags = b.u8();
-        let mut bar = BarInfo {
+        let mut bar = HostBar {
             index,
             size,
             kind,
@@ -91,7 +90,7 @@ pub fn plan_input(data: &[u8]) -> (DeviceLayout, PageSize, Policy) {
                 .map(|_| {
                     let (o, s, raw) = (b.u64(), b.u64(), b.u8());
                     if chaos || size == 0 {
-                        return SparseArea { offset: o, size: s };
+                        return MmapArea { offset: o, size: s };
                     }
                     let mut offset = o % size;
                     let mut len = 1 + s % (size - offset);
@@ -99,7 +98,7 @@ pub fn plan_input(data: &[u8]) -> (DeviceLayout, PageSize, Policy) {
                         offset &= !0xfff;
                         len = (len & !0xfff).max(0x1000).min(size - offset);
                     }
-                    SparseArea { offset, size: len }
+                    MmapArea { offset, size: len }
                 })
                 .collect();
             bar.sparse_mmap = Some(sparse);
@@ -124,7 +123,7 @@ pub fn plan_input(data: &[u8]) -> (DeviceLayout, PageSize, Policy) {
         };
         let table_len = u64::from(entries) * 16;
         let pba_len = u64::from(entries).div_ceil(64) * 8;
-        let memory: Vec<&BarInfo> = bars.iter().filter(|x| x.kind.is_memory()).collect();
+        let memory: Vec<&HostBar> = bars.iter().filter(|x| x.kind.is_memory()).collect();
         let structure = |b: &mut Bytes<'_>, len: u64, page_aligned: bool| {
             let pick = b.u8();
             let raw = b.u32();

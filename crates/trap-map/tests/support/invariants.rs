@@ -3,10 +3,11 @@
 
 #![allow(dead_code)]
 
+use pci_config::BarKind;
 use trap_map::view::{GuestPlacement, PlacementError, render_mtree};
 use trap_map::{
-    BarKind, DeviceLayout, DevicePlan, MsixRelocation, PageSize, Policy, RelocationKind,
-    SegmentKind, TrapReason,
+    DeviceLayout, DevicePlan, MsixRelocation, PageSize, Policy, RelocationKind, SegmentKind,
+    TrapReason,
 };
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {

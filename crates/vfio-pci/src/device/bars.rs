@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use log::{debug, warn};
-use trap_map::{BarKind, BarPlan, MsixPlacement, SegmentKind, TrapHandling, TrapReason};
+use pci_config::BarKind;
+use trap_map::{BarPlan, MsixPlacement, SegmentKind, TrapHandling, TrapReason};
 use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset};
 use vm_device::{DeviceMmio, DevicePio};
 use vm_memory::{FileOffset, GuestAddress, MmapRegion, VolatileMemory};

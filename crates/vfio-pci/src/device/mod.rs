@@ -291,11 +291,11 @@ fn layout(backend: &dyn DeviceBackend, model: &ConfigSpace) -> DeviceLayout {
             && reg & bar_flags::MEM_TYPE_MASK == bar_flags::MEM_TYPE_64;
         if let Some(r) = info.region(u32::from(i)).filter(|r| r.size > 0) {
             let bar = if reg & bar_flags::IO_SPACE != 0 {
-                trap_map::BarInfo::io(i, r.size)
+                trap_map::HostBar::io(i, r.size)
             } else if is64 {
-                trap_map::BarInfo::memory64(i, r.size)
+                trap_map::HostBar::memory64(i, r.size)
             } else {
-                trap_map::BarInfo::memory32(i, r.size)
+                trap_map::HostBar::memory32(i, r.size)
             };
             let mut bar = bar
                 .prefetchable(reg & bar_flags::IO_SPACE == 0 && reg & bar_flags::MEM_PREFETCH != 0)
@@ -304,27 +304,13 @@ fn layout(backend: &dyn DeviceBackend, model: &ConfigSpace) -> DeviceLayout {
                 bar = bar.not_mmappable();
             }
             if let Some(areas) = &r.sparse_areas {
-                bar = bar.sparse_mmap(
-                    areas
-                        .iter()
-                        .map(|a| trap_map::SparseArea {
-                            offset: a.offset,
-                            size: a.size,
-                        })
-                        .collect(),
-                );
+                bar = bar.sparse_mmap(areas.clone());
             }
             bars.push(bar);
         }
         i += if is64 { 2 } else { 1 };
     }
-    let msix = model.msix().map(|m| MsixInfo {
-        entries: m.table_size,
-        table_bar: m.table.bir,
-        table_offset: m.table.offset,
-        pba_bar: m.pba.bir,
-        pba_offset: m.pba.offset,
-    });
+    let msix = model.msix().map(|m| MsixInfo::from(&m));
     DeviceLayout { bars, msix }
 }
 
@@ -706,9 +692,9 @@ fn setup_model(
     for bar in plan.bars() {
         let size = bar.guest_size();
         let def = match bar.kind() {
-            trap_map::BarKind::Io => BarDef::io(size as u32),
-            trap_map::BarKind::Memory32 => BarDef::memory32(size as u32),
-            trap_map::BarKind::Memory64 => BarDef::memory64(size),
+            pci_config::BarKind::Io => BarDef::io(size as u32),
+            pci_config::BarKind::Memory32 => BarDef::memory32(size as u32),
+            pci_config::BarKind::Memory64 => BarDef::memory64(size),
         };
         let def = if bar.prefetchable() {
             def.prefetchable()

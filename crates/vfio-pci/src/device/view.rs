@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use trap_map::{BarKind, MtreeKind, mtree_line};
+use pci_config::BarKind;
+use trap_map::{MtreeKind, mtree_line};
 
 use super::PassthroughDevice;
 use crate::ports::{BarRange, TrapAddress};

@@ -29,7 +29,7 @@ pub struct CheckOptions {
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub enum CheckStatus {
     /// Fine.
     Ok,
     /// May cause trouble; does not stop passthrough by itself.
@@ -79,7 +79,7 @@ pub struct CheckItem {
     /// What was checked.
     pub kind: CheckKind,
     /// The outcome.
-    pub status: Status,
+    pub status: CheckStatus,
     /// What was found.
     pub finding: String,
     /// What to do, for warnings and failures.
@@ -87,7 +87,7 @@ pub struct CheckItem {
 }
 
 impl CheckItem {
-    fn new(kind: CheckKind, status: Status, finding: impl Into<String>) -> Self {
+    fn new(kind: CheckKind, status: CheckStatus, finding: impl Into<String>) -> Self {
         Self {
             kind,
             status,
@@ -171,12 +171,12 @@ impl Readiness {
 
     /// The failed checks.
     pub fn problems(&self) -> impl Iterator<Item = &CheckItem> {
-        self.items.iter().filter(|i| i.status == Status::Fail)
+        self.items.iter().filter(|i| i.status == CheckStatus::Fail)
     }
 
     /// The warnings.
     pub fn warnings(&self) -> impl Iterator<Item = &CheckItem> {
-        self.items.iter().filter(|i| i.status == Status::Warn)
+        self.items.iter().filter(|i| i.status == CheckStatus::Warn)
     }
 
     /// The item for `kind`.
@@ -191,10 +191,10 @@ impl fmt::Display for Readiness {
         writeln!(f, "Passthrough check for {}", d.address)?;
         for item in &self.items {
             let mark = match item.status {
-                Status::Ok => "[ ok ]",
-                Status::Warn => "[WARN]",
-                Status::Fail => "[FAIL]",
-                Status::Skip => "[skip]",
+                CheckStatus::Ok => "[ ok ]",
+                CheckStatus::Warn => "[WARN]",
+                CheckStatus::Fail => "[FAIL]",
+                CheckStatus::Skip => "[skip]",
             };
             let mut lines = item.finding.lines();
             writeln!(
@@ -238,14 +238,14 @@ fn check_device(device: &HostDevice) -> CheckItem {
     if device.class.base() == 0x06 && matches!(device.class.subclass(), 0x00 | 0x04) {
         return CheckItem::new(
             CheckKind::Device,
-            Status::Fail,
+            CheckStatus::Fail,
             format!(
                 "{finding}: a bridge carries other devices' traffic and cannot be passed through"
             ),
         )
         .fix("pass through the devices behind the bridge instead");
     }
-    CheckItem::new(CheckKind::Device, Status::Ok, finding)
+    CheckItem::new(CheckKind::Device, CheckStatus::Ok, finding)
 }
 
 fn check_iommu(iommu: &IommuStatus) -> CheckItem {
@@ -257,7 +257,7 @@ fn check_iommu(iommu: &IommuStatus) -> CheckItem {
         };
         return CheckItem::new(
             CheckKind::Iommu,
-            Status::Ok,
+            CheckStatus::Ok,
             format!(
                 "enabled: {} IOMMU group{}{units}",
                 iommu.group_count,
@@ -278,7 +278,7 @@ fn check_iommu(iommu: &IommuStatus) -> CheckItem {
     if !off.is_empty() {
         finding.push_str(&format!("; the kernel command line has {}", off.join(" ")));
     }
-    CheckItem::new(CheckKind::Iommu, Status::Fail, finding).fix(iommu.how_to_enable())
+    CheckItem::new(CheckKind::Iommu, CheckStatus::Fail, finding).fix(iommu.how_to_enable())
 }
 
 fn check_driver(paths: &HostPaths, device: &HostDevice) -> CheckItem {
@@ -286,7 +286,7 @@ fn check_driver(paths: &HostPaths, device: &HostDevice) -> CheckItem {
     if device.is_bound_to_vfio() {
         return CheckItem::new(
             CheckKind::Driver,
-            Status::Ok,
+            CheckStatus::Ok,
             format!("bound to {}", device.driver_name()),
         );
     }
@@ -299,7 +299,7 @@ fn check_driver(paths: &HostPaths, device: &HostDevice) -> CheckItem {
     } else {
         format!("`modprobe vfio-pci` (the driver is not loaded), then `refvmm bind {address}`")
     };
-    CheckItem::new(CheckKind::Driver, Status::Fail, finding).fix(fix)
+    CheckItem::new(CheckKind::Driver, CheckStatus::Fail, finding).fix(fix)
 }
 
 fn check_group(device: &HostDevice, iommu: &IommuStatus, group: Option<&IommuGroup>) -> CheckItem {
@@ -308,13 +308,13 @@ fn check_group(device: &HostDevice, iommu: &IommuStatus, group: Option<&IommuGro
         if !iommu.enabled() {
             return CheckItem::new(
                 CheckKind::Group,
-                Status::Skip,
+                CheckStatus::Skip,
                 "none: there are no IOMMU groups without an IOMMU (see IOMMU above)",
             );
         }
         return CheckItem::new(
             CheckKind::Group,
-            Status::Fail,
+            CheckStatus::Fail,
             format!("{address} is in no IOMMU group although the IOMMU is on: it is not behind it"),
         )
         .fix("check `dmesg | grep -i -e DMAR -e AMD-Vi -e IOMMU`; try another slot");
@@ -332,7 +332,7 @@ fn check_group(device: &HostDevice, iommu: &IommuStatus, group: Option<&IommuGro
             .iter()
             .map(|m| format!("`refvmm bind {}`", m.name))
             .collect();
-        return CheckItem::new(CheckKind::Group, Status::Fail, finding).fix(format!(
+        return CheckItem::new(CheckKind::Group, CheckStatus::Fail, finding).fix(format!(
             "the IOMMU cannot isolate devices of one group, so all of them go to vfio-pci (and \
              to this VM) or stay unused: {}; or move the device to a slot with its own group",
             binds.join(", ")
@@ -360,14 +360,14 @@ fn check_group(device: &HostDevice, iommu: &IommuStatus, group: Option<&IommuGro
             others.concat()
         )
     };
-    CheckItem::new(CheckKind::Group, Status::Ok, finding)
+    CheckItem::new(CheckKind::Group, CheckStatus::Ok, finding)
 }
 
 fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
     let Some(group) = device.iommu_group else {
         return CheckItem::new(
             CheckKind::VfioNodes,
-            Status::Skip,
+            CheckStatus::Skip,
             "no IOMMU group, so no /dev/vfio node",
         );
     };
@@ -377,7 +377,7 @@ fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
         if !device.is_bound_to_vfio() {
             return CheckItem::new(
                 CheckKind::VfioNodes,
-                Status::Skip,
+                CheckStatus::Skip,
                 format!(
                     "{} appears once the device is bound to vfio-pci",
                     node.display()
@@ -386,7 +386,7 @@ fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
         }
         return CheckItem::new(
             CheckKind::VfioNodes,
-            Status::Fail,
+            CheckStatus::Fail,
             format!(
                 "{} is missing although vfio-pci drives the device",
                 node.display()
@@ -435,7 +435,7 @@ fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
     if problems.is_empty() {
         return CheckItem::new(
             CheckKind::VfioNodes,
-            Status::Ok,
+            CheckStatus::Ok,
             format!(
                 "{} and {} can be opened",
                 node.display(),
@@ -443,7 +443,7 @@ fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
             ),
         );
     }
-    let item = CheckItem::new(CheckKind::VfioNodes, Status::Fail, problems.join("\n"));
+    let item = CheckItem::new(CheckKind::VfioNodes, CheckStatus::Fail, problems.join("\n"));
     if fixes.is_empty() {
         item
     } else {
@@ -454,25 +454,25 @@ fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
 fn check_iommufd(paths: &HostPaths, device: &HostDevice) -> CheckItem {
     let host = match IommuAvailability::probe(paths, device.address) {
         Ok(host) => host,
-        Err(e) => return CheckItem::new(CheckKind::Iommufd, Status::Skip, e.to_string()),
+        Err(e) => return CheckItem::new(CheckKind::Iommufd, CheckStatus::Skip, e.to_string()),
     };
     // `Auto` always decides: it says which backend `--iommu auto` takes, and why.
     match IommuBackendChoice::Auto.decide(&host) {
         Ok(d) if d.backend == IommuBackend::Iommufd => CheckItem::new(
             CheckKind::Iommufd,
-            Status::Ok,
+            CheckStatus::Ok,
             format!("available: {}; `--iommu auto` uses it", d.reason),
         ),
         Ok(d) => CheckItem::new(
             CheckKind::Iommufd,
-            Status::Skip,
+            CheckStatus::Skip,
             format!(
                 "not available: {}; `--iommu auto` uses the type1 container (iommufd needs \
                  CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV)",
                 d.reason
             ),
         ),
-        Err(e) => CheckItem::new(CheckKind::Iommufd, Status::Skip, e.to_string()),
+        Err(e) => CheckItem::new(CheckKind::Iommufd, CheckStatus::Skip, e.to_string()),
     }
 }
 
@@ -484,7 +484,7 @@ fn check_memlock(options: &CheckOptions) -> CheckItem {
     if limits.cap_ipc_lock {
         return CheckItem::new(
             CheckKind::Memlock,
-            Status::Ok,
+            CheckStatus::Ok,
             format!(
                 "limit {}, but CAP_IPC_LOCK is held, so VFIO does not apply it",
                 limits.memlock
@@ -493,16 +493,16 @@ fn check_memlock(options: &CheckOptions) -> CheckItem {
     }
     match (limits.memlock, options.guest_memory) {
         (MemlockLimit::Unlimited, _) => {
-            CheckItem::new(CheckKind::Memlock, Status::Ok, "limit unlimited")
+            CheckItem::new(CheckKind::Memlock, CheckStatus::Ok, "limit unlimited")
         }
         (limit, Some(guest)) if limit.allows(guest) => CheckItem::new(
             CheckKind::Memlock,
-            Status::Ok,
+            CheckStatus::Ok,
             format!("limit {limit} covers the guest's {}", format_bytes(guest)),
         ),
         (limit, Some(guest)) => CheckItem::new(
             CheckKind::Memlock,
-            Status::Fail,
+            CheckStatus::Fail,
             format!(
                 "limit {limit} is below the guest's {}: VFIO pins all guest RAM for DMA, so \
                  mapping it would fail with ENOMEM",
@@ -512,7 +512,7 @@ fn check_memlock(options: &CheckOptions) -> CheckItem {
         .fix(raise),
         (limit, None) if !limit.allows(MEMLOCK_WARN_BELOW) => CheckItem::new(
             CheckKind::Memlock,
-            Status::Warn,
+            CheckStatus::Warn,
             format!(
                 "limit {limit}: guests with more RAM than that cannot be mapped for DMA \
                  (pass --memory SIZE to check against your guest)"
@@ -521,7 +521,7 @@ fn check_memlock(options: &CheckOptions) -> CheckItem {
         .fix(raise),
         (limit, None) => CheckItem::new(
             CheckKind::Memlock,
-            Status::Ok,
+            CheckStatus::Ok,
             format!("limit {limit} (pass --memory SIZE to check against your guest)"),
         ),
     }

@@ -3,9 +3,9 @@
 //! This is a test aid, not a feature. [`FakeHost`] builds the files and links that the host
 //! module reads, as the kernel lays them out (`/sys/bus/pci/devices/BDF` links into
 //! `/sys/devices`, `driver` and `iommu_group` links, group `devices/` links). Files in a plain
-//! directory do nothing when written, so [`FakeKernel`] is a [`SysfsWriter`] that writes the
-//! file and then does what the kernel would: move the `driver` link on `unbind`, `bind`,
-//! `drivers_probe` and `new_id`.
+//! directory do nothing when written, so `FakeKernel` (feature `host-admin`, like the binder it
+//! serves) is a `SysfsWriter` that writes the file and then does what the kernel would: move the
+//! `driver` link on `unbind`, `bind`, `drivers_probe` and `new_id`.
 //!
 //! ```
 //! use vfio_pci::host::fake::{FakeDevice, FakeHost};
@@ -19,14 +19,17 @@
 //! assert_eq!(dev.iommu_group, Some(7));
 //! ```
 
+#[cfg(feature = "host-admin")]
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "host-admin")]
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "host-admin")]
 use super::bind::{KernelSysfs, SysfsWriter};
 use super::sysfs::HostDevice;
 use super::{HostPaths, PciAddress};
@@ -258,6 +261,7 @@ impl Drop for FakeHost {
     }
 }
 
+#[cfg(feature = "host-admin")]
 /// A [`SysfsWriter`] that writes the file and then does what Linux would do on a real sysfs.
 ///
 /// Modelled: `drivers/D/unbind`, `drivers/D/bind`, `drivers_probe` (honouring
@@ -274,6 +278,7 @@ pub struct FakeKernel {
     log: Mutex<Vec<(PathBuf, String)>>,
 }
 
+#[cfg(feature = "host-admin")]
 impl FakeKernel {
     /// A kernel over the tree at `paths`.
     pub fn new(paths: HostPaths) -> Self {
@@ -354,6 +359,7 @@ impl FakeKernel {
     }
 }
 
+#[cfg(feature = "host-admin")]
 impl SysfsWriter for FakeKernel {
     fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
         let relative = path
@@ -431,6 +437,7 @@ impl SysfsWriter for FakeKernel {
     }
 }
 
+#[cfg(feature = "host-admin")]
 fn parse_ids(value: &str) -> Option<(u16, u16)> {
     let mut words = value.split_whitespace();
     let vendor = u16::from_str_radix(words.next()?, 16).ok()?;

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use trap_map::MmapArea;
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
     VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ERR_IRQ_INDEX,
@@ -18,7 +19,7 @@ use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 
 /// Which PCI resource a VFIO region index stands for (the fixed vfio-pci layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegionKind {
+pub enum VfioRegionKind {
     /// BAR 0-5.
     Bar(u8),
     /// The expansion ROM.
@@ -31,27 +32,27 @@ pub enum RegionKind {
     DeviceSpecific,
 }
 
-impl RegionKind {
+impl VfioRegionKind {
     /// The kind of region `index` on a vfio-pci device.
     pub fn of_index(index: u32) -> Self {
         match index {
-            0..=5 => RegionKind::Bar(index as u8),
-            VFIO_PCI_ROM_REGION_INDEX => RegionKind::Rom,
-            VFIO_PCI_CONFIG_REGION_INDEX => RegionKind::Config,
-            VFIO_PCI_VGA_REGION_INDEX => RegionKind::Vga,
-            _ => RegionKind::DeviceSpecific,
+            0..=5 => VfioRegionKind::Bar(index as u8),
+            VFIO_PCI_ROM_REGION_INDEX => VfioRegionKind::Rom,
+            VFIO_PCI_CONFIG_REGION_INDEX => VfioRegionKind::Config,
+            VFIO_PCI_VGA_REGION_INDEX => VfioRegionKind::Vga,
+            _ => VfioRegionKind::DeviceSpecific,
         }
     }
 }
 
-impl fmt::Display for RegionKind {
+impl fmt::Display for VfioRegionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RegionKind::Bar(n) => write!(f, "BAR{n}"),
-            RegionKind::Rom => f.write_str("ROM"),
-            RegionKind::Config => f.write_str("config"),
-            RegionKind::Vga => f.write_str("VGA"),
-            RegionKind::DeviceSpecific => f.write_str("device-specific"),
+            VfioRegionKind::Bar(n) => write!(f, "BAR{n}"),
+            VfioRegionKind::Rom => f.write_str("ROM"),
+            VfioRegionKind::Config => f.write_str("config"),
+            VfioRegionKind::Vga => f.write_str("VGA"),
+            VfioRegionKind::DeviceSpecific => f.write_str("device-specific"),
         }
     }
 }
@@ -78,18 +79,9 @@ impl RegionFlags {
     }
 }
 
-/// A part of a region that may be mmapped, relative to the region's start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SparseArea {
-    /// Offset in the region.
-    pub offset: u64,
-    /// Length in bytes.
-    pub size: u64,
-}
-
 /// One VFIO region of the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionInfo {
+pub struct VfioRegionInfo {
     /// The VFIO region index (0-5 BARs, 6 ROM, 7 config, 8 VGA, 9+ device-specific).
     pub index: u32,
     /// Size in bytes; 0 for an unimplemented BAR.
@@ -100,7 +92,7 @@ pub struct RegionInfo {
     pub flags: RegionFlags,
     /// The sparse-mmap capability's areas: `None` when the region has no such capability
     /// (then all of it may be mapped if `flags.mmap`), `Some(areas)` when only those may.
-    pub sparse_areas: Option<Vec<SparseArea>>,
+    pub sparse_areas: Option<Vec<MmapArea>>,
     /// The kernel lets the MSI-X table's page be mapped too (`VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`),
     /// so a BAR holding the table need not be split around it.
     pub msix_mappable: bool,
@@ -108,7 +100,7 @@ pub struct RegionInfo {
     pub region_type: Option<(u32, u32)>,
 }
 
-impl RegionInfo {
+impl VfioRegionInfo {
     /// Builds the plain-data view of one region from VFIO's flags, size, offset and capabilities.
     pub fn from_vfio(
         index: u32,
@@ -133,7 +125,7 @@ impl RegionInfo {
                         sparse
                             .areas
                             .iter()
-                            .map(|a| SparseArea {
+                            .map(|a| MmapArea {
                                 offset: a.offset,
                                 size: a.size,
                             })
@@ -149,25 +141,25 @@ impl RegionInfo {
     }
 
     /// Which PCI resource this region is.
-    pub fn kind(&self) -> RegionKind {
-        RegionKind::of_index(self.index)
+    pub fn kind(&self) -> VfioRegionKind {
+        VfioRegionKind::of_index(self.index)
     }
 
     /// The parts that may be mmapped: none without the mmap flag, the sparse areas when the
     /// region has them, else the whole region. Areas past the region's end are clipped.
-    pub fn mmappable_areas(&self) -> Vec<SparseArea> {
+    pub fn mmappable_areas(&self) -> Vec<MmapArea> {
         if !self.flags.mmap || self.size == 0 {
             return Vec::new();
         }
         match &self.sparse_areas {
-            None => vec![SparseArea {
+            None => vec![MmapArea {
                 offset: 0,
                 size: self.size,
             }],
             Some(areas) => areas
                 .iter()
                 .filter(|a| a.offset < self.size && a.size > 0)
-                .map(|a| SparseArea {
+                .map(|a| MmapArea {
                     offset: a.offset,
                     size: a.size.min(self.size - a.offset),
                 })
@@ -267,7 +259,7 @@ impl IrqInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
     /// Regions, by index.
-    pub regions: Vec<RegionInfo>,
+    pub regions: Vec<VfioRegionInfo>,
     /// IRQ indexes, by index.
     pub irqs: Vec<IrqInfo>,
 }
@@ -286,10 +278,10 @@ impl DeviceInfo {
                 if index >= VFIO_PCI_NUM_REGIONS {
                     break;
                 }
-                regions.push(RegionInfo::from_vfio(index, 0, 0, 0, &[]));
+                regions.push(VfioRegionInfo::from_vfio(index, 0, 0, 0, &[]));
                 continue;
             }
-            regions.push(RegionInfo::from_vfio(
+            regions.push(VfioRegionInfo::from_vfio(
                 index,
                 flags,
                 device.get_region_size(index),
@@ -309,7 +301,7 @@ impl DeviceInfo {
     }
 
     /// The region with VFIO index `index`.
-    pub fn region(&self, index: u32) -> Option<&RegionInfo> {
+    pub fn region(&self, index: u32) -> Option<&VfioRegionInfo> {
         self.regions.iter().find(|r| r.index == index)
     }
 
@@ -410,29 +402,29 @@ mod tests {
             }),
             VfioRegionInfoCap::MsixMappable,
         ];
-        let bar = RegionInfo::from_vfio(0, RW_MMAP, 0x4000, 0, &caps);
-        assert_eq!(bar.kind(), RegionKind::Bar(0));
+        let bar = VfioRegionInfo::from_vfio(0, RW_MMAP, 0x4000, 0, &caps);
+        assert_eq!(bar.kind(), VfioRegionKind::Bar(0));
         assert!(bar.msix_mappable);
         assert_eq!(
             bar.mmappable_areas(),
             vec![
-                SparseArea {
+                MmapArea {
                     offset: 0,
                     size: 0x2000
                 },
                 // Clipped to the region's end.
-                SparseArea {
+                MmapArea {
                     offset: 0x3000,
                     size: 0x1000
                 }
             ]
         );
 
-        let plain = RegionInfo::from_vfio(2, RW_MMAP, 0x1000, 0x2_0000_0000, &[]);
+        let plain = VfioRegionInfo::from_vfio(2, RW_MMAP, 0x1000, 0x2_0000_0000, &[]);
         assert_eq!(plain.mmappable_areas().len(), 1);
         assert_eq!(plain.sparse_areas, None);
 
-        let config = RegionInfo::from_vfio(
+        let config = VfioRegionInfo::from_vfio(
             7,
             VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
             0x1000,
@@ -440,9 +432,9 @@ mod tests {
             &[],
         );
         assert!(config.mmappable_areas().is_empty());
-        assert_eq!(config.kind(), RegionKind::Config);
+        assert_eq!(config.kind(), VfioRegionKind::Config);
 
-        let special = RegionInfo::from_vfio(
+        let special = VfioRegionInfo::from_vfio(
             9,
             VFIO_REGION_INFO_FLAG_READ,
             0x100,
@@ -453,15 +445,21 @@ mod tests {
             })],
         );
         assert_eq!(special.region_type, Some((0x8000_8086, 1)));
-        assert_eq!(special.kind(), RegionKind::DeviceSpecific);
+        assert_eq!(special.kind(), VfioRegionKind::DeviceSpecific);
     }
 
     #[test]
     fn display_lists_regions_and_irqs() {
         let info = DeviceInfo {
             regions: vec![
-                RegionInfo::from_vfio(0, RW_MMAP, 0x4000, 0, &[VfioRegionInfoCap::MsixMappable]),
-                RegionInfo::from_vfio(1, 0, 0, 0, &[]),
+                VfioRegionInfo::from_vfio(
+                    0,
+                    RW_MMAP,
+                    0x4000,
+                    0,
+                    &[VfioRegionInfoCap::MsixMappable],
+                ),
+                VfioRegionInfo::from_vfio(1, 0, 0, 0, &[]),
             ],
             irqs: vec![
                 IrqInfo {

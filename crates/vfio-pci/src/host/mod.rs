@@ -9,8 +9,8 @@
 //! | `address.rs` | [`PciAddress`]: a [`pci_config::Bdf`] that also takes sysfs paths |
 //! | `paths.rs` | [`HostPaths`]: every sysfs/procfs/dev path in one place |
 //! | `sysfs.rs` | [`HostDevice`], [`IommuGroup`], [`IommuStatus`]: what the kernel says |
-//! | `bind.rs` | [`Binder`]: to vfio-pci and back, through a [`SysfsWriter`] |
-//! | `check.rs` | [`Readiness`]: the passthrough checklist |
+//! | `bind.rs` | `Binder`: to vfio-pci and back, through a `SysfsWriter` (feature `host-admin`) |
+//! | `check.rs` | `Readiness`: the passthrough checklist (feature `host-admin`) |
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
 //! | `open_iommufd.rs` | [`IommuBackendChoice`] and [`OpenedVfio`]: pick the IOMMU backend and open the device with it |
@@ -19,7 +19,9 @@
 //! | `fake.rs` | `fake::FakeHost`, `fake::FakeKernel`: a fake tree for tests (feature `sim`) |
 
 mod address;
+#[cfg(feature = "host-admin")]
 mod bind;
+#[cfg(feature = "host-admin")]
 mod check;
 #[cfg(feature = "sim")]
 pub mod fake;
@@ -33,10 +35,12 @@ mod paths;
 mod sysfs;
 
 pub use address::{AddressError, PciAddress};
+#[cfg(feature = "host-admin")]
 pub use bind::{BindError, BindMethod, BindRecord, BindStep, Binder, KernelSysfs, SysfsWriter};
-pub use check::{CheckItem, CheckKind, CheckOptions, MEMLOCK_WARN_BELOW, Readiness, Status};
+#[cfg(feature = "host-admin")]
+pub use check::{CheckItem, CheckKind, CheckOptions, CheckStatus, MEMLOCK_WARN_BELOW, Readiness};
 pub use info::{
-    DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, RegionInfo, RegionKind, SparseArea,
+    DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, VfioRegionInfo, VfioRegionKind,
 };
 pub use limits::{MemlockLimit, ProcessLimits, format_bytes};
 pub use open::{OpenError, OpenedDevice};

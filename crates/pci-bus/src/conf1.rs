@@ -21,16 +21,17 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use kvm_runloop::reexports::vm_device::DevicePio;
-use kvm_runloop::reexports::vm_device::bus::{PioAddress, PioAddressOffset};
+use vm_device::DevicePio;
+use vm_device::bus::{PioAddress, PioAddressOffset};
 
-use super::PciBus;
+use crate::PciBus;
 
 const ENABLE: u32 = 1 << 31;
 /// The bits of the address register that hold something: enable, bus, device, function, register.
 const ADDRESS_MASK: u32 = ENABLE | 0x00ff_fffc;
 
 /// The 0xCF8/0xCFC port pair, registered on 8 ports from 0xCF8.
+#[derive(Debug)]
 pub struct Conf1 {
     bus: Arc<PciBus>,
     address: AtomicU32,
@@ -116,7 +117,7 @@ impl DevicePio for Conf1 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::HostBridge;
+    use crate::HostBridge;
     use pci_config::Bdf;
 
     fn conf1() -> Conf1 {

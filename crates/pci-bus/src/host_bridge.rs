@@ -10,6 +10,7 @@
 use pci_config::{ConfigSize, ConfigSpace, DeviceIds, HeaderType, PciFunction};
 
 /// The emulated host bridge function.
+#[derive(Debug)]
 pub struct HostBridge {
     space: ConfigSpace,
 }

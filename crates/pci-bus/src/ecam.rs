@@ -9,12 +9,13 @@
 
 use std::sync::Arc;
 
-use kvm_runloop::reexports::vm_device::DeviceMmio;
-use kvm_runloop::reexports::vm_device::bus::{MmioAddress, MmioAddressOffset};
+use vm_device::DeviceMmio;
+use vm_device::bus::{MmioAddress, MmioAddressOffset};
 
-use super::PciBus;
+use crate::PciBus;
 
-/// The ECAM window in front of a bus, registered on the MMIO bus at [`ECAM_BASE`](super::ECAM_BASE).
+/// The ECAM window in front of a bus, registered on the MMIO bus at [`ECAM_BASE`](crate::layout::ECAM_BASE).
+#[derive(Debug)]
 pub struct Ecam {
     bus: Arc<PciBus>,
 }
@@ -103,10 +104,10 @@ impl DeviceMmio for Ecam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::{Conf1, HostBridge};
-    use kvm_runloop::reexports::vm_device::DevicePio;
-    use kvm_runloop::reexports::vm_device::bus::PioAddress;
+    use crate::{Conf1, HostBridge};
     use pci_config::Bdf;
+    use vm_device::DevicePio;
+    use vm_device::bus::PioAddress;
 
     fn ecam_read(e: &Ecam, offset: u64, len: usize) -> u64 {
         let mut d = [0u8; 8];

@@ -20,6 +20,8 @@ use pci_config::PciFunction;
 use thiserror::Error;
 use vm_allocator::{AddressAllocator, AllocPolicy};
 
+use crate::layout;
+
 const COMMAND: u16 = 0x04;
 const COMMAND_IO: u16 = 1 << 0;
 const COMMAND_MEMORY: u16 = 1 << 1;
@@ -140,6 +142,7 @@ pub enum BarAssignError {
 }
 
 /// The three windows BARs are placed from.
+#[derive(Debug)]
 pub struct BarAllocator {
     mem32: AddressAllocator,
     mem64: AddressAllocator,
@@ -159,10 +162,14 @@ fn window(space: BarSpace, (base, end): (u64, u64)) -> Result<AddressAllocator, 
 }
 
 impl BarAllocator {
-    /// The standard windows of [`crate::pci`]'s layout.
+    /// The windows of the default layout ([`layout`](crate::layout)).
     pub fn new() -> Self {
-        Self::with_windows(super::MEM32_WINDOW, super::MEM64_WINDOW, super::IO_WINDOW)
-            .expect("the standard windows are valid")
+        Self::with_windows(
+            layout::MEM32_WINDOW,
+            layout::MEM64_WINDOW,
+            layout::IO_WINDOW,
+        )
+        .expect("the standard windows are valid")
     }
 
     /// Custom windows, each `[base, end)`.
@@ -395,8 +402,8 @@ mod tests {
     fn large_64bit_bars_go_high_and_32bit_ones_fail_clearly() {
         let mut a = BarAllocator::with_windows(
             (0xc000_0000, 0xc010_0000),
-            super::super::MEM64_WINDOW,
-            super::super::IO_WINDOW,
+            crate::layout::MEM64_WINDOW,
+            crate::layout::IO_WINDOW,
         )
         .unwrap();
         let mut f = model(&[(0, BarDef::memory64(1 << 30))]);

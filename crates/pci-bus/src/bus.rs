@@ -7,6 +7,7 @@
 //! holding up the rest of the bus.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
 use pci_config::{Bdf, PciFunction};
@@ -56,8 +57,22 @@ pub struct PciBus {
     slots: RwLock<BTreeMap<u8, Slot>>,
 }
 
+impl fmt::Debug for PciBus {
+    /// The occupied addresses and their names (the functions are trait objects).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        f.debug_map()
+            .entries(
+                slots
+                    .iter()
+                    .map(|(k, s)| (Bdf::new(0, k >> 3, k & 7).short(), &s.name)),
+            )
+            .finish()
+    }
+}
+
 impl PciBus {
-    /// An empty bus (no host bridge; see [`HostBridge`](super::HostBridge)).
+    /// An empty bus (no host bridge; see [`HostBridge`](crate::HostBridge)).
     pub fn new() -> Self {
         Self::default()
     }
@@ -158,7 +173,7 @@ impl PciBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::HostBridge;
+    use crate::HostBridge;
 
     #[test]
     fn empty_slots_read_all_ones_and_drop_writes() {
