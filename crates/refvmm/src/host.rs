@@ -28,7 +28,7 @@ pub struct HostRootArg {
 }
 
 impl HostRootArg {
-    fn paths(&self) -> HostPaths {
+    pub(crate) fn paths(&self) -> HostPaths {
         let root = self
             .host_root
             .clone()

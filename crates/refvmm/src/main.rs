@@ -7,6 +7,7 @@ mod builtin_guest;
 mod demo;
 mod devices;
 mod exit_port;
+mod explain;
 mod guest_loader;
 mod host;
 mod pci;
@@ -40,6 +41,9 @@ enum Command {
     Unbind(host::UnbindArgs),
     /// Say whether a host device can be passed through, and if not, why and what to do.
     Check(host::CheckArgs),
+    /// Name a device register (bar0+0x1018 or nvme:SQ3TDBL), say how the plan treats it and
+    /// what to check when a write to it does nothing.
+    Explain(explain::ExplainArgs),
     /// Boot a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and devices; report
     /// how it ended.
     Run(run::RunArgs),
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Bind(args) => host::bind(args),
         Command::Unbind(args) => host::unbind(args),
         Command::Check(args) => host::check(args),
+        Command::Explain(args) => explain::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -234,7 +234,7 @@ fn unknown_bar(dev: &LspciDevice, option: &'static str, bar: u8) -> PlanCmdError
     }
 }
 
-fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError> {
+pub(crate) fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError> {
     match input {
         Some(path) if path.as_os_str() != "-" => {
             std::fs::read_to_string(path).map_err(|source| PlanCmdError::Read {
@@ -260,7 +260,7 @@ fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError> {
     }
 }
 
-fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
+pub(crate) fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
     if let Some(bdf) = bdf {
         return lspci::find_device(text, bdf).map_err(PlanCmdError::Lspci);
     }
