@@ -12,6 +12,7 @@ mod guest_loader;
 mod host;
 mod pci;
 mod plan;
+mod recipes;
 mod report;
 mod run;
 mod serial;
@@ -35,9 +36,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Show a device's trap/map plan from its `lspci -vv` output (no hardware, no KVM).
     Plan(plan::PlanArgs),
-    /// Move a host PCI device from its driver to `vfio-pci`.
+    /// Move a host PCI device from its driver to `vfio-pci` (KVM) or `xen-pciback` (Xen).
     Bind(host::BindArgs),
-    /// Give a device bound to `vfio-pci` back to the driver it had.
+    /// Give a device bound to `vfio-pci` or `pciback` back to the driver it had.
     Unbind(host::UnbindArgs),
     /// Say whether a host device can be passed through, and if not, why and what to do.
     Check(host::CheckArgs),

@@ -60,6 +60,9 @@ pub struct PlanArgs {
     /// kernels before 4.16, or no interrupt remapping).
     #[arg(long)]
     pub no_msix_mappable: bool,
+    /// Also print the lines to paste into QEMU, cloud-hypervisor and Xen for this device.
+    #[arg(long)]
+    pub print_cmdline: bool,
 }
 
 /// Why `refvmm plan` cannot show a plan.
@@ -311,6 +314,11 @@ pub fn run(args: PlanArgs) -> CmdResult {
     println!();
     println!("Summary:");
     print!("{}", view::render_summary(&plan));
+    if args.print_cmdline {
+        println!();
+        println!("To pass it through:");
+        print!("{}", crate::recipes::cmdline_lines(&bdf.to_string()));
+    }
     Ok(())
 }
 
