@@ -40,7 +40,7 @@ pub struct ExplainArgs {
     #[arg(value_name = "FILE|BDF")]
     pub target: String,
     /// The register: REGION+OFFSET (bar0+0x1018, config+0x4, rom+0x0) or a name, optionally
-    /// with its decoder (nvme:SQ3TDBL, SQ3TDBL, COMMAND, msix:MSIX[3].CTRL).
+    /// with its decoder (`nvme:SQ3TDBL`, `SQ3TDBL`, `COMMAND`, `msix:MSIX[3].CTRL`).
     #[arg(value_name = "REGISTER")]
     pub register: String,
     /// The device to explain, when the lspci input holds several.
