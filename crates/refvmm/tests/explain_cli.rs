@@ -247,3 +247,25 @@ fn live_unknown_device() {
     assert!(!r.ok);
     assert!(r.stderr.contains("no PCI device at"), "{}", r.stderr);
 }
+
+#[test]
+fn lspci_without_hex_uses_its_msix_and_pm_lines() {
+    // plan_intel_82574l.lspci has no `-xxx` dump: MSI-X comes from `Vector table:`/`PBA:`, the
+    // power state from the PM capability's `Status: D0` line.
+    let r = explain(&["tests/data/plan_intel_82574l.lspci", "msix:MSIX[2].CTRL"]);
+    assert!(r.ok, "{}", r.stderr);
+    let out = &r.stdout;
+    assert!(
+        out.contains("Register bar3+0x2c (4 bytes): MSIX[2].CTRL"),
+        "{out}"
+    );
+    assert!(out.contains("TRAPPED (MSI-X table (emulated))"), "{out}");
+    assert!(
+        out.contains("[ok] power state D0 (PM capability at 0xc8)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[ok] MSI-X enabled, function not masked (capability at 0xa0)"),
+        "{out}"
+    );
+}
