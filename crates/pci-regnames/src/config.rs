@@ -17,6 +17,9 @@ use crate::registry::RegisterDecoder;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConfigDecoder;
 
+/// Length of the predefined header.
+const HEADER_LEN: u64 = 0x40;
+
 /// One register of a table: offset, size, name, description, formatter.
 type Row = (u16, u8, &'static str, &'static str, Option<ValueFormatter>);
 
@@ -327,11 +330,10 @@ fn row_field(row: &Row, base: u16, name: String, description: String) -> Field {
     f
 }
 
-/// Every named field of configuration space, header first then capabilities in chain order.
-fn all_fields(device: &DeviceFacts) -> Vec<Field> {
+/// The named fields of the predefined header (the first 64 bytes).
+fn header_fields(device: &DeviceFacts) -> Vec<Field> {
     let (rows, assumption) = header_rows(device);
-    let mut fields: Vec<Field> = rows
-        .iter()
+    rows.iter()
         .map(|r| {
             let f = row_field(r, 0, r.2.to_string(), r.3.to_string());
             match &assumption {
@@ -339,49 +341,61 @@ fn all_fields(device: &DeviceFacts) -> Vec<Field> {
                 None => f,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The named fields of one capability, from its header to its end.
+fn cap_fields(device: &DeviceFacts, cap: &Capability) -> Vec<Field> {
+    let mut fields = Vec::new();
+    let p = prefix(cap.id);
+    let what = format!(
+        "{} capability at {:#x}",
+        cap.id.name().unwrap_or("unknown"),
+        cap.offset
+    );
+    let header = if cap.id.is_extended() {
+        vec![(0x00u16, 4u8, "HEADER", "Extended Capability Header", None)]
+    } else {
+        vec![
+            (0x00, 1, "CAP_ID", "Capability ID", None),
+            (0x01, 1, "NEXT", "Next Capability Pointer", None),
+        ]
+    };
+    let mut named_end = 0u16;
+    for r in header.iter().chain(cap_rows(device, cap).iter()) {
+        if r.0 + r.1 as u16 > cap.len {
+            continue;
+        }
+        named_end = named_end.max(r.0 + r.1 as u16);
+        fields.push(row_field(
+            r,
+            cap.offset,
+            format!("{p}.{}", r.2),
+            format!("{what}: {}", r.3),
+        ));
+    }
+    // The rest of a capability this crate has no table for: name it by its offset, so a trace
+    // still says whose register it is.
+    let mut at = named_end;
+    while at < cap.len {
+        let size = (4 - at % 4).min(cap.len - at) as u8;
+        let r: Row = (at, size, "", "", None);
+        fields.push(row_field(
+            &r,
+            cap.offset,
+            format!("{p}+{at:#x}"),
+            format!("{what}, byte {at:#x}"),
+        ));
+        at += size as u16;
+    }
+    fields
+}
+
+/// Every named field of configuration space, header first then capabilities in chain order.
+fn all_fields(device: &DeviceFacts) -> Vec<Field> {
+    let mut fields = header_fields(device);
     for cap in device.capabilities() {
-        let p = prefix(cap.id);
-        let what = format!(
-            "{} capability at {:#x}",
-            cap.id.name().unwrap_or("unknown"),
-            cap.offset
-        );
-        let header = if cap.id.is_extended() {
-            vec![(0x00u16, 4u8, "HEADER", "Extended Capability Header", None)]
-        } else {
-            vec![
-                (0x00, 1, "CAP_ID", "Capability ID", None),
-                (0x01, 1, "NEXT", "Next Capability Pointer", None),
-            ]
-        };
-        let mut named_end = 0u16;
-        for r in header.iter().chain(cap_rows(device, cap).iter()) {
-            if r.0 + r.1 as u16 > cap.len {
-                continue;
-            }
-            named_end = named_end.max(r.0 + r.1 as u16);
-            fields.push(row_field(
-                r,
-                cap.offset,
-                format!("{p}.{}", r.2),
-                format!("{what}: {}", r.3),
-            ));
-        }
-        // The rest of a capability this crate has no table for: name it by its offset, so
-        // a trace still says whose register it is.
-        let mut at = named_end;
-        while at < cap.len {
-            let size = (4 - at % 4).min(cap.len - at) as u8;
-            let r: Row = (at, size, "", "", None);
-            fields.push(row_field(
-                &r,
-                cap.offset,
-                format!("{p}+{at:#x}"),
-                format!("{what}, byte {at:#x}"),
-            ));
-            at += size as u16;
-        }
+        fields.extend(cap_fields(device, cap));
     }
     fields
 }
@@ -399,9 +413,17 @@ impl RegisterDecoder for ConfigDecoder {
         if at.region != Region::Config {
             return None;
         }
-        all_fields(device)
-            .into_iter()
-            .find(|f| f.contains(at.offset))
+        // Only the table holding the offset is built: the trace names every access.
+        let fields = if at.offset < HEADER_LEN {
+            header_fields(device)
+        } else {
+            let cap = device
+                .capabilities()
+                .iter()
+                .find(|c| c.contains(u16::try_from(at.offset).unwrap_or(u16::MAX)))?;
+            cap_fields(device, cap)
+        };
+        fields.into_iter().find(|f| f.contains(at.offset))
     }
 
     fn field_named(&self, device: &DeviceFacts, name: &str) -> Option<Field> {
