@@ -28,6 +28,7 @@ use iommufd_bindings::{
     iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE,
 };
 use iommufd_ioctls::{IommuFd, IommufdError, IommufdIoas};
+#[cfg(feature = "vfio-cdev")]
 use vfio_ioctls::VfioIommufd;
 
 use crate::devnode::{IOMMUFD_PATH, open_rw};
@@ -95,7 +96,8 @@ impl IommufdMapper {
         Self::with_ioas(iommufd, Arc::new(ioas))
     }
 
-    /// Wrap the IOAS that a `VfioIommufd` binds its devices to.
+    /// Wrap the IOAS that a `VfioIommufd` binds its devices to (feature `vfio-cdev`).
+    #[cfg(feature = "vfio-cdev")]
     pub fn from_vfio(vfio: &VfioIommufd) -> Result<Self, DmaError> {
         Self::with_ioas(Arc::clone(vfio.iommufd()), Arc::clone(vfio.ioas()))
     }

@@ -7,9 +7,9 @@
 //! under RCU: updates are safe while vCPUs run and while irqfds fire. A failed update leaves both
 //! the kernel's table and ours unchanged.
 //!
-//! A passthrough device gets one GSI per MSI/MSI-X vector ([`Interrupts::allocate_gsi`]), points
-//! it at the vector's message ([`Interrupts::set_msi_route`]) whenever the guest programs the
-//! vector, and binds the VFIO interrupt eventfd to it with [`Interrupts::register_irqfd`]: from
+//! A passthrough device gets one GSI per MSI/MSI-X vector, routed to the vector's message in the
+//! same step ([`Interrupts::add_msi_route`]), moves the route ([`Interrupts::set_msi_route`])
+//! whenever the guest reprograms the vector, and binds the VFIO interrupt eventfd to it with [`Interrupts::register_irqfd`]: from
 //! then on, device interrupts reach the guest without passing through userspace. Level-triggered
 //! INTx uses [`Interrupts::register_irqfd_with_resample`]: KVM de-asserts the line when the guest
 //! EOIs and signals the resample fd, which the VMM uses to unmask INTx at the device.
@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
 
-/// First GSI [`Interrupts::allocate_gsi`] hands out: 0-23 belong to the PIC/IOAPIC pins.
+/// First GSI [`Interrupts::add_msi_route`] hands out: 0-23 belong to the PIC/IOAPIC pins.
 pub const FIRST_MSI_GSI: u32 = 24;
 
 /// An MSI message: what a device writes, and where, to raise an interrupt.
@@ -105,13 +105,16 @@ impl Interrupts {
         self.update(gsi, None)
     }
 
-    /// The lowest unrouted GSI from [`FIRST_MSI_GSI`] up. It stays free until routed, so route it
-    /// before allocating the next one.
-    pub fn allocate_gsi(&self) -> Result<u32> {
-        let table = self.lock();
-        (FIRST_MSI_GSI..self.max_gsi)
+    /// Routes the lowest unrouted GSI from [`FIRST_MSI_GSI`] up to `msg` and returns it, in one
+    /// step under the table's lock: two devices programming vectors at once never get the same
+    /// GSI (a free GSI handed out before it is routed could be handed out twice).
+    pub fn add_msi_route(&self, msg: MsiMessage) -> Result<u32> {
+        let mut table = self.lock();
+        let gsi = (FIRST_MSI_GSI..self.max_gsi)
             .find(|g| !table.contains_key(g))
-            .ok_or(Error::GsiExhausted { max: self.max_gsi })
+            .ok_or(Error::GsiExhausted { max: self.max_gsi })?;
+        self.update_locked(&mut table, gsi, Some(Route::Msi(msg)))?;
+        Ok(gsi)
     }
 
     /// The current table, by GSI.
@@ -204,7 +207,16 @@ impl Interrupts {
     /// Applies one change: builds the whole new table, sends it, and keeps it only on success.
     fn update(&self, gsi: u32, route: Option<Route>) -> Result<()> {
         self.check_gsi(gsi)?;
-        let mut table = self.lock();
+        self.update_locked(&mut self.lock(), gsi, route)
+    }
+
+    /// [`update`](Self::update) with the table already locked.
+    fn update_locked(
+        &self,
+        table: &mut BTreeMap<u32, Route>,
+        gsi: u32,
+        route: Option<Route>,
+    ) -> Result<()> {
         let mut next = table.clone();
         match route {
             Some(r) => next.insert(gsi, r),

@@ -374,9 +374,8 @@ fn msi_reaches_a_guest_through_a_route_and_irqfd_and_through_signal_msi() {
     let irq = vm.interrupts().unwrap();
 
     // MSI route + irqfd: the path a VFIO MSI-X vector takes.
-    let gsi = irq.allocate_gsi().unwrap();
+    let gsi = irq.add_msi_route(MsiMessage::x86(0, 0x40)).unwrap();
     assert!(gsi >= kvm_runloop::FIRST_MSI_GSI);
-    irq.set_msi_route(gsi, MsiMessage::x86(0, 0x40)).unwrap();
     let vector_fd = EventFd::new(EFD_NONBLOCK).unwrap();
     irq.register_irqfd(&vector_fd, gsi).unwrap();
     vector_fd.write(1).unwrap();
@@ -456,14 +455,60 @@ fn routes_without_an_irqchip_are_refused_with_the_fix() {
 fn gsi_routing_keeps_the_legacy_table_and_checks_bounds() {
     let Some(vm) = vm(true) else { return };
     let irq = vm.interrupts().unwrap();
-    let a = irq.allocate_gsi().unwrap();
-    irq.set_msi_route(a, MsiMessage::x86(0, 0x41)).unwrap();
-    let b = irq.allocate_gsi().unwrap();
+    let a = irq.add_msi_route(MsiMessage::x86(0, 0x41)).unwrap();
+    let b = irq.add_msi_route(MsiMessage::x86(0, 0x42)).unwrap();
     assert_eq!(b, a + 1);
     let routes = irq.routes();
-    assert_eq!(routes.len(), 25, "24 legacy lines plus one MSI");
+    assert_eq!(routes.len(), 26, "24 legacy lines plus two MSIs");
     assert!(matches!(
         irq.set_msi_route(1 << 20, MsiMessage::default()),
         Err(Error::GsiOutOfRange { .. })
     ));
+}
+
+/// Issue 12 item 2: two devices programming MSI-X vectors at once, each through its own router
+/// on one VM, must never end on the same GSI (the NIC's interrupts would arrive as the NVMe's,
+/// and freeing one would remove the other's route). Allocation and routing are one step.
+#[test]
+fn concurrent_msi_routes_never_share_a_gsi() {
+    let Some(vm) = vm(true).map(Arc::new) else {
+        return;
+    };
+    const ROUTES_PER_DEVICE: u8 = 100;
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let devices: Vec<_> = [0x40u8, 0x80]
+        .into_iter()
+        .map(|first_vector| {
+            let (vm, start) = (vm.clone(), start.clone());
+            thread::spawn(move || {
+                let irq = vm.interrupts().unwrap();
+                start.wait();
+                (0..ROUTES_PER_DEVICE)
+                    .map(|i| {
+                        let msg = MsiMessage::x86(0, first_vector + i);
+                        (irq.add_msi_route(msg).unwrap(), msg)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let routed: Vec<(u32, MsiMessage)> = devices
+        .into_iter()
+        .flat_map(|d| d.join().unwrap())
+        .collect();
+    let mut gsis: Vec<u32> = routed.iter().map(|(g, _)| *g).collect();
+    gsis.sort_unstable();
+    let shared: Vec<u32> = gsis
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    assert!(shared.is_empty(), "GSIs given to two vectors: {shared:?}");
+    let table = vm.interrupts().unwrap().routes();
+    for (gsi, msg) in routed {
+        assert!(
+            table.contains(&(gsi, kvm_runloop::Route::Msi(msg))),
+            "GSI {gsi} does not route to {msg:?}"
+        );
+    }
 }

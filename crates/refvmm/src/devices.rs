@@ -19,9 +19,10 @@ use kvm_runloop::Vm;
 use pci_config::{Bdf, PciFunction};
 use trap_map::{PageSize, Policy};
 use vfio_pci::host::{HostPaths, IommuBackendChoice, PciAddress};
+use vfio_pci::ports::{KvmPorts, MsiWindow};
 use vfio_pci::{
-    AttachContext, DeviceBackend, DmaSetup, InterruptRouting, PassthroughDevice,
-    PassthroughOptions, ReservedRange, VfioBackend, VfioDeviceFd,
+    AttachContext, DeviceBackend, DmaSetup, PassthroughDevice, PassthroughOptions, ReservedRange,
+    VfioBackend, VfioDeviceFd,
 };
 
 use crate::pci::{AssignedBar, BarAllocator, PciBus};
@@ -258,14 +259,11 @@ fn passthrough<B: DeviceBackend + 'static>(
     reserved: &[ReservedRange],
     knobs: &PassthroughKnobs,
 ) -> Result<Arc<Mutex<PassthroughDevice>>, AttachError> {
-    let routing: Arc<dyn InterruptRouting> = vm.clone();
     let ctx = AttachContext {
-        bus: vm.bus().clone(),
-        slots: vm.slots().clone(),
-        interrupts: Some(routing),
         dma: DmaSetup::GuestMemory(vm.memory().clone()),
         intx_gsi: Some(16 + u32::from(bdf.device % 4)),
         reserved: reserved.to_vec(),
+        ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
     };
     let options = PassthroughOptions {
         page_size: knobs.page_size,

@@ -4,17 +4,19 @@
 mod backend;
 mod device;
 pub mod host;
-mod routing;
+pub mod ports;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod vfio_backend;
 
 pub use backend::{BackendError, DeviceBackend, MmapSource};
 pub use device::{
-    AttachContext, AttachError, DEFAULT_HIDDEN_EXTENDED, DmaSetup, MmapError, MsixVectorState,
-    PassthroughDevice, PassthroughOptions, ReservedRange, host_page_size,
+    AttachContext, AttachError, BarAccessError, DEFAULT_HIDDEN_EXTENDED, DmaSetup, MmapError,
+    MsixVectorState, PassthroughDevice, PassthroughOptions, ReservedRange, TrapCounts,
+    host_page_size,
 };
-pub use routing::InterruptRouting;
-pub use vfio_backend::{VfioBackend, VfioBackendError, create_kvm_vfio_device};
+#[cfg(feature = "kvm")]
+pub use vfio_backend::create_kvm_vfio_device;
+pub use vfio_backend::{VfioBackend, VfioBackendError};
 /// The VM's KVM VFIO device handle that [`VfioBackend::open_with`] takes.
 pub use vfio_ioctls::VfioDeviceFd;

@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use iommu_dma::{DmaError, DmaMapper};
+#[cfg(feature = "kvm")]
 use kvm_runloop::reexports::kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+#[cfg(feature = "kvm")]
 use kvm_runloop::reexports::kvm_ioctls::VmFd;
 use thiserror::Error;
 use vfio_bindings::bindings::vfio::{
@@ -110,7 +112,8 @@ impl std::fmt::Debug for VfioBackend {
 /// [`VfioBackend::open_with`] of that VM: VFIO adds each group (or device cdev) to it as it is
 /// opened, so KVM knows the VM has assigned devices and honours the guest's cache attributes
 /// where DMA is not coherent (QEMU does the same with `vfio_kvm_device_add_group`). Create one
-/// per VM and share it: mainline KVM refuses a second one.
+/// per VM and share it: mainline KVM refuses a second one. (Feature `kvm`.)
+#[cfg(feature = "kvm")]
 pub fn create_kvm_vfio_device(vm: &VmFd) -> Result<Arc<VfioDeviceFd>, VfioBackendError> {
     let mut request = kvm_create_device {
         type_: kvm_device_type_KVM_DEV_TYPE_VFIO,

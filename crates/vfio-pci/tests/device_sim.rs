@@ -8,6 +8,7 @@ use iommu_dma::DmaMapper;
 use kvm_runloop::{MsiMessage, Route, Vm, VmConfig};
 use pci_config::{CapId, ExtCapabilityId, PciFunction, capability};
 use vfio_pci::host::IrqKind;
+use vfio_pci::ports::{KvmPorts, MsiWindow};
 use vfio_pci::sim::{Fired, SimBackend};
 use vfio_pci::{AttachContext, DmaSetup, PassthroughDevice, PassthroughOptions, ReservedRange};
 
@@ -39,12 +40,10 @@ fn attach_with(
     PassthroughDevice::attach(
         sim.clone(),
         AttachContext {
-            bus: vm.bus().clone(),
-            slots: vm.slots().clone(),
-            interrupts: Some(vm.clone()),
             dma: DmaSetup::GuestMemory(vm.memory().clone()),
             intx_gsi: Some(INTX_GSI),
             reserved: Vec::new(),
+            ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
         },
         options,
     )
@@ -265,7 +264,7 @@ fn bars_follow_the_guest() {
     assert!(vm.bus().mmio_read(BAR_BASE + 0x40, &mut r));
     assert_eq!(u32::from_le_bytes(r), 7);
     let counters = d.exit_counters();
-    let page0 = counters.iter().find(|c| c.base == BAR_BASE).unwrap();
+    let page0 = counters.iter().find(|c| c.at.raw() == BAR_BASE).unwrap();
     assert_eq!((page0.reads, page0.writes), (1, 1));
 
     // Move with decode on: slots follow, same host memory (mmaps are not redone).
@@ -283,7 +282,7 @@ fn bars_follow_the_guest() {
     assert_eq!(
         d.exit_counters()
             .iter()
-            .find(|c| c.base == new)
+            .find(|c| c.at.raw() == new)
             .unwrap()
             .writes,
         1
@@ -336,12 +335,10 @@ fn bars_stay_clear_of_the_vmms_reserved_windows() {
     let mut nvme = PassthroughDevice::attach(
         sim.clone(),
         AttachContext {
-            bus: vm.bus().clone(),
-            slots: vm.slots().clone(),
-            interrupts: Some(vm.clone()),
             dma: DmaSetup::None,
             intx_gsi: None,
             reserved: vec![ecam],
+            ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
         },
         PassthroughOptions::default(),
     )
@@ -764,12 +761,11 @@ fn no_interrupt_routing_leaves_everything_unwired_but_works() {
     let mut d = PassthroughDevice::attach(
         sim.clone(),
         AttachContext {
-            bus: vm.bus().clone(),
-            slots: vm.slots().clone(),
             interrupts: None,
             dma: DmaSetup::None,
             intx_gsi: Some(INTX_GSI),
             reserved: Vec::new(),
+            ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
         },
         PassthroughOptions::default(),
     )
@@ -884,5 +880,53 @@ fn msi_vector_count_changes_while_enabled() {
         sim.enabled_vectors(IrqKind::Intx),
         0,
         "detach leaves nothing enabled"
+    );
+}
+
+/// Issue 12 item 2 on KVM: two devices, each with its own `KvmPorts` (two routers on one VM),
+/// programmed by two threads at once, never end on the same GSI. With the former two-step
+/// `allocate_gsi` then `set_msi_route`, both could get the lowest free GSI.
+#[test]
+fn two_routers_on_one_vm_never_share_a_gsi() {
+    let Some(vm) = vm() else { return };
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = [0xc000_0000u64, 0xd000_0000]
+        .into_iter()
+        .map(|base| {
+            let (vm, start) = (vm.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut d = attach(&vm, &nvme());
+                w32(&mut d, 0x10, base as u32);
+                w32(&mut d, 0x14, 0);
+                memory_on(&mut d);
+                let cap = d.config().model().msix().unwrap().offset;
+                w16(&mut d, cap + 2, 0x8000);
+                start.wait();
+                for round in 0..5u32 {
+                    for v in 0..16 {
+                        program_vector(&vm, base + 0x2000, v, 0xfee0_0000, 0x40 + round, false);
+                    }
+                    w16(&mut d, cap + 2, 0);
+                    w16(&mut d, cap + 2, 0x8000);
+                }
+                for v in 0..16 {
+                    program_vector(&vm, base + 0x2000, v, 0xfee0_0000, 0x60 + v as u32, false);
+                }
+                let gsis: Vec<u32> = (0..16)
+                    .map(|v| d.msix_vector(v).unwrap().gsi.expect("routed"))
+                    .collect();
+                (d, gsis)
+            })
+        })
+        .collect();
+    let results: Vec<(PassthroughDevice, Vec<u32>)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<u32> = results.iter().flat_map(|(_, g)| g.clone()).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        32,
+        "GSIs shared between the two devices' vectors"
     );
 }

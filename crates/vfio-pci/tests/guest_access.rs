@@ -8,6 +8,7 @@ use std::sync::Arc;
 use kvm_runloop::asm::{Asm, Reg, Width};
 use kvm_runloop::{CpuMode, ExitKind, GuestEntry, Privilege, VcpuStop, Vm, VmConfig};
 use pci_config::PciFunction;
+use vfio_pci::ports::{KvmPorts, MsiWindow};
 use vfio_pci::sim::SimBackend;
 use vfio_pci::{AttachContext, DmaSetup, PassthroughDevice, PassthroughOptions};
 
@@ -24,12 +25,11 @@ fn mapped_stores_do_not_exit_and_trapped_ones_do() {
     let mut nvme = PassthroughDevice::attach(
         sim.clone(),
         AttachContext {
-            bus: vm.bus().clone(),
-            slots: vm.slots().clone(),
             interrupts: None,
             dma: DmaSetup::GuestMemory(vm.memory().clone()),
             intx_gsi: None,
             reserved: Vec::new(),
+            ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
         },
         PassthroughOptions::default(),
     )
@@ -87,7 +87,7 @@ fn mapped_stores_do_not_exit_and_trapped_ones_do() {
     let page0 = nvme
         .exit_counters()
         .into_iter()
-        .find(|c| c.base == BAR)
+        .find(|c| c.at.raw() == BAR)
         .unwrap();
     assert_eq!((page0.reads, page0.writes), (1, 1));
 }

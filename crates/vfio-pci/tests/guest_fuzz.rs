@@ -10,6 +10,7 @@ use iommu_dma::DmaMapper;
 use kvm_runloop::{Route, Vm, VmConfig};
 use pci_config::PciFunction;
 use proptest::prelude::*;
+use vfio_pci::ports::{KvmPorts, MsiWindow};
 use vfio_pci::sim::SimBackend;
 use vfio_pci::{AttachContext, DmaSetup, PassthroughDevice, PassthroughOptions};
 
@@ -117,12 +118,10 @@ proptest! {
         let mut d = PassthroughDevice::attach(
             sim.clone(),
             AttachContext {
-                bus: vm.bus().clone(),
-                slots: vm.slots().clone(),
-                interrupts: Some(vm.clone()),
                 dma: DmaSetup::GuestMemory(vm.memory().clone()),
                 intx_gsi: Some(10),
                 reserved: Vec::new(),
+                ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
             },
             PassthroughOptions::default(),
         ).unwrap();

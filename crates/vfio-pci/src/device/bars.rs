@@ -1,6 +1,7 @@
-//! BARs in the guest: the mapped segments of the trap-map plan as KVM memory slots over mmaps
-//! of the host regions (made once, at attach), the trapped segments as named MMIO/PIO ranges on
-//! the [`DeviceBus`], following the guest's BAR addresses and decode bits.
+//! BARs in the guest: the mapped segments of the trap-map plan are mmaps of the host regions
+//! (made once, at attach) that the VMM's [`BarMappingPort`] places in guest-physical space; the
+//! trapped segments are handlers the VMM's [`TrapPort`] dispatches to; both follow the guest's
+//! BAR addresses and decode bits.
 //!
 //! A BAR is placed all or nothing: if any slot or range is refused (over guest RAM, over
 //! another BAR or device, past the address space), everything added for it is removed again,
@@ -8,22 +9,28 @@
 //! RAM or nothing there, never a device page mapped over RAM.
 
 use std::fs::File;
-use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use kvm_runloop::reexports::vm_device::bus::{
-    MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset,
-};
-use kvm_runloop::{
-    DeviceBus, DeviceError, FallibleMmio, FalliblePio, MemoryAccess, MemorySlots, SlotId,
-};
-use log::warn;
+use log::{debug, warn};
 use trap_map::{BarKind, BarPlan, MsixPlacement, SegmentKind, TrapHandling, TrapReason};
-use vm_memory::{FileOffset, MmapRegion};
+use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset};
+use vm_device::{DeviceMmio, DevicePio};
+use vm_memory::{FileOffset, GuestAddress, MmapRegion, VolatileMemory};
 
 use super::ReservedRange;
 use super::interrupts::IrqState;
-use crate::backend::DeviceBackend;
+use crate::backend::{BackendError, DeviceBackend};
+use crate::ports::{
+    BarMappingPort, BarRange, BarRangeKind, HostMapping, ROM_INDEX, TrapAddress, TrapHandler,
+    TrapPort,
+};
+
+/// The VMM's ports a BAR placement goes through.
+pub(crate) struct BarPorts {
+    pub memory: Arc<dyn BarMappingPort>,
+    pub traps: Arc<dyn TrapPort>,
+}
 
 /// What trapped accesses need: the backend, the MSI-X emulation and where it sits.
 pub(crate) struct Shared {
@@ -39,21 +46,31 @@ impl Shared {
     }
 }
 
-/// Handles the guest's accesses to one trapped segment.
-pub(crate) struct TrapHandler {
+/// Accesses to one trapped range, counted by the range (the device's exit counters).
+#[derive(Debug, Default)]
+pub(crate) struct TrapCounters {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Handles the guest's accesses to one trapped segment; handed to the VMM's [`TrapPort`] as
+/// a vm-device [`DeviceMmio`] or [`DevicePio`].
+pub(crate) struct BarTrap {
     shared: Arc<Shared>,
+    /// Which range this is (for messages).
+    range: BarRange,
     /// VFIO region index (the BAR, or 6 for the ROM).
     region: u32,
-    /// Offset of the segment in the BAR.
-    seg_offset: u64,
     handling: TrapHandling,
     /// The expansion ROM: read-only, and read from the host once, at the guest's first read
     /// (as QEMU's `vfio_pci_load_rom`): every VFIO ROM read makes the host kernel map and unmap
     /// the ROM BAR, and firmware reads a ROM a few bytes at a time. `None` when unreadable.
     rom: Option<OnceLock<Option<Box<[u8]>>>>,
+    pub counters: TrapCounters,
 }
 
-impl TrapHandler {
+impl BarTrap {
     /// The ROM's bytes (loaded on first use), `None` when the host could not read it.
     fn rom_bytes(&self) -> Option<&[u8]> {
         self.rom
@@ -75,8 +92,28 @@ impl TrapHandler {
             .as_deref()
     }
 
-    fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        let at = self.seg_offset + offset;
+    /// A read at `offset` in the range, counted.
+    pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), BackendError> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let result = self.read_uncounted(offset, data);
+        if result.is_err() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// A write at `offset` in the range, counted.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let result = self.write_uncounted(offset, data);
+        if result.is_err() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn read_uncounted(&self, offset: u64, data: &mut [u8]) -> Result<(), BackendError> {
+        let at = self.range.offset + offset;
         match self.handling {
             TrapHandling::Device => match &self.rom {
                 Some(_) => {
@@ -112,8 +149,8 @@ impl TrapHandler {
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        let at = self.seg_offset + offset;
+    fn write_uncounted(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let at = self.range.offset + offset;
         match self.handling {
             TrapHandling::Device if self.rom.is_none() => {
                 self.shared.backend.region_write(self.region, at, data)?
@@ -139,86 +176,71 @@ impl TrapHandler {
         }
         Ok(())
     }
-}
 
-impl FallibleMmio for TrapHandler {
-    fn try_mmio_read(
-        &self,
-        _base: MmioAddress,
-        offset: MmioAddressOffset,
-        data: &mut [u8],
-    ) -> Result<(), DeviceError> {
-        self.read(offset, data)
-    }
-
-    fn try_mmio_write(
-        &self,
-        _base: MmioAddress,
-        offset: MmioAddressOffset,
-        data: &[u8],
-    ) -> Result<(), DeviceError> {
-        self.write(offset, data)
-    }
-}
-
-impl FalliblePio for TrapHandler {
-    fn try_pio_read(
-        &self,
-        _base: PioAddress,
-        offset: PioAddressOffset,
-        data: &mut [u8],
-    ) -> Result<(), DeviceError> {
-        self.read(u64::from(offset), data)
-    }
-
-    fn try_pio_write(
-        &self,
-        _base: PioAddress,
-        offset: PioAddressOffset,
-        data: &[u8],
-    ) -> Result<(), DeviceError> {
-        self.write(u64::from(offset), data)
-    }
-}
-
-/// A mapped segment: its mmap (kept for the device's lifetime) and its slot while placed.
-pub(crate) struct MappedSegment {
-    pub offset: u64,
-    pub len: u64,
-    /// Unmapped in `Drop`, and only when no KVM slot still points at it.
-    mmap: ManuallyDrop<MmapRegion>,
-    /// The KVM slot over the mmap, while placed (or while KVM refused to delete it).
-    pub slot: Option<SlotId>,
-    pub name: String,
-}
-
-impl Drop for MappedSegment {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            // KVM refused to delete the slot (`BarState::remove` logged why), so the guest may
-            // still reach these pages: munmapping them would let a later mmap of the VMM's
-            // land where the guest writes. Leak the mapping instead.
-            warn!(
-                "{}: KVM slot {slot} is still in place; leaking its mmap rather than \
-                 unmapping memory the guest can reach",
-                self.name
-            );
-            return;
+    /// A guest access through the VMM's bus: a failed read gives all-ones (what a guest sees
+    /// from a function that fell off the bus). Only the range's first failure is a warning,
+    /// the others are counted (a guest can make every access fail, and must not flood the log).
+    fn guest_read(&self, offset: u64, data: &mut [u8]) {
+        if let Err(e) = self.read(offset, data) {
+            data.fill(0xff);
+            self.log_failure(&e);
         }
-        // SAFETY: `mmap` is dropped exactly once, here, and no KVM slot points at it any more
-        // (`slot` is cleared only after `MemorySlots::remove` succeeded).
-        unsafe { ManuallyDrop::drop(&mut self.mmap) }
+    }
+
+    fn guest_write(&self, offset: u64, data: &[u8]) {
+        if let Err(e) = self.write(offset, data) {
+            self.log_failure(&e);
+        }
+    }
+
+    fn log_failure(&self, e: &BackendError) {
+        if self.counters.errors.load(Ordering::Relaxed) == 1 {
+            warn!(
+                "{}: {e} (further failures of this range are counted, not logged)",
+                self.range
+            );
+        } else {
+            debug!("{}: {e}", self.range);
+        }
     }
 }
 
-/// A trapped segment and its bus registration while placed.
+impl DeviceMmio for BarTrap {
+    fn mmio_read(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+        self.guest_read(offset, data)
+    }
+
+    fn mmio_write(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
+        self.guest_write(offset, data)
+    }
+}
+
+impl DevicePio for BarTrap {
+    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        self.guest_read(u64::from(offset), data)
+    }
+
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        self.guest_write(u64::from(offset), data)
+    }
+}
+
+/// A mapped segment: its mmap (kept for the device's lifetime; the VMM's port holds a clone
+/// while the guest can reach it) and where it is placed.
+pub(crate) struct MappedSegment {
+    pub range: BarRange,
+    pub mapping: Arc<HostMapping>,
+    /// The guest address it is placed at, while placed (or while the port refused to remove
+    /// it: then the guest may still reach it there).
+    pub placed: Option<u64>,
+}
+
+/// A trapped segment and its registration while placed.
 pub(crate) struct TrappedSegment {
-    pub offset: u64,
-    pub len: u64,
-    pub handler: Arc<TrapHandler>,
-    pub name: String,
-    /// The bus address it is registered at, while placed.
-    pub registered: Option<u64>,
+    pub range: BarRange,
+    pub handler: Arc<BarTrap>,
+    /// Where it is registered, while placed.
+    pub registered: Option<TrapAddress>,
 }
 
 /// One guest-visible BAR (or the ROM) and where it is placed.
@@ -256,6 +278,7 @@ impl BarState {
     /// for every trapped one.
     pub fn from_plan(shared: &Arc<Shared>, plan: &BarPlan) -> Result<Self, MmapError> {
         let name = &shared.name;
+        let device: Arc<str> = Arc::from(name.as_str());
         let bar = plan.index();
         let mut maps = Vec::new();
         let mut traps = Vec::new();
@@ -287,30 +310,50 @@ impl BarState {
                     )
                     .map_err(|e| err(e.to_string()))?;
                     maps.push(MappedSegment {
-                        offset: seg.offset,
-                        len: seg.len,
-                        mmap: ManuallyDrop::new(mmap),
-                        slot: None,
-                        name: format!("{name} BAR{bar} mmap +{:#x}", seg.offset),
+                        range: BarRange {
+                            device: device.clone(),
+                            bar,
+                            offset: seg.offset,
+                            len: seg.len,
+                            kind: BarRangeKind::Mapped,
+                            name: format!("{name} BAR{bar} mmap +{:#x}", seg.offset).into(),
+                        },
+                        mapping: Arc::new(HostMapping::new(mmap)),
+                        placed: None,
                     });
                 }
                 SegmentKind::Trap { reason } => {
-                    let label = match reason {
-                        TrapReason::MsixTable => "msix-table".to_string(),
-                        TrapReason::MsixPba => "msix-pba".to_string(),
-                        other => format!("+{:#x} ({})", seg.offset, other.description()),
+                    let (label, kind) = match reason {
+                        TrapReason::MsixTable => {
+                            ("msix-table".to_string(), BarRangeKind::MsixTable)
+                        }
+                        TrapReason::MsixPba => ("msix-pba".to_string(), BarRangeKind::MsixPba),
+                        other => (
+                            format!("+{:#x} ({})", seg.offset, other.description()),
+                            match other.handling() {
+                                TrapHandling::Unbacked => BarRangeKind::Padding,
+                                _ => BarRangeKind::Device,
+                            },
+                        ),
                     };
-                    traps.push(TrappedSegment {
+                    let range = BarRange {
+                        device: device.clone(),
+                        bar,
                         offset: seg.offset,
                         len: seg.len,
-                        handler: Arc::new(TrapHandler {
+                        kind,
+                        name: format!("{name} BAR{bar} {label}").into(),
+                    };
+                    traps.push(TrappedSegment {
+                        handler: Arc::new(BarTrap {
                             shared: shared.clone(),
+                            range: range.clone(),
                             region: u32::from(bar),
-                            seg_offset: seg.offset,
                             handling: reason.handling(),
                             rom: None,
+                            counters: TrapCounters::default(),
                         }),
-                        name: format!("{name} BAR{bar} {label}"),
+                        range,
                         registered: None,
                     });
                 }
@@ -331,22 +374,29 @@ impl BarState {
     /// The expansion ROM: one read-only trapped range served from a copy of region 6.
     pub fn rom(shared: &Arc<Shared>, size: u64) -> Self {
         let name = &shared.name;
+        let range = BarRange {
+            device: Arc::from(name.as_str()),
+            bar: ROM_INDEX,
+            offset: 0,
+            len: size,
+            kind: BarRangeKind::Rom,
+            name: format!("{name} ROM").into(),
+        };
         Self {
-            index: 6,
+            index: ROM_INDEX,
             kind: BarKind::Memory32,
             size,
             maps: Vec::new(),
             traps: vec![TrappedSegment {
-                offset: 0,
-                len: size,
-                handler: Arc::new(TrapHandler {
+                handler: Arc::new(BarTrap {
                     shared: shared.clone(),
-                    region: 6,
-                    seg_offset: 0,
+                    range: range.clone(),
+                    region: u32::from(ROM_INDEX),
                     handling: TrapHandling::Device,
                     rom: Some(OnceLock::new()),
+                    counters: TrapCounters::default(),
                 }),
-                name: format!("{name} ROM"),
+                range,
                 registered: None,
             }],
             placed: None,
@@ -364,29 +414,28 @@ impl BarState {
         }
     }
 
-    /// Makes the BAR appear at `desired` (or nowhere). Moves keep the slots and ranges (and
-    /// their counters); a refused placement leaves the BAR unmapped.
+    /// Makes the BAR appear at `desired` (or nowhere). Moves keep the mappings and handlers
+    /// (and their counters); a refused placement leaves the BAR unmapped.
     pub fn place(
         &mut self,
         device: &str,
         desired: Option<u64>,
-        slots: &MemorySlots,
-        bus: &DeviceBus,
+        ports: &BarPorts,
         reserved: &[ReservedRange],
     ) {
         if self.placed == desired {
             return;
         }
         let Some(new) = desired else {
-            self.remove(slots, bus);
+            self.remove(ports);
             return;
         };
         let result = if let Err(why) = self.check_clear_of_reserved(new, reserved) {
             Err(why)
         } else if self.placed.is_some() {
-            self.try_move(new, slots, bus)
+            self.try_move(new, ports)
         } else {
-            self.try_add(new, slots, bus)
+            self.try_add(new, ports)
         };
         match result {
             Ok(()) => {
@@ -395,7 +444,7 @@ impl BarState {
             }
             Err(e) => {
                 // All or nothing: whatever was added or moved goes.
-                self.remove(slots, bus);
+                self.remove(ports);
                 self.refuse(device, new, e);
             }
         }
@@ -446,121 +495,154 @@ impl BarState {
         }
     }
 
-    /// Trapped ranges must not lie over memory slots (guest RAM, another device's mapped
-    /// pages): KVM serves the slot and the bus would never see the access, so the BAR would
-    /// look placed while the guest reaches RAM there. Mapped segments get the same check from
-    /// `MemorySlots` itself; this covers BARs (or parts) that are only trapped, and the ROM.
-    /// Runs on BAR placement only, never on a guest access.
-    fn check_traps_clear_of_memory(&self, base: u64, slots: &MemorySlots) -> Result<(), String> {
-        if self.kind == BarKind::Io || self.traps.is_empty() {
-            return Ok(());
+    /// Where a trapped range at `at` sits, in the BAR's space (`check_range` bounded an I/O
+    /// BAR below 64 KiB, so the port fits in 16 bits).
+    fn trap_address(&self, at: u64) -> TrapAddress {
+        match self.kind {
+            BarKind::Io => TrapAddress::Pio(at as u16),
+            _ => TrapAddress::Mmio(GuestAddress(at)),
         }
-        for r in slots.regions() {
-            if self.maps.iter().any(|m| m.slot == Some(r.slot)) {
-                continue;
-            }
-            let r_end = r.guest_addr.saturating_add(r.size);
-            for t in &self.traps {
-                // `check_range` bounded base + size, so these cannot overflow.
-                let (start, end) = (base + t.offset, base + t.offset + t.len);
-                if start < r_end && r.guest_addr < end {
-                    return Err(format!(
-                        "range \"{}\" [{start:#x}, {end:#x}) overlaps memory region \"{}\" \
-                         [{:#x}, {r_end:#x}) in slot {}",
-                        t.name, r.name, r.guest_addr, r.slot
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 
-    fn try_add(&mut self, base: u64, slots: &MemorySlots, bus: &DeviceBus) -> Result<(), String> {
+    fn try_add(&mut self, base: u64, ports: &BarPorts) -> Result<(), String> {
         self.check_range(base)?;
-        self.check_traps_clear_of_memory(base, slots)?;
         for m in &mut self.maps {
-            if let Some(stuck) = m.slot {
+            if let Some(stuck) = m.placed {
                 return Err(format!(
-                    "KVM slot {stuck} of {} could not be removed earlier",
-                    m.name
+                    "{} could not be removed from {stuck:#x} earlier",
+                    m.range
                 ));
             }
-            // SAFETY: `m.mmap` is a live MAP_SHARED mapping of `m.len` bytes, page aligned
-            // (trap-map plans whole host pages), and it outlives the slot: `MappedSegment`'s
-            // `Drop` only unmaps it once `slot` is cleared, which `remove` does only after KVM
-            // deleted the slot.
-            let slot = unsafe {
-                slots.add_host(
-                    &m.name,
-                    base + m.offset,
-                    m.len,
-                    m.mmap.as_ptr(),
-                    MemoryAccess::ReadWrite,
-                )
-            }
-            .map_err(|e| e.to_string())?;
-            m.slot = Some(slot);
-        }
-        for t in &mut self.traps {
-            let at = base + t.offset;
-            match self.kind {
-                BarKind::Io => {
-                    bus.register_fallible_pio(&t.name, at as u16, t.len as u16, t.handler.clone())
-                }
-                _ => bus.register_fallible_mmio(&t.name, at, t.len, t.handler.clone()),
-            }
-            .map_err(|e| e.to_string())?;
-            t.registered = Some(at);
-        }
-        Ok(())
-    }
-
-    /// Moves every slot and range to `new`. On an error some may have moved and others not:
-    /// the caller removes them all (each records where it is).
-    fn try_move(&mut self, new: u64, slots: &MemorySlots, bus: &DeviceBus) -> Result<(), String> {
-        self.check_range(new)?;
-        self.check_traps_clear_of_memory(new, slots)?;
-        for m in &self.maps {
-            let Some(slot) = m.slot else { continue };
-            slots
-                .move_region(slot, new + m.offset)
+            let at = base + m.range.offset;
+            ports
+                .memory
+                .map(&m.range, GuestAddress(at), &m.mapping)
                 .map_err(|e| e.to_string())?;
+            m.placed = Some(at);
         }
-        for t in &mut self.traps {
-            let Some(old) = t.registered else { continue };
-            let at = new + t.offset;
-            match self.kind {
-                BarKind::Io => bus.move_pio(old as u16, at as u16),
-                _ => bus.move_mmio(old, at),
-            }
-            .map_err(|e| e.to_string())?;
+        for i in 0..self.traps.len() {
+            let at = self.trap_address(base + self.traps[i].range.offset);
+            let t = &mut self.traps[i];
+            let handler = match at {
+                TrapAddress::Pio(_) => TrapHandler::Pio(t.handler.clone()),
+                TrapAddress::Mmio(_) => TrapHandler::Mmio(t.handler.clone()),
+            };
+            ports
+                .traps
+                .add_trap(&t.range, at, handler)
+                .map_err(|e| e.to_string())?;
             t.registered = Some(at);
         }
         Ok(())
     }
 
-    /// Removes every slot and range of the BAR (the mmaps stay).
-    pub fn remove(&mut self, slots: &MemorySlots, bus: &DeviceBus) {
+    /// Moves every mapping and trapped range to `new`. On an error some may have moved and
+    /// others not: the caller removes them all (each records where it is).
+    fn try_move(&mut self, new: u64, ports: &BarPorts) -> Result<(), String> {
+        self.check_range(new)?;
         for m in &mut self.maps {
-            let Some(slot) = m.slot else { continue };
-            match slots.remove(slot) {
-                Ok(_) => m.slot = None,
-                // The slot stays recorded so the mmap under it is never unmapped.
-                Err(e) => warn!("{}: {e}", m.name),
+            let Some(old) = m.placed else { continue };
+            let at = new + m.range.offset;
+            ports
+                .memory
+                .move_mapping(&m.range, GuestAddress(old), GuestAddress(at))
+                .map_err(|e| e.to_string())?;
+            m.placed = Some(at);
+        }
+        for i in 0..self.traps.len() {
+            let at = self.trap_address(new + self.traps[i].range.offset);
+            let t = &mut self.traps[i];
+            let Some(old) = t.registered else { continue };
+            ports
+                .traps
+                .move_trap(&t.range, old, at)
+                .map_err(|e| e.to_string())?;
+            t.registered = Some(at);
+        }
+        Ok(())
+    }
+
+    /// Removes every mapping and trapped range of the BAR from the guest (the mmaps stay).
+    pub fn remove(&mut self, ports: &BarPorts) {
+        for m in &mut self.maps {
+            let Some(at) = m.placed else { continue };
+            match ports.memory.unmap(&m.range, GuestAddress(at)) {
+                Ok(()) => m.placed = None,
+                // It stays recorded: the guest may still reach it, and the BAR is not placed
+                // anywhere else until it is gone.
+                Err(e) => warn!("{}: {e}", m.range),
             }
         }
         for t in &mut self.traps {
             let Some(at) = t.registered.take() else {
                 continue;
             };
-            let r = match self.kind {
-                BarKind::Io => bus.unregister_pio(at as u16),
-                _ => bus.unregister_mmio(at),
-            };
-            if let Err(e) = r {
-                warn!("{}: {e}", t.name);
+            if let Err(e) = ports.traps.remove_trap(&t.range, at) {
+                warn!("{}: {e}", t.range);
             }
         }
         self.placed = None;
     }
+
+    /// Reads `data.len()` bytes at `offset` of the BAR: through the mmap of a mapped part, or
+    /// the handler of a trapped one. The access must lie inside one part.
+    pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), String> {
+        match self.part(offset, data.len())? {
+            Part::Mapped(m) => m
+                .mapping
+                .region()
+                .get_slice((offset - m.range.offset) as usize, data.len())
+                .map(|s| s.copy_to(data))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Part::Trapped(t) => t
+                .handler
+                .read(offset - t.range.offset, data)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Writes `data` at `offset` of the BAR (see [`read`](Self::read)).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), String> {
+        match self.part(offset, data.len())? {
+            Part::Mapped(m) => m
+                .mapping
+                .region()
+                .get_slice((offset - m.range.offset) as usize, data.len())
+                .map(|s| s.copy_from(data))
+                .map_err(|e| e.to_string()),
+            Part::Trapped(t) => t
+                .handler
+                .write(offset - t.range.offset, data)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn part(&self, offset: u64, len: usize) -> Result<Part<'_>, String> {
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= self.size && len > 0)
+            .ok_or_else(|| {
+                format!(
+                    "{len} bytes at {offset:#x} are outside its {:#x} bytes",
+                    self.size
+                )
+            })?;
+        let inside = |r: &BarRange| r.offset <= offset && end <= r.offset + r.len;
+        if let Some(m) = self.maps.iter().find(|m| inside(&m.range)) {
+            return Ok(Part::Mapped(m));
+        }
+        if let Some(t) = self.traps.iter().find(|t| inside(&t.range)) {
+            return Ok(Part::Trapped(t));
+        }
+        Err(format!(
+            "{len} bytes at {offset:#x} cross a boundary between its mapped and trapped parts"
+        ))
+    }
+}
+
+/// The part of a BAR an access falls in.
+enum Part<'a> {
+    Mapped(&'a MappedSegment),
+    Trapped(&'a TrappedSegment),
 }

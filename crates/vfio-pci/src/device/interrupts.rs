@@ -1,10 +1,11 @@
-//! Interrupt wiring: the guest's MSI-X and MSI programming becomes VFIO eventfds bound to KVM
-//! irqfds with MSI routes; INTx is an eventfd plus a resample fd on a GSI the VMM chose.
+//! Interrupt wiring: the guest's MSI-X and MSI programming becomes VFIO eventfds bound to the
+//! VM's irqfds with MSI routes (through the [`InterruptPort`]); INTx is an eventfd plus a
+//! resample fd on a GSI the VMM chose.
 //!
 //! The guest never chooses a host vector: the MSI-X table is emulated ([`MsixTable`]) and
-//! the MSI capability lives in the config model; the guest's address/data only ever become KVM
-//! MSI routes of this VM, and only when the address is in the x86 interrupt window
-//! `0xfee00000-0xfeefffff` (anything else is left unrouted and logged once per vector).
+//! the MSI capability lives in the config model; the guest's address/data only ever become MSI
+//! routes of this VM, and only when the address is in the VMM's [`MsiWindow`] (x86:
+//! `0xfee00000-0xfeefffff`; anything else is left unrouted and logged once per vector).
 //! The host side always gets the device's own vectors `0..N` through `VFIO_DEVICE_SET_IRQS`.
 //!
 //! Masking (MSI-X, PCI 3.0 §6.8.2.9): a masked vector's irqfd is unbound, so its eventfd
@@ -17,20 +18,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvm_runloop::MsiMessage;
 use log::{debug, warn};
 use pci_config::capability::MsiCapability;
 use trap_map::{FireOutcome, MsixEvent, MsixTable};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::backend::DeviceBackend;
 use crate::host::IrqKind;
-use crate::routing::InterruptRouting;
-
-/// Whether an MSI address is one a guest may use: the x86 local APIC window.
-pub(crate) fn valid_msi_address(address: u64) -> bool {
-    address >> 20 == 0xfee
-}
+use crate::ports::{InterruptPort, MsiMessage, MsiWindow};
 
 /// Names a vector in logs (`MSI-X vector 3`) without formatting a string on every guest write
 /// of the table.
@@ -102,7 +98,8 @@ struct IntxState {
 pub(crate) struct IrqState {
     pub name: String,
     pub backend: Arc<dyn DeviceBackend>,
-    pub routing: Option<Arc<dyn InterruptRouting>>,
+    pub routing: Option<Arc<dyn InterruptPort>>,
+    msi_window: MsiWindow,
     pub msix: Option<MsixState>,
     msi: MsiState,
     intx: Option<IntxState>,
@@ -113,7 +110,8 @@ impl IrqState {
     pub fn new(
         name: String,
         backend: Arc<dyn DeviceBackend>,
-        routing: Option<Arc<dyn InterruptRouting>>,
+        routing: Option<Arc<dyn InterruptPort>>,
+        msi_window: MsiWindow,
         msix_entries: Option<u16>,
     ) -> Self {
         let msix = msix_entries.and_then(|n| match MsixTable::new(n) {
@@ -130,6 +128,7 @@ impl IrqState {
             name,
             backend,
             routing,
+            msi_window,
             msix,
             msi: MsiState::default(),
             intx: None,
@@ -147,7 +146,7 @@ impl IrqState {
         let trigger = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
         let resample = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
         routing
-            .register_irqfd_with_resample(&trigger, &resample, gsi)
+            .add_irqfd(gsi, &trigger, Some(&resample))
             .map_err(|e| e.to_string())?;
         self.intx = Some(IntxState {
             trigger,
@@ -189,7 +188,7 @@ impl IrqState {
     fn teardown_intx(&mut self) {
         self.intx_at_host(false);
         if let (Some(intx), Some(routing)) = (self.intx.take(), self.routing.as_ref()) {
-            if let Err(e) = routing.unregister_irqfd(&intx.trigger, intx.gsi) {
+            if let Err(e) = routing.remove_irqfd(intx.gsi, &intx.trigger) {
                 debug!("{}: INTx irqfd: {e}", self.name);
             }
         }
@@ -281,11 +280,17 @@ impl IrqState {
                 kind: IrqKind::Msix,
                 index: usize::from(vector),
             },
-            routing,
+            Router {
+                port: routing,
+                window: &self.msi_window,
+                counters: &self.counters,
+            },
             v,
-            MsiMessage { address, data },
+            MsiMessage {
+                address: GuestAddress(address),
+                data,
+            },
             !masked,
-            &self.counters,
         );
     }
 
@@ -297,7 +302,7 @@ impl IrqState {
             return;
         };
         if let (true, Some(gsi)) = (v.irqfd, v.gsi) {
-            if let Err(e) = routing.unregister_irqfd(&v.fd, gsi) {
+            if let Err(e) = routing.remove_irqfd(gsi, &v.fd) {
                 warn!("{}: MSI-X vector {vector}: {e}", self.name);
             }
             v.irqfd = false;
@@ -312,7 +317,7 @@ impl IrqState {
             return;
         };
         if let (false, Some(gsi)) = (v.irqfd, v.gsi) {
-            match routing.register_irqfd(&v.fd, gsi) {
+            match routing.add_irqfd(gsi, &v.fd, None) {
                 Ok(()) => v.irqfd = true,
                 Err(e) => warn!("{}: MSI-X vector {vector}: {e}", self.name),
             }
@@ -323,7 +328,11 @@ impl IrqState {
         let Some(routing) = self.routing.as_deref() else {
             return;
         };
-        if !valid_msi_address(address) {
+        let msg = MsiMessage {
+            address: GuestAddress(address),
+            data,
+        };
+        if !self.msi_window.contains(msg.address) {
             self.counters.refused_routes.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -335,7 +344,7 @@ impl IrqState {
             // Through the irqfd, so the message follows the route KVM holds.
             Some(v) if v.irqfd => v.fd.write(1).map_err(|e| e.to_string()),
             _ => routing
-                .signal_msi(MsiMessage { address, data })
+                .signal_msi(msg)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
         };
@@ -436,14 +445,17 @@ impl IrqState {
                     kind: IrqKind::Msi,
                     index: i,
                 },
-                routing,
+                Router {
+                    port: routing,
+                    window: &self.msi_window,
+                    counters: &self.counters,
+                },
                 v,
                 MsiMessage {
-                    address: cap.address,
+                    address: GuestAddress(cap.address),
                     data,
                 },
                 !cap.is_masked(i as u8),
-                &self.counters,
             );
         }
     }
@@ -483,72 +495,81 @@ impl IrqState {
     }
 }
 
-/// Points `v` at `msg` (allocating a GSI the first time) and binds its irqfd when `bind`;
-/// an address outside the interrupt window unroutes the vector instead.
+/// What routing a vector needs: the VM's port, the window its messages must target and the
+/// device's counters.
+struct Router<'a> {
+    port: &'a dyn InterruptPort,
+    window: &'a MsiWindow,
+    counters: &'a IrqCounters,
+}
+
+/// Points `v` at `msg` (a GSI allocated and routed in one step the first time, the route
+/// updated after) and binds its irqfd when `bind`; an address outside the MSI window unroutes
+/// the vector instead.
 fn route_vector(
     name: &str,
     what: VectorLabel,
-    routing: &dyn InterruptRouting,
+    router: Router<'_>,
     v: &mut Vector,
     msg: MsiMessage,
     bind: bool,
-    counters: &IrqCounters,
 ) {
-    if !valid_msi_address(msg.address) {
-        if v.refused != Some(msg.address) {
+    let Router {
+        port,
+        window,
+        counters,
+    } = router;
+    if !window.contains(msg.address) {
+        if v.refused != Some(msg.address.0) {
             warn!(
                 "{name}: {what}: the guest programmed MSI address {:#x}, outside the interrupt \
-                 window 0xfee00000-0xfeefffff; the vector stays unrouted",
-                msg.address
+                 window {window}; the vector stays unrouted",
+                msg.address.0
             );
-            v.refused = Some(msg.address);
+            v.refused = Some(msg.address.0);
         }
         counters.refused_routes.fetch_add(1, Ordering::Relaxed);
         if let Some(gsi) = v.gsi.take() {
             if v.irqfd {
-                let _ = routing.unregister_irqfd(&v.fd, gsi);
+                let _ = port.remove_irqfd(gsi, &v.fd);
                 v.irqfd = false;
             }
-            let _ = routing.remove_route(gsi);
+            let _ = port.remove_route(gsi);
         }
         return;
     }
     v.refused = None;
-    let gsi = match v.gsi {
-        Some(gsi) => gsi,
-        None => match routing.allocate_gsi() {
-            Ok(gsi) => gsi,
-            Err(e) => {
-                counters.route_errors.fetch_add(1, Ordering::Relaxed);
-                warn!("{name}: {what}: {e}");
-                return;
-            }
-        },
+    let routed = match v.gsi {
+        Some(gsi) => port.update_msi_route(gsi, msg).map(|()| gsi),
+        None => port.add_msi_route(msg),
     };
-    if let Err(e) = routing.set_msi_route(gsi, msg) {
-        counters.route_errors.fetch_add(1, Ordering::Relaxed);
-        warn!("{name}: {what}: {e}");
-        return;
-    }
+    let gsi = match routed {
+        Ok(gsi) => gsi,
+        Err(e) => {
+            counters.route_errors.fetch_add(1, Ordering::Relaxed);
+            warn!("{name}: {what}: {e}");
+            return;
+        }
+    };
     v.gsi = Some(gsi);
     if bind && !v.irqfd {
-        match routing.register_irqfd(&v.fd, gsi) {
+        match port.add_irqfd(gsi, &v.fd, None) {
             Ok(()) => v.irqfd = true,
             Err(e) => warn!("{name}: {what}: {e}"),
         }
     } else if !bind && v.irqfd {
-        let _ = routing.unregister_irqfd(&v.fd, gsi);
+        let _ = port.remove_irqfd(gsi, &v.fd);
         v.irqfd = false;
     }
 }
 
 /// Unbinds and unroutes a vector that goes away.
-fn unwire(name: &str, routing: Option<&dyn InterruptRouting>, v: Vector) {
+fn unwire(name: &str, routing: Option<&dyn InterruptPort>, v: Vector) {
     let (Some(routing), Some(gsi)) = (routing, v.gsi) else {
         return;
     };
     if v.irqfd {
-        if let Err(e) = routing.unregister_irqfd(&v.fd, gsi) {
+        if let Err(e) = routing.remove_irqfd(gsi, &v.fd) {
             debug!("{name}: irqfd of GSI {gsi}: {e}");
         }
     }

@@ -1,10 +1,11 @@
-//! [`PassthroughDevice`]: a host PCI function in a KVM guest.
+//! [`PassthroughDevice`]: a host PCI function in a guest, reaching the VMM through the
+//! [ports](crate::ports).
 //!
 //! | file | concept |
 //! |---|---|
 //! | `mod.rs` | attach/detach, the config-space view and what guest config writes do |
-//! | `bars.rs` | BARs: mmaps made once, KVM slots and trapped ranges that follow the guest |
-//! | `interrupts.rs` | MSI-X, MSI and INTx wiring to VFIO eventfds and KVM irqfds |
+//! | `bars.rs` | BARs: mmaps made once, mappings and trapped ranges that follow the guest |
+//! | `interrupts.rs` | MSI-X, MSI and INTx wiring to VFIO eventfds and the VM's irqfds |
 //! | `view.rs` | the `info mtree -f`-style view and per-range exit counters |
 
 mod bars;
@@ -15,8 +16,6 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use iommu_dma::{DmaAttachment, DmaError, DmaOptions, GuestMemoryDma};
-use kvm_runloop::reexports::vm_memory::GuestMemoryMmap;
-use kvm_runloop::{DeviceBus, MemorySlots};
 use log::{debug, info, warn};
 use pci_config::bar::flags as bar_flags;
 use pci_config::header::offset;
@@ -27,13 +26,15 @@ use pci_config::{
 use thiserror::Error;
 use trap_map::{DeviceLayout, DevicePlan, MsixInfo, PageSize, PlanError, Policy};
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX};
+use vm_memory::GuestMemoryMmap;
 
 use crate::backend::{BackendError, DeviceBackend};
 use crate::host::IrqKind;
-use crate::routing::InterruptRouting;
+use crate::ports::{BarMappingPort, InterruptPort, MsiWindow, TrapPort};
 pub use bars::MmapError;
-use bars::{BarState, Shared};
+use bars::{BarPorts, BarState, Shared};
 use interrupts::IrqState;
+pub use view::TrapCounts;
 
 /// How guest RAM is made reachable for the device's DMA.
 pub enum DmaSetup {
@@ -47,14 +48,18 @@ pub enum DmaSetup {
     Shared(Arc<GuestMemoryDma>),
 }
 
-/// What the VM gives the device: where to put BARs and how to raise interrupts.
+/// What the VM gives the device: the [ports](crate::ports) through which it places BARs and
+/// raises interrupts, and what it must know about the guest's address space.
 pub struct AttachContext {
-    /// The VM's PIO and MMIO buses (trapped BAR ranges go here).
-    pub bus: Arc<DeviceBus>,
-    /// The VM's memory slots (mapped BAR segments go here).
-    pub slots: Arc<MemorySlots>,
-    /// GSI routing and irqfds; `None` leaves every interrupt unwired (logged once).
-    pub interrupts: Option<Arc<dyn InterruptRouting>>,
+    /// Places the mapped parts of BARs in guest-physical space.
+    pub memory: Arc<dyn BarMappingPort>,
+    /// Dispatches guest accesses to the trapped parts of BARs.
+    pub traps: Arc<dyn TrapPort>,
+    /// MSI routes and irqfds; `None` leaves every interrupt unwired (logged once).
+    pub interrupts: Option<Arc<dyn InterruptPort>>,
+    /// The guest-physical window MSI messages must target (the interrupt controller's):
+    /// a vector the guest points anywhere else stays unrouted.
+    pub msi_window: MsiWindow,
     /// Guest RAM for DMA.
     pub dma: DmaSetup,
     /// The GSI the function's INTx pin is wired to (after the bus's swizzle); `None`: no INTx.
@@ -74,6 +79,26 @@ pub struct ReservedRange {
     pub end: u64,
     /// What is there ("the ECAM window", "the IOAPIC/local APIC range", ...).
     pub what: String,
+}
+
+impl AttachContext {
+    /// A context whose three ports are one object (as `ports::KvmPorts` and
+    /// `ports::InMemoryPorts` are), with no DMA, no INTx and
+    /// nothing reserved; set the other fields with struct update syntax.
+    pub fn new<P>(ports: Arc<P>, msi_window: MsiWindow) -> Self
+    where
+        P: BarMappingPort + TrapPort + InterruptPort + 'static,
+    {
+        Self {
+            memory: ports.clone(),
+            traps: ports.clone(),
+            interrupts: Some(ports),
+            msi_window,
+            dma: DmaSetup::None,
+            intx_gsi: None,
+            reserved: Vec::new(),
+        }
+    }
 }
 
 impl ReservedRange {
@@ -176,6 +201,22 @@ pub enum AttachError {
     },
 }
 
+/// Why [`PassthroughDevice::bar_read`] or [`PassthroughDevice::bar_write`] failed.
+#[derive(Debug, Error)]
+#[error("{device}: access of {len} bytes at {offset:#x} of BAR {bar}: {why}")]
+pub struct BarAccessError {
+    /// The device.
+    pub device: String,
+    /// The BAR index (6: the ROM).
+    pub bar: u8,
+    /// Offset in the BAR.
+    pub offset: u64,
+    /// Access size.
+    pub len: usize,
+    /// What went wrong.
+    pub why: String,
+}
+
 /// The config-space port of the backend, as pci-config's view wants it.
 struct ConfigPort(Arc<dyn DeviceBackend>);
 
@@ -201,7 +242,7 @@ pub struct MsixVectorState {
     pub pending: bool,
 }
 
-/// A host PCI function passed through to a KVM guest. See the crate docs for how a VMM
+/// A host PCI function passed through to a guest. See the crate docs for how a VMM
 /// attaches one; it answers the guest's config accesses as a [`PciFunction`].
 pub struct PassthroughDevice {
     name: String,
@@ -209,8 +250,7 @@ pub struct PassthroughDevice {
     shared: Arc<Shared>,
     plan: DevicePlan,
     bars: Vec<BarState>,
-    bus: Arc<DeviceBus>,
-    slots: Arc<MemorySlots>,
+    ports: BarPorts,
     reserved: Vec<ReservedRange>,
     dma: Option<DmaAttachment>,
     msix_cap: Option<u16>,
@@ -352,6 +392,7 @@ impl PassthroughDevice {
                 name.clone(),
                 backend.clone(),
                 ctx.interrupts.clone(),
+                ctx.msi_window,
                 plan.msix().map(|m| m.entries),
             )),
             msix: plan.msix().copied(),
@@ -369,8 +410,10 @@ impl PassthroughDevice {
             shared,
             plan,
             bars,
-            bus: ctx.bus,
-            slots: ctx.slots,
+            ports: BarPorts {
+                memory: ctx.memory,
+                traps: ctx.traps,
+            },
             reserved: ctx.reserved,
             dma: None,
             msix_cap,
@@ -481,6 +524,40 @@ impl PassthroughDevice {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Reads `data.len()` bytes at `offset` of BAR `bar` (0-5, or
+    /// [`ROM_INDEX`](crate::ports::ROM_INDEX)) as the guest would: for a VMM that dispatches
+    /// accesses itself rather than through the [`TrapPort`] handlers. Mapped parts are read
+    /// through the device's mmap, trapped ones through their handler (and counted).
+    pub fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), BarAccessError> {
+        self.bar(bar, offset, data.len())?
+            .read(offset, data)
+            .map_err(|why| self.bar_error(bar, offset, data.len(), why))
+    }
+
+    /// Writes `data` at `offset` of BAR `bar` as the guest would (see
+    /// [`bar_read`](Self::bar_read)).
+    pub fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), BarAccessError> {
+        self.bar(bar, offset, data.len())?
+            .write(offset, data)
+            .map_err(|why| self.bar_error(bar, offset, data.len(), why))
+    }
+
+    fn bar(&self, bar: u8, offset: u64, len: usize) -> Result<&BarState, BarAccessError> {
+        self.bars.iter().find(|b| b.index == bar).ok_or_else(|| {
+            self.bar_error(bar, offset, len, "the device has no such BAR".to_string())
+        })
+    }
+
+    fn bar_error(&self, bar: u8, offset: u64, len: usize, why: String) -> BarAccessError {
+        BarAccessError {
+            device: self.name.clone(),
+            bar,
+            offset,
+            len,
+            why,
+        }
+    }
+
     /// Collects device signals on masked MSI-X vectors into their pending bits (and delivers
     /// signals of vectors that are deliverable). A VMM calls this when a vector's eventfd
     /// becomes readable while unbound, or periodically; PBA reads do it too.
@@ -502,7 +579,7 @@ impl PassthroughDevice {
         self.detached = true;
         self.shared.irq().teardown();
         for bar in &mut self.bars {
-            bar.remove(&self.slots, &self.bus);
+            bar.remove(&self.ports);
         }
         // Quiesce the function before its IOMMU mappings go, so it cannot DMA into guest RAM
         // that is being unmapped (or fault on it): reset it, or at least stop it mastering.
@@ -576,7 +653,7 @@ impl PassthroughDevice {
                 Some((true, false, 0)) => None,
                 Some((true, false, address)) => Some(address),
             };
-            bar.place(&self.name, desired, &self.slots, &self.bus, &self.reserved);
+            bar.place(&self.name, desired, &self.ports, &self.reserved);
         }
     }
 

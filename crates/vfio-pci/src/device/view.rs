@@ -3,11 +3,35 @@
 //! the guest programmed) and the exit counters of its trapped ranges.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
-use kvm_runloop::{BusKind, DeviceCounts};
 use trap_map::{BarKind, MtreeKind, mtree_line};
 
 use super::PassthroughDevice;
+use crate::ports::{BarRange, TrapAddress};
+
+/// Accesses to one trapped range of a device that is in the guest now, counted by the device
+/// itself (whichever VMM dispatches them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrapCounts {
+    /// The range.
+    pub range: BarRange,
+    /// Where it is registered.
+    pub at: TrapAddress,
+    /// Reads dispatched to it.
+    pub reads: u64,
+    /// Writes dispatched to it.
+    pub writes: u64,
+    /// Accesses the host device failed (reads gave all-ones).
+    pub errors: u64,
+}
+
+impl TrapCounts {
+    /// Reads plus writes: how many exits this range caused.
+    pub fn traps(&self) -> u64 {
+        self.reads + self.writes
+    }
+}
 
 impl PassthroughDevice {
     /// The device's part of the guest's flat memory and I/O views, as `info mtree -f` prints
@@ -25,18 +49,18 @@ impl PassthroughDevice {
                 let Some(base) = bar.placed else { continue };
                 for m in &bar.maps {
                     lines.push((
-                        base + m.offset,
-                        base + m.offset + m.len - 1,
+                        base + m.range.offset,
+                        base + m.range.offset + m.range.len - 1,
                         MtreeKind::RamDevice,
-                        m.name.clone(),
+                        m.range.name.to_string(),
                     ));
                 }
                 for t in &bar.traps {
                     lines.push((
-                        base + t.offset,
-                        base + t.offset + t.len - 1,
+                        base + t.range.offset,
+                        base + t.range.offset + t.range.len - 1,
                         MtreeKind::Io,
-                        t.name.clone(),
+                        t.range.name.to_string(),
                     ));
                 }
             }
@@ -62,15 +86,27 @@ impl PassthroughDevice {
         out
     }
 
-    /// Exit counters of the device's trapped ranges (one per registered range, named like
-    /// `0000:01:00.0 BAR0 msix-table`).
-    pub fn exit_counters(&self) -> Vec<DeviceCounts> {
-        let prefix = format!("{} ", self.name);
-        self.bus
-            .device_counts()
-            .into_iter()
-            .filter(|c| c.name.starts_with(&prefix))
-            .collect()
+    /// Exit counters of the device's trapped ranges that are in the guest now (named like
+    /// `0000:01:00.0 BAR0 msix-table`), I/O ports first, then by address. A range keeps its
+    /// counts when the guest moves it.
+    pub fn exit_counters(&self) -> Vec<TrapCounts> {
+        let mut out: Vec<TrapCounts> = self
+            .bars
+            .iter()
+            .flat_map(|b| &b.traps)
+            .filter_map(|t| {
+                let c = &t.handler.counters;
+                Some(TrapCounts {
+                    range: t.range.clone(),
+                    at: t.registered?,
+                    reads: c.reads.load(Ordering::Relaxed),
+                    writes: c.writes.load(Ordering::Relaxed),
+                    errors: c.errors.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        out.sort_by_key(|c| (matches!(c.at, TrapAddress::Mmio(_)), c.at.raw()));
+        out
     }
 
     /// [`exit_counters`](Self::exit_counters) as a table.
@@ -86,19 +122,19 @@ impl PassthroughDevice {
             let _ = writeln!(out, "(no trapped range of {} is in the guest)", self.name);
         }
         for c in counters {
-            let bus = match c.bus {
-                BusKind::Pio => "pio",
-                BusKind::Mmio => "mmio",
+            let bus = match c.at {
+                TrapAddress::Pio(_) => "pio",
+                TrapAddress::Mmio(_) => "mmio",
             };
             let _ = writeln!(
                 out,
                 "{bus:<5} {:<#18x} {:>#10x} {:>10} {:>10} {:>7}  {}",
-                c.base,
-                c.size,
+                c.at.raw(),
+                c.range.len,
                 c.reads,
                 c.writes,
-                c.errors + c.panics,
-                c.name
+                c.errors,
+                c.range.name
             );
         }
         out

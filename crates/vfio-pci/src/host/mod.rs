@@ -13,7 +13,8 @@
 //! | `check.rs` | [`Readiness`]: the passthrough checklist |
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
-//! | `open_iommufd.rs` | [`OpenedIommufdDevice`]: `/dev/iommu` + device cdev; [`IommuBackendChoice`] and [`OpenedVfio`] pick and open either |
+//! | `open_iommufd.rs` | [`IommuBackendChoice`] and [`OpenedVfio`]: pick the IOMMU backend and open the device with it |
+//! | `open_cdev.rs` | `OpenedIommufdDevice`: `/dev/iommu` + device cdev (feature `iommufd`) |
 //! | `info.rs` | [`DeviceInfo`]: regions (sparse mmap, MSI-X mappable) and IRQs as plain data |
 //! | `fake.rs` | `fake::FakeHost`, `fake::FakeKernel`: a fake tree for tests (feature `sim`) |
 
@@ -25,6 +26,8 @@ pub mod fake;
 mod info;
 mod limits;
 mod open;
+#[cfg(feature = "iommufd")]
+mod open_cdev;
 mod open_iommufd;
 mod paths;
 mod sysfs;
@@ -40,9 +43,11 @@ pub use info::{
 };
 pub use limits::{MemlockLimit, ProcessLimits, format_bytes};
 pub use open::{OpenError, OpenedDevice};
+#[cfg(feature = "iommufd")]
+pub use open_cdev::OpenedIommufdDevice;
 pub use open_iommufd::{
     IommuAvailability, IommuBackend, IommuBackendChoice, IommuChoiceError, IommuDecision,
-    IommufdOpenError, OpenVfioError, OpenedIommufdDevice, OpenedVfio,
+    IommufdOpenError, OpenVfioError, OpenedVfio,
 };
 pub use paths::HostPaths;
 pub use sysfs::{
