@@ -17,10 +17,6 @@ mod report;
 mod run;
 mod serial;
 mod test_function;
-// The pieces of `refvmm run --trace` that do not depend on the device's internals. The run loop
-// hooks them up once vfio-pci registers trapped-range handlers through a port the VMM implements
-// (helper h1's change); until then only the tests use them.
-#[cfg_attr(not(test), allow(dead_code))]
 mod trace;
 
 use std::process::ExitCode;

@@ -7,11 +7,13 @@
 //! | `line.rs` | [`TraceEvent`] and its one-line format |
 //! | `sink.rs` | [`TraceSink`]: at most N lines, then a count of what was dropped |
 //! | `summary.rs` | [`RegisterSummary`]: reads, writes and last value per register |
+//! | `hook.rs` | the wrappers the run installs: a tracing `TrapPort` and config-space function |
 //!
 //! [`Tracer`] ties them together for the run loop: the trapped-range handlers of a device are
 //! wrapped by one that calls [`Tracer::record`] only when the filter covers the device, so
 //! tracing costs nothing when off.
 
+pub mod hook;
 pub mod line;
 pub mod sink;
 pub mod spec;
@@ -36,11 +38,13 @@ pub struct Tracer {
     devices: HashMap<Bdf, DeviceFacts>,
     sink: TraceSink,
     summary: RegisterSummary,
-    start: Instant,
+    /// When the guest started; `None` until [`Tracer::start`]: accesses before (the VMM
+    /// placing BARs, reading config space for the decoders) are not the guest's.
+    start: Option<Instant>,
 }
 
 impl Tracer {
-    /// A tracer writing what `filter` selects to `sink`, timing from now.
+    /// A tracer writing what `filter` selects to `sink`, once [started](Self::start).
     pub fn new(filter: TraceFilter, sink: TraceSink) -> Self {
         Tracer {
             filter,
@@ -48,8 +52,13 @@ impl Tracer {
             devices: HashMap::new(),
             sink,
             summary: RegisterSummary::new(),
-            start: Instant::now(),
+            start: None,
         }
+    }
+
+    /// Starts recording, timing from now: call it when the guest starts.
+    pub fn start(&mut self) {
+        self.start = Some(Instant::now());
     }
 
     /// What the decoders know about `device` (its config space, MSI-X, class).
@@ -62,8 +71,8 @@ impl Tracer {
         &self.filter
     }
 
-    /// Records one trapped access if the filter selects it: a line in the sink, a count in the
-    /// summary.
+    /// Records one trapped access if the tracer is started and the filter selects it: a line in
+    /// the sink, a count in the summary.
     pub fn record(
         &mut self,
         vcpu: u32,
@@ -73,6 +82,9 @@ impl Tracer {
         kind: AccessKind,
         value: u64,
     ) {
+        let Some(start) = self.start else {
+            return;
+        };
         let empty = DeviceFacts::new();
         let facts = self.devices.get(&device).unwrap_or(&empty);
         let decoded = self.registry.decode(facts, at, width, Some(value));
@@ -88,7 +100,7 @@ impl Tracer {
             return;
         }
         let event = TraceEvent {
-            elapsed: self.start.elapsed(),
+            elapsed: start.elapsed(),
             vcpu,
             device,
             at,
@@ -146,6 +158,9 @@ mod tests {
         assert!(tracer.filter().covers_device(nvme));
         tracer.add_device(nvme, DeviceFacts::new().with_class(0x010802));
         let sq3 = Location::new(Region::Bar(0), 0x1018);
+        // Before the guest starts: the VMM's own accesses, not recorded.
+        tracer.record(0, nvme, sq3, 4, AccessKind::Write, 0);
+        tracer.start();
         for tail in 1..=24u64 {
             tracer.record(0, nvme, sq3, 4, AccessKind::Write, tail % 9);
         }
@@ -189,6 +204,7 @@ mod tests {
             },
         );
         tracer.add_device(nic, DeviceFacts::new().with_msix(msix));
+        tracer.start();
         tracer.record(
             0,
             nic,

@@ -54,11 +54,13 @@ impl TraceSink {
     }
 
     /// Lines written.
+    #[cfg(test)]
     pub fn written(&self) -> u64 {
         self.written
     }
 
     /// Lines not written (over the limit, or after a write error).
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped
     }

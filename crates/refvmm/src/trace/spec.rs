@@ -162,7 +162,7 @@ impl TraceSpec {
     }
 }
 
-/// Every `--trace` given; empty when tracing is off.
+/// Every `--trace` given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceFilter {
     specs: Vec<TraceSpec>,
@@ -172,11 +172,6 @@ impl TraceFilter {
     /// A filter selecting what any of `specs` selects.
     pub fn new(specs: Vec<TraceSpec>) -> Self {
         TraceFilter { specs }
-    }
-
-    /// True when no spec was given: nothing is traced.
-    pub fn is_off(&self) -> bool {
-        self.specs.is_empty()
     }
 
     /// True when any spec selects the access.
@@ -239,7 +234,6 @@ mod tests {
     #[test]
     fn selection() {
         let f = TraceFilter::new(vec![spec("00:01.0:bar0+0x1000..0x2000"), spec("msix")]);
-        assert!(!f.is_off());
         assert!(f.selects(&site("00:01.0", Region::Bar(0), 0x1018, 4, false)));
         // Touching the range's last byte.
         assert!(f.selects(&site("00:01.0", Region::Bar(0), 0xffe, 4, false)));
@@ -248,7 +242,6 @@ mod tests {
         assert!(f.selects(&site("00:02.0", Region::Bar(3), 0x0c, 4, true)));
         assert!(!f.selects(&site("00:02.0", Region::Config, 0x04, 2, false)));
         assert!(f.covers_device("00:02.0".parse().unwrap()));
-        assert!(TraceFilter::default().is_off());
         assert!(
             !TraceFilter::new(vec![spec("00:01.0:bar0")]).covers_device("00:02.0".parse().unwrap())
         );
