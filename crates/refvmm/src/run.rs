@@ -105,8 +105,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     pub iommu: vfio_pci::host::IommuBackendChoice,
     /// Trace trapped accesses, one line each with the register's name (repeatable): `config`,
-    /// `msix`, `bar0`..`bar5`, `rom`, `all`, optionally for one device (`00:01.0:bar0`) and an
-    /// offset range (`bar0+0x1000..0x2000`). Mapped ranges never exit: add `--policy trap-all`
+    /// `msix`, `bar0`..`bar5`, `rom`, `all`, optionally for one device by its address on the
+    /// guest's bus (`00:01.0:bar0`, as printed at start) and an offset range
+    /// (`bar0+0x1000..0x2000`). Mapped ranges never exit: add `--policy trap-all`
     /// to see every BAR access. With --show-counters, a summary per register at exit.
     #[arg(long, value_name = "WHAT")]
     pub trace: Vec<crate::trace::spec::TraceSpec>,
