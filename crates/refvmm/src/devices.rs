@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvm_runloop::Vm;
 use pci_config::{Bdf, PciFunction};
+use pci_regnames::DeviceFacts;
 use trap_map::{PageSize, Policy};
 use vfio_pci::host::{HostPaths, IommuBackendChoice, PciAddress};
 use vfio_pci::ports::{KvmPorts, MsiWindow};
@@ -27,6 +28,7 @@ use vfio_pci::{
 
 use crate::pci::{AssignedBar, BarAllocator, PciBus};
 use crate::test_function::{TestFunction, TestHandle};
+use crate::trace::hook::{SharedTracer, TracedFunction, TracingTraps};
 
 /// A preset of the simulated backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,18 @@ pub struct PassthroughKnobs {
     pub iommu: IommuBackendChoice,
     /// The VM's KVM VFIO device, created once when a host device is passed through.
     pub kvm_vfio: Option<Arc<VfioDeviceFd>>,
+    /// `--trace`: the tracer whose handlers wrap the devices it covers.
+    pub tracer: Option<SharedTracer>,
+}
+
+/// The tracer, when it covers the device at `bdf`.
+fn tracer_for(knobs: &PassthroughKnobs, bdf: Bdf) -> Option<&SharedTracer> {
+    knobs.tracer.as_ref().filter(|t| {
+        t.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .filter()
+            .covers_device(bdf)
+    })
 }
 
 /// A device on the bus, as the run command keeps it.
@@ -259,12 +273,16 @@ fn passthrough<B: DeviceBackend + 'static>(
     reserved: &[ReservedRange],
     knobs: &PassthroughKnobs,
 ) -> Result<Arc<Mutex<PassthroughDevice>>, AttachError> {
-    let ctx = AttachContext {
+    let ports = Arc::new(KvmPorts::new(vm.clone()));
+    let mut ctx = AttachContext {
         dma: DmaSetup::GuestMemory(vm.memory().clone()),
         intx_gsi: Some(16 + u32::from(bdf.device % 4)),
         reserved: reserved.to_vec(),
-        ..AttachContext::new(Arc::new(KvmPorts::new(vm.clone())), MsiWindow::x86())
+        ..AttachContext::new(ports.clone(), MsiWindow::x86())
     };
+    if let Some(tracer) = tracer_for(knobs, bdf) {
+        ctx.traps = Arc::new(TracingTraps::new(ports, tracer.clone()));
+    }
     let options = PassthroughOptions {
         page_size: knobs.page_size,
         policy: knobs.policy,
@@ -278,6 +296,27 @@ fn passthrough<B: DeviceBackend + 'static>(
             bdf: bdf.short(),
             source: Box::new(source),
         })
+}
+
+/// A function's configuration space as the guest sees it: 256 bytes, or 4096 for a PCI
+/// Express function (only those have extended space, PCIe Base 4.0 §7.2.2).
+fn guest_config(f: &mut dyn PciFunction) -> Vec<u8> {
+    let read = |f: &mut dyn PciFunction, config: &mut [u8], from: usize| {
+        for (i, dword) in config[from..].chunks_mut(4).enumerate() {
+            f.config_read((from + i * 4) as u16, dword);
+        }
+    };
+    let mut config = vec![0u8; 256];
+    read(f, &mut config, 0);
+    let express = DeviceFacts::from_config(&config)
+        .capabilities()
+        .iter()
+        .any(|c| c.id == pci_config::CapId::Standard(pci_config::CapabilityId::EXPRESS));
+    if express {
+        config.resize(4096, 0);
+        read(f, &mut config, 256);
+    }
+    config
 }
 
 /// Attaches `spec` to `bus` at the next free slot and places its BARs.
@@ -323,6 +362,11 @@ pub fn attach(
             (Box::new(function), DeviceHandle::Test(handle))
         }
     };
+    let tracer = tracer_for(knobs, bdf);
+    let function: Box<dyn PciFunction> = match tracer {
+        Some(t) => Box::new(TracedFunction::new(function, bdf, t.clone())),
+        None => function,
+    };
     let shared = bus
         .insert(bdf, &spec.to_string(), function)
         .map_err(bus_error)?;
@@ -335,6 +379,17 @@ pub fn attach(
                 source,
             })?
     };
+    if let Some(t) = tracer {
+        // The decoders name registers from the guest's view of config space (its MSI-X
+        // location, class code); read before the guest starts, so not traced.
+        let config = {
+            let mut f = shared.lock().unwrap_or_else(|p| p.into_inner());
+            guest_config(f.as_mut())
+        };
+        t.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_device(bdf, DeviceFacts::from_config(&config));
+    }
     Ok(Attached {
         bdf,
         spec: spec.clone(),

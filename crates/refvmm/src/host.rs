@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use clap::Args;
 use thiserror::Error;
 use vfio_pci::host::{
-    BindStep, Binder, CheckOptions, HostPaths, IommuBackendChoice, OpenedVfio, PciAddress,
-    ProcessLimits, Readiness,
+    BindStep, BindTarget, Binder, CheckOptions, HostPaths, IommuBackendChoice, OpenedVfio,
+    PciAddress, ProcessLimits, Readiness,
 };
 
 use crate::CmdResult;
@@ -28,7 +28,7 @@ pub struct HostRootArg {
 }
 
 impl HostRootArg {
-    fn paths(&self) -> HostPaths {
+    pub(crate) fn paths(&self) -> HostPaths {
         let root = self
             .host_root
             .clone()
@@ -47,6 +47,10 @@ pub struct BindArgs {
     /// Pass every member of an IOMMU group to bind the group.
     #[arg(required = true, value_name = "DEVICE", value_parser = parse_device)]
     devices: Vec<PciAddress>,
+    /// The passthrough driver: vfio-pci (KVM: QEMU, cloud-hypervisor, refvmm) or xen-pciback
+    /// (Xen, in dom0).
+    #[arg(long, value_name = "DRIVER", default_value = "vfio-pci")]
+    driver: BindTarget,
     #[command(flatten)]
     root: HostRootArg,
 }
@@ -79,6 +83,9 @@ pub struct CheckArgs {
     /// `iommufd`.
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     iommu: IommuBackendChoice,
+    /// Also print the lines to paste into QEMU, cloud-hypervisor and Xen for this device.
+    #[arg(long)]
+    print_cmdline: bool,
     #[command(flatten)]
     root: HostRootArg,
 }
@@ -123,12 +130,13 @@ fn print_step(step: &BindStep) {
     println!("  {step}");
 }
 
-/// Runs `refvmm bind`: each device to vfio-pci, printing every step.
+/// Runs `refvmm bind`: each device to vfio-pci (or `--driver xen-pciback`), printing every
+/// step.
 pub fn bind(args: BindArgs) -> CmdResult {
     let binder = Binder::new(args.root.paths());
     for address in args.devices {
         println!("bind {address}:");
-        binder.bind(address, &mut print_step)?;
+        binder.bind_to(address, args.driver, &mut print_step)?;
     }
     Ok(())
 }
@@ -153,6 +161,18 @@ pub fn check(args: CheckArgs) -> CmdResult {
     };
     let readiness = Readiness::assess(&paths, args.device, &options)?;
     print!("{readiness}");
+    println!();
+    print!(
+        "{}",
+        crate::recipes::hypervisor_needs(&paths, args.device, readiness.is_ready())
+    );
+    if args.print_cmdline {
+        println!();
+        print!(
+            "{}",
+            crate::recipes::cmdline_lines(&args.device.to_string())
+        );
+    }
     if !readiness.is_ready() {
         if args.open {
             println!("--open skipped: fix the problems above first");

@@ -9,14 +9,17 @@ mod builtin_guest;
 mod demo;
 mod devices;
 mod exit_port;
+mod explain;
 mod guest_loader;
 mod host;
 mod pci;
 mod plan;
+mod recipes;
 mod report;
 mod run;
 mod serial;
 mod test_function;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -36,12 +39,15 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Show a device's trap/map plan from its `lspci -vv` output (no hardware, no KVM).
     Plan(plan::PlanArgs),
-    /// Move a host PCI device from its driver to `vfio-pci`.
+    /// Move a host PCI device from its driver to `vfio-pci` (KVM) or `xen-pciback` (Xen).
     Bind(host::BindArgs),
-    /// Give a device bound to `vfio-pci` back to the driver it had.
+    /// Give a device bound to `vfio-pci` or `pciback` back to the driver it had.
     Unbind(host::UnbindArgs),
     /// Say whether a host device can be passed through, and if not, why and what to do.
     Check(host::CheckArgs),
+    /// Name a device register (bar0+0x1018 or nvme:SQ3TDBL), say how the plan treats it and
+    /// what to check when a write to it does nothing.
+    Explain(explain::ExplainArgs),
     /// Boot a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and devices; report
     /// how it ended.
     Run(run::RunArgs),
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
         Command::Bind(args) => host::bind(args),
         Command::Unbind(args) => host::unbind(args),
         Command::Check(args) => host::check(args),
+        Command::Explain(args) => explain::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

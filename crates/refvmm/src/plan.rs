@@ -61,6 +61,9 @@ pub struct PlanArgs {
     /// kernels before 4.16, or no interrupt remapping).
     #[arg(long)]
     pub no_msix_mappable: bool,
+    /// Also print the lines to paste into QEMU, cloud-hypervisor and Xen for this device.
+    #[arg(long)]
+    pub print_cmdline: bool,
 }
 
 /// Why `refvmm plan` cannot show a plan.
@@ -229,7 +232,7 @@ fn unknown_bar(dev: &LspciDevice, option: &'static str, bar: u8) -> PlanCmdError
     }
 }
 
-fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError> {
+pub(crate) fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError> {
     match input {
         Some(path) if path.as_os_str() != "-" => {
             std::fs::read_to_string(path).map_err(|source| PlanCmdError::Read {
@@ -255,7 +258,7 @@ fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError> {
     }
 }
 
-fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
+pub(crate) fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
     if let Some(bdf) = bdf {
         return lspci::find_device(text, bdf).map_err(PlanCmdError::Lspci);
     }
@@ -306,6 +309,11 @@ pub fn run(args: PlanArgs) -> CmdResult {
     println!();
     println!("Summary:");
     print!("{}", view::render_summary(&plan));
+    if args.print_cmdline {
+        println!();
+        println!("To pass it through:");
+        print!("{}", crate::recipes::cmdline_lines(&bdf.to_string()));
+    }
     Ok(())
 }
 

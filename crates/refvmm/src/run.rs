@@ -31,6 +31,10 @@ use crate::pci::{
 };
 use crate::report;
 use crate::serial::{COM1_GSI, COM1_PORT, Com1, ConsoleOut};
+use crate::trace::Tracer;
+use crate::trace::hook::SharedTracer;
+use crate::trace::sink::TraceSink;
+use crate::trace::spec::TraceFilter;
 
 /// Exit status when the time limit ran out.
 pub const EXIT_TIMEOUT: u8 = 124;
@@ -100,6 +104,37 @@ pub struct RunArgs {
     /// /dev/vfio/devices/vfioN exist, else the type1 container), `type1` or `iommufd`.
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     pub iommu: vfio_pci::host::IommuBackendChoice,
+    /// Trace trapped accesses, one line each with the register's name (repeatable): `config`,
+    /// `msix`, `bar0`..`bar5`, `rom`, `all`, optionally for one device by its address on the
+    /// guest's bus (`00:01.0:bar0`, as printed at start) and an offset range
+    /// (`bar0+0x1000..0x2000`). Mapped ranges never exit: add `--policy trap-all`
+    /// to see every BAR access. With --show-counters, a summary per register at exit.
+    #[arg(long, value_name = "WHAT")]
+    pub trace: Vec<crate::trace::spec::TraceSpec>,
+    /// Write the trace to FILE instead of standard error.
+    #[arg(long, value_name = "FILE", requires = "trace")]
+    pub trace_file: Option<PathBuf>,
+    /// At most this many trace lines; the rest are counted in one closing line.
+    #[arg(long, value_name = "LINES", default_value_t = crate::trace::sink::DEFAULT_LIMIT)]
+    pub trace_limit: u64,
+}
+
+/// The tracer of `--trace`, writing to `--trace-file` or standard error; `None` without
+/// `--trace`.
+fn tracer(args: &RunArgs) -> Result<Option<SharedTracer>, Box<dyn std::error::Error>> {
+    if args.trace.is_empty() {
+        return Ok(None);
+    }
+    let out: Box<dyn std::io::Write + Send> = match &args.trace_file {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| format!("--trace-file {}: {e}", path.display()))?,
+        )),
+        None => Box::new(std::io::stderr()),
+    };
+    let filter = TraceFilter::new(args.trace.clone());
+    let sink = TraceSink::new(out, args.trace_limit);
+    Ok(Some(Arc::new(Mutex::new(Tracer::new(filter, sink)))))
 }
 
 /// Parses a time limit in seconds: finite, not negative, at most a year.
@@ -278,6 +313,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
         page_size: args.page_size.unwrap_or_else(vfio_pci::host_page_size),
         iommu: args.iommu,
         kvm_vfio,
+        tracer: tracer(args)?,
     };
     let mut attached: Vec<Attached> = Vec::new();
     for spec in &args.devices {
@@ -296,6 +332,9 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     let mut vcpu = vm.create_vcpu(0)?;
     guest_loader::start_vcpu(&vm, &vcpu, &guest)?;
 
+    if let Some(t) = &knobs.tracer {
+        t.lock().unwrap_or_else(|p| p.into_inner()).start();
+    }
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -333,6 +372,9 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     // The guest's last line, if it did not end it (COM1 leaves flushing to the line buffer).
     let _ = std::io::Write::flush(&mut std::io::stdout());
     print_reports(&vm, &pci, &attached, args.show_mtree, args.show_counters);
+    if let Some(t) = &knobs.tracer {
+        finish_trace(t, args.show_counters);
+    }
 
     // Detach: take the configuration paths off the VM's bus and drop the PCI bus (and with it
     // the bus's hold on every function), then detach each device: interrupts unwired, BARs out
@@ -379,6 +421,19 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
         elapsed.as_secs_f64()
     );
     Ok(EXIT_VMM)
+}
+
+/// Closes the trace: the dropped-lines line on stderr (also in the trace), and with
+/// `--show-counters` the per-register summary.
+fn finish_trace(tracer: &SharedTracer, counters: bool) {
+    let mut t = tracer.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(dropped) = t.finish() {
+        eprintln!("refvmm: {dropped}");
+    }
+    if counters {
+        println!("Traced registers:");
+        print!("{}", t.summary());
+    }
 }
 
 fn print_reports(vm: &Vm, pci: &PciBus, attached: &[Attached], mtree: bool, counters: bool) {

@@ -12,6 +12,11 @@
 //! `"VVVV DDDD"` to `/sys/bus/pci/drivers/vfio-pci/new_id` makes vfio-pci claim every unbound
 //! device with those IDs.
 //!
+//! Xen's recipe ([`BindTarget::XenPciback`], what `xl pci-assignable-add` does) is the same
+//! record-and-release, then the BDF to `drivers/pciback/new_slot` (pciback seizes only the
+//! devices it is told about) and to `drivers/pciback/bind`; `unbind` writes `remove_slot`
+//! after releasing it.
+//!
 //! Sysfs writes are synchronous: when the `unbind` write returns, the driver's `remove()` has
 //! run. So each step is checked once, right after it, by reading the `driver` link again, and
 //! never waited on: a step that did not take is an error that names it, after whatever was
@@ -20,11 +25,69 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use thiserror::Error;
 
 use super::sysfs::{DriverOverride, HostDevice, SysfsError, VFIO_PCI_DRIVER, is_vfio_driver};
 use super::{HostPaths, PciAddress};
+
+/// The sysfs name of Xen's PCI backend driver (module `xen-pciback`, drivers/xen/xen-pciback).
+pub const XEN_PCIBACK_DRIVER: &str = "pciback";
+
+/// Which passthrough driver a device is handed to: KVM's (vfio-pci, for QEMU,
+/// cloud-hypervisor, refvmm) or Xen's (pciback, for `xl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BindTarget {
+    /// vfio-pci.
+    #[default]
+    VfioPci,
+    /// Xen's pciback, in dom0.
+    XenPciback,
+}
+
+impl BindTarget {
+    /// The driver's name under `/sys/bus/pci/drivers`.
+    pub fn driver(self) -> &'static str {
+        match self {
+            BindTarget::VfioPci => VFIO_PCI_DRIVER,
+            BindTarget::XenPciback => XEN_PCIBACK_DRIVER,
+        }
+    }
+
+    /// The kernel module that provides it.
+    pub fn module(self) -> &'static str {
+        match self {
+            BindTarget::VfioPci => "vfio-pci",
+            BindTarget::XenPciback => "xen-pciback",
+        }
+    }
+}
+
+impl std::fmt::Display for BindTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.module())
+    }
+}
+
+impl FromStr for BindTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "vfio-pci" | "vfio" => Ok(BindTarget::VfioPci),
+            "xen-pciback" | "pciback" => Ok(BindTarget::XenPciback),
+            other => Err(format!(
+                "`{other}` is not a passthrough driver: use vfio-pci (KVM) or xen-pciback (Xen)"
+            )),
+        }
+    }
+}
+
+/// True for the drivers `unbind` gives devices back from: VFIO drivers and pciback.
+fn is_passthrough_driver(name: &str) -> bool {
+    is_vfio_driver(name) || name == XEN_PCIBACK_DRIVER
+}
 
 /// Writes sysfs attributes. The kernel acts on each write; [`KernelSysfs`] is the real thing,
 /// and a test can supply a writer that also plays the kernel's part on a fake tree
@@ -33,6 +96,13 @@ pub trait SysfsWriter {
     /// Writes `value` to the attribute file at `path`, as `echo -n VALUE > PATH` does.
     /// The file must exist: sysfs attributes are never created by writing.
     fn write_attr(&self, path: &Path, value: &str) -> io::Result<()>;
+}
+
+/// A borrowed writer writes the same way, so a test can keep its fake kernel to look at.
+impl<T: SysfsWriter + ?Sized> SysfsWriter for &T {
+    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
+        (**self).write_attr(path, value)
+    }
 }
 
 /// Writes attributes to the files as they are: on `/sys`, the kernel acts on them.
@@ -62,6 +132,8 @@ pub enum BindMethod {
         /// Device ID written to `new_id`.
         device: u16,
     },
+    /// Through Xen pciback's `new_slot` and `bind`.
+    PcibackSlot,
 }
 
 /// What `bind` remembers about a device, in `/run/refvmm/BDF.driver`.
@@ -79,6 +151,7 @@ impl BindRecord {
         let method = match self.method {
             BindMethod::DriverOverride => "driver_override".to_string(),
             BindMethod::NewId { vendor, device } => format!("new_id {vendor:04x}:{device:04x}"),
+            BindMethod::PcibackSlot => "pciback_slot".to_string(),
         };
         format!(
             "# written by `refvmm bind {address}`; read by `refvmm unbind {address}`\n\
@@ -99,6 +172,7 @@ impl BindRecord {
                 ("driver", "") => driver = Some(None),
                 ("driver", name) => driver = Some(Some(name.to_string())),
                 ("method", "driver_override") => method = Some(BindMethod::DriverOverride),
+                ("method", "pciback_slot") => method = Some(BindMethod::PcibackSlot),
                 ("method", m) => {
                     let (v, d) = m.strip_prefix("new_id ")?.split_once(':')?;
                     method = Some(BindMethod::NewId {
@@ -237,6 +311,18 @@ pub enum BindError {
         /// The missing driver directory.
         path: PathBuf,
     },
+    /// `/sys/bus/pci/drivers/pciback` is missing.
+    #[error(
+        "{address}: Xen's PCI backend is not loaded ({path} is missing): in dom0 run \
+         `modprobe xen-pciback` (or boot dom0 with `xen-pciback.hide=({address})`); nothing was \
+         changed"
+    )]
+    PcibackNotLoaded {
+        /// The device.
+        address: PciAddress,
+        /// The missing driver directory.
+        path: PathBuf,
+    },
     /// The device has no IOMMU group, which vfio-pci requires.
     #[error(
         "{address} has no IOMMU group, so vfio-pci would refuse it: enable the IOMMU \
@@ -304,6 +390,7 @@ fn write_hint(error: &io::Error) -> &'static str {
 struct Undo {
     previous_override: Option<DriverOverride>,
     new_id: Option<(u16, u16)>,
+    pciback_slot: bool,
     released_from: Option<String>,
     record: Option<PathBuf>,
 }
@@ -424,9 +511,87 @@ impl<W: SysfsWriter> Binder<W> {
             _ => BindMethod::DriverOverride,
         };
 
+        self.record_previous(device, method.clone(), undo, on_step);
+
+        if method == BindMethod::DriverOverride {
+            self.write(
+                device.sysfs_path.join("driver_override"),
+                VFIO_PCI_DRIVER,
+                "only vfio-pci may bind it now".into(),
+                on_step,
+            )?;
+            undo.previous_override = Some(device.driver_override.clone());
+        }
+
+        self.release(device, undo, on_step)?;
+
+        // `method` is DriverOverride or NewId here: chosen above from driver_override.
+        if let BindMethod::NewId { vendor, device: id } = method {
+            let ids = format!("{vendor:04x} {id:04x}");
+            let new_id = self.paths.pci_driver(VFIO_PCI_DRIVER).join("new_id");
+            match self.writer.write_attr(&new_id, &ids) {
+                Ok(()) => {
+                    undo.new_id = Some((vendor, id));
+                    on_step(&BindStep::Wrote {
+                        what: "let vfio-pci claim this vendor:device ID (no driver_override \
+                                   on this kernel; other unbound devices with it are claimed too)"
+                            .into(),
+                        value: ids,
+                        path: new_id,
+                    });
+                }
+                // The ID is already known to vfio-pci: bind this one device by name.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.write(
+                    self.paths.pci_driver(VFIO_PCI_DRIVER).join("bind"),
+                    &bdf,
+                    "bind to vfio-pci (its new_id already lists this ID)".into(),
+                    on_step,
+                )?,
+                Err(source) => {
+                    return Err(BindError::Write {
+                        hint: write_hint(&source),
+                        path: new_id,
+                        value: ids,
+                        source,
+                    });
+                }
+            }
+        } else {
+            self.write(
+                self.paths.drivers_probe(),
+                &bdf,
+                "probe drivers".into(),
+                on_step,
+            )?;
+        }
+
+        match self.current_driver(address)? {
+            Some(driver) if is_vfio_driver(&driver) => {
+                on_step(&BindStep::BoundTo { address, driver });
+                Ok(())
+            }
+            now => Err(BindError::BindDidNotTake {
+                address,
+                wanted: VFIO_PCI_DRIVER.into(),
+                now: now.unwrap_or_else(|| "no driver".into()),
+                hint: "vfio-pci refuses devices without an IOMMU group or in use",
+            }),
+        }
+    }
+
+    /// Records the driver the device has, for `unbind`; a record that cannot be written is a
+    /// warning, not a failure.
+    fn record_previous(
+        &self,
+        device: &HostDevice,
+        method: BindMethod,
+        undo: &mut Undo,
+        on_step: &mut dyn FnMut(&BindStep),
+    ) {
+        let address = device.address;
         let record = BindRecord {
             driver: device.driver.clone(),
-            method: method.clone(),
+            method,
         };
         let record_path = self.paths.bind_record(address);
         match save_record(&record_path, &record.to_text(address)) {
@@ -442,84 +607,114 @@ impl<W: SysfsWriter> Binder<W> {
                 problem: format!("could not record the previous driver: {e}"),
             }),
         }
+    }
 
-        if method == BindMethod::DriverOverride {
-            self.write(
-                device.sysfs_path.join("driver_override"),
-                VFIO_PCI_DRIVER,
-                "only vfio-pci may bind it now".into(),
-                on_step,
-            )?;
-            undo.previous_override = Some(device.driver_override.clone());
-        }
-
-        if let Some(old) = &device.driver {
-            let unbind = self.paths.pci_driver(old).join("unbind");
-            self.write(unbind.clone(), &bdf, format!("unbind from {old}"), on_step)?;
-            undo.released_from = Some(old.clone());
-            if let Some(still) = self.current_driver(address)? {
-                return Err(BindError::UnbindDidNotTake {
-                    address,
-                    driver: still,
-                    path: unbind,
-                });
-            }
-            on_step(&BindStep::Released {
+    /// Unbinds the device from the driver it has, if any, and checks that it let go.
+    fn release(
+        &self,
+        device: &HostDevice,
+        undo: &mut Undo,
+        on_step: &mut dyn FnMut(&BindStep),
+    ) -> Result<(), BindError> {
+        let address = device.address;
+        let Some(old) = &device.driver else {
+            return Ok(());
+        };
+        let unbind = self.paths.pci_driver(old).join("unbind");
+        self.write(
+            unbind.clone(),
+            &address.to_string(),
+            format!("unbind from {old}"),
+            on_step,
+        )?;
+        undo.released_from = Some(old.clone());
+        if let Some(still) = self.current_driver(address)? {
+            return Err(BindError::UnbindDidNotTake {
                 address,
-                driver: old.clone(),
+                driver: still,
+                path: unbind,
             });
         }
+        on_step(&BindStep::Released {
+            address,
+            driver: old.clone(),
+        });
+        Ok(())
+    }
 
-        match method {
-            BindMethod::DriverOverride => self.write(
-                self.paths.drivers_probe(),
-                &bdf,
-                "probe drivers".into(),
-                on_step,
-            )?,
-            BindMethod::NewId { vendor, device: id } => {
-                let ids = format!("{vendor:04x} {id:04x}");
-                let new_id = self.paths.pci_driver(VFIO_PCI_DRIVER).join("new_id");
-                match self.writer.write_attr(&new_id, &ids) {
-                    Ok(()) => {
-                        undo.new_id = Some((vendor, id));
-                        on_step(&BindStep::Wrote {
-                            what: "let vfio-pci claim this vendor:device ID (no driver_override \
-                                   on this kernel; other unbound devices with it are claimed too)"
-                                .into(),
-                            value: ids,
-                            path: new_id,
-                        });
-                    }
-                    // The ID is already known to vfio-pci: bind this one device by name.
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.write(
-                        self.paths.pci_driver(VFIO_PCI_DRIVER).join("bind"),
-                        &bdf,
-                        "bind to vfio-pci (its new_id already lists this ID)".into(),
-                        on_step,
-                    )?,
-                    Err(source) => {
-                        return Err(BindError::Write {
-                            hint: write_hint(&source),
-                            path: new_id,
-                            value: ids,
-                            source,
-                        });
-                    }
-                }
-            }
+    /// Moves the device at `address` to `target`'s driver: [`bind`](Self::bind) for vfio-pci,
+    /// Xen's recipe for pciback (record, unbind, `new_slot`, `bind`). Xen needs no IOMMU group
+    /// in dom0 (Xen itself owns the IOMMU), so none is asked for.
+    pub fn bind_to(
+        &self,
+        address: PciAddress,
+        target: BindTarget,
+        on_step: &mut dyn FnMut(&BindStep),
+    ) -> Result<(), BindError> {
+        if target == BindTarget::VfioPci {
+            return self.bind(address, on_step);
         }
+        let device = HostDevice::read(&self.paths, address)?;
+        if let Some(driver) = device
+            .driver
+            .as_ref()
+            .filter(|d| d.as_str() == XEN_PCIBACK_DRIVER)
+        {
+            on_step(&BindStep::AlreadyBound {
+                address,
+                driver: driver.clone(),
+            });
+            return Ok(());
+        }
+        let pciback = self.paths.pci_driver(XEN_PCIBACK_DRIVER);
+        if !pciback.is_dir() {
+            return Err(BindError::PcibackNotLoaded {
+                address,
+                path: pciback,
+            });
+        }
+        let mut undo = Undo::default();
+        let result = self.pciback_steps(&device, &mut undo, on_step);
+        if result.is_err() {
+            self.roll_back(address, &undo, on_step);
+        }
+        result
+    }
 
+    fn pciback_steps(
+        &self,
+        device: &HostDevice,
+        undo: &mut Undo,
+        on_step: &mut dyn FnMut(&BindStep),
+    ) -> Result<(), BindError> {
+        let address = device.address;
+        let bdf = address.to_string();
+        let pciback = self.paths.pci_driver(XEN_PCIBACK_DRIVER);
+        self.record_previous(device, BindMethod::PcibackSlot, undo, on_step);
+        self.release(device, undo, on_step)?;
+        self.write(
+            pciback.join("new_slot"),
+            &bdf,
+            "let pciback seize it (its slot list)".into(),
+            on_step,
+        )?;
+        undo.pciback_slot = true;
+        self.write(
+            pciback.join("bind"),
+            &bdf,
+            "bind to pciback".into(),
+            on_step,
+        )?;
         match self.current_driver(address)? {
-            Some(driver) if is_vfio_driver(&driver) => {
+            Some(driver) if driver == XEN_PCIBACK_DRIVER => {
                 on_step(&BindStep::BoundTo { address, driver });
                 Ok(())
             }
             now => Err(BindError::BindDidNotTake {
                 address,
-                wanted: VFIO_PCI_DRIVER.into(),
+                wanted: XEN_PCIBACK_DRIVER.into(),
                 now: now.unwrap_or_else(|| "no driver".into()),
-                hint: "vfio-pci refuses devices without an IOMMU group or in use",
+                hint: "pciback binds only devices in its slot list; is this dom0 of a Xen host?",
             }),
         }
     }
@@ -549,6 +744,24 @@ impl<W: SysfsWriter> Binder<W> {
                 self.paths.pci_driver(VFIO_PCI_DRIVER).join("remove_id"),
                 &format!("{vendor:04x} {device:04x}"),
                 "remove the ID from vfio-pci",
+            );
+        }
+        if undo.pciback_slot {
+            if let Ok(Some(driver)) = self.current_driver(address) {
+                if driver == XEN_PCIBACK_DRIVER {
+                    attempt(
+                        self.paths.pci_driver(XEN_PCIBACK_DRIVER).join("unbind"),
+                        &bdf,
+                        "unbind from pciback",
+                    );
+                }
+            }
+            attempt(
+                self.paths
+                    .pci_driver(XEN_PCIBACK_DRIVER)
+                    .join("remove_slot"),
+                &bdf,
+                "take it off pciback's slot list",
             );
         }
         if let Some(old) = &undo.released_from {
@@ -582,7 +795,7 @@ impl<W: SysfsWriter> Binder<W> {
     ) -> Result<(), BindError> {
         let device = HostDevice::read(&self.paths, address)?;
         let record_path = self.paths.bind_record(address);
-        if let Some(driver) = device.driver.as_ref().filter(|d| !is_vfio_driver(d)) {
+        if let Some(driver) = device.driver.as_ref().filter(|d| !is_passthrough_driver(d)) {
             on_step(&BindStep::NotOnVfio {
                 address,
                 driver: Some(driver.clone()),
@@ -658,6 +871,17 @@ impl<W: SysfsWriter> Binder<W> {
                 address,
                 driver: vfio.clone(),
             });
+            if vfio == XEN_PCIBACK_DRIVER {
+                // Off the slot list, or pciback would seize it again at the probe below.
+                self.write(
+                    self.paths
+                        .pci_driver(XEN_PCIBACK_DRIVER)
+                        .join("remove_slot"),
+                    &bdf,
+                    "take it off pciback's slot list".into(),
+                    on_step,
+                )?;
+            }
         }
 
         let wanted = record.as_ref().and_then(|r| r.driver.clone());
@@ -750,6 +974,10 @@ mod tests {
                 method: BindMethod::DriverOverride,
             },
             BindRecord {
+                driver: Some("e1000e".into()),
+                method: BindMethod::PcibackSlot,
+            },
+            BindRecord {
                 driver: None,
                 method: BindMethod::NewId {
                     vendor: 0x1b36,
@@ -762,6 +990,14 @@ mod tests {
             assert_eq!(BindRecord::parse(&text), Some(record));
         }
         assert_eq!(BindRecord::parse("garbage"), None);
+        assert_eq!("xen-pciback".parse(), Ok(BindTarget::XenPciback));
+        assert_eq!("vfio-pci".parse(), Ok(BindTarget::VfioPci));
+        assert!(
+            "pci-stub"
+                .parse::<BindTarget>()
+                .unwrap_err()
+                .contains("vfio-pci (KVM)")
+        );
         assert_eq!(BindRecord::parse("driver=nvme\n"), None);
         assert_eq!(BindRecord::parse("driver=x\nmethod=new_id zz:1\n"), None);
     }

@@ -30,7 +30,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(feature = "host-admin")]
-use super::bind::{KernelSysfs, SysfsWriter};
+use super::bind::{KernelSysfs, SysfsWriter, XEN_PCIBACK_DRIVER};
 use super::sysfs::HostDevice;
 use super::{HostPaths, PciAddress};
 
@@ -152,11 +152,20 @@ impl FakeHost {
             .join(address.to_string())
     }
 
-    /// Adds a PCI driver directory with its `bind`, `unbind`, `new_id` and `remove_id` files.
+    /// Adds a PCI driver directory with its `bind`, `unbind`, `new_id` and `remove_id` files
+    /// (and, for Xen's `pciback`, `new_slot`, `remove_slot` and `slots`).
     pub fn add_driver(&self, name: &str) -> io::Result<()> {
         let dir = self.paths().pci_driver(name);
         fs::create_dir_all(&dir)?;
-        for attr in ["bind", "unbind", "new_id", "remove_id"] {
+        let pciback: &[&str] = if name == XEN_PCIBACK_DRIVER {
+            &["new_slot", "remove_slot", "slots"]
+        } else {
+            &[]
+        };
+        for attr in ["bind", "unbind", "new_id", "remove_id"]
+            .iter()
+            .chain(pciback)
+        {
             if !dir.join(attr).exists() {
                 fs::write(dir.join(attr), "")?;
             }
@@ -267,7 +276,9 @@ impl Drop for FakeHost {
 /// Modelled: `drivers/D/unbind`, `drivers/D/bind`, `drivers_probe` (honouring
 /// `driver_override`, vfio-pci's dynamic IDs and each device's native driver),
 /// `drivers/D/new_id` (`EEXIST` when the ID is there already), `remove_id`, and clearing
-/// `driver_override` with a newline. Drivers can be made to refuse devices or to keep them.
+/// `driver_override` with a newline, and Xen pciback's `new_slot`/`remove_slot` (its `bind` and
+/// probe take only devices in its slot list). Drivers can be made to refuse devices or to keep
+/// them.
 #[derive(Debug)]
 pub struct FakeKernel {
     paths: HostPaths,
@@ -275,6 +286,7 @@ pub struct FakeKernel {
     refusing: HashSet<String>,
     sticky: HashSet<String>,
     dynamic_ids: Mutex<HashMap<String, HashSet<(u16, u16)>>>,
+    pciback_slots: Mutex<HashSet<PciAddress>>,
     log: Mutex<Vec<(PathBuf, String)>>,
 }
 
@@ -288,6 +300,7 @@ impl FakeKernel {
             refusing: HashSet::new(),
             sticky: HashSet::new(),
             dynamic_ids: Mutex::new(HashMap::new()),
+            pciback_slots: Mutex::new(HashSet::new()),
             log: Mutex::new(Vec::new()),
         }
     }
@@ -331,8 +344,17 @@ impl FakeKernel {
         }
     }
 
-    /// What `drivers_probe` would bind: the override, else a matching dynamic ID, else the
-    /// native driver; only a loaded driver that does not refuse.
+    fn in_pciback_slot(&self, address: PciAddress) -> io::Result<bool> {
+        let slots = self
+            .pciback_slots
+            .lock()
+            .map_err(|_| io::ErrorKind::Other)?;
+        Ok(slots.contains(&address))
+    }
+
+    /// What `drivers_probe` would bind: the override, else pciback for a device in its slot
+    /// list, else a matching dynamic ID, else the native driver; only a loaded driver that does
+    /// not refuse.
     fn probe(&self, device: &HostDevice) -> io::Result<()> {
         use super::sysfs::DriverOverride;
         if device.driver.is_some() {
@@ -341,6 +363,7 @@ impl FakeKernel {
         let ids = (device.vendor, device.device);
         let candidate = match &device.driver_override {
             DriverOverride::Set(name) => Some(name.clone()),
+            _ if self.in_pciback_slot(device.address)? => Some(XEN_PCIBACK_DRIVER.to_string()),
             _ => {
                 let dynamic = self.dynamic_ids.lock().map_err(|_| io::ErrorKind::Other)?;
                 dynamic
@@ -409,7 +432,32 @@ impl SysfsWriter for FakeKernel {
                 if self.refusing.contains(*driver) {
                     return Err(io::Error::from_raw_os_error(libc::EINVAL));
                 }
+                // pciback's probe seizes only the devices in its slot list.
+                if *driver == XEN_PCIBACK_DRIVER && !self.in_pciback_slot(device.address)? {
+                    return Err(enodev());
+                }
                 self.link(device.address, Some(driver))?;
+            }
+            [
+                "bus",
+                "pci",
+                "drivers",
+                XEN_PCIBACK_DRIVER,
+                slot @ ("new_slot" | "remove_slot"),
+            ] => {
+                let address: PciAddress = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                let mut slots = self
+                    .pciback_slots
+                    .lock()
+                    .map_err(|_| io::ErrorKind::Other)?;
+                if *slot == "new_slot" {
+                    slots.insert(address);
+                } else if !slots.remove(&address) {
+                    return Err(io::Error::from_raw_os_error(libc::ENOENT));
+                }
             }
             ["bus", "pci", "drivers_probe"] => {
                 let device = self.device(value).ok_or_else(enodev)?;

@@ -9,7 +9,7 @@
 //! | `address.rs` | [`PciAddress`]: a [`pci_config::Bdf`] that also takes sysfs paths |
 //! | `paths.rs` | [`HostPaths`]: every sysfs/procfs/dev path in one place |
 //! | `sysfs.rs` | [`HostDevice`], [`IommuGroup`], [`IommuStatus`]: what the kernel says |
-//! | `bind.rs` | `Binder`: to vfio-pci and back, through a `SysfsWriter` (feature `host-admin`) |
+//! | `bind.rs` | `Binder`: to vfio-pci (or Xen's pciback, `BindTarget`) and back, through a `SysfsWriter` (feature `host-admin`) |
 //! | `check.rs` | `Readiness`: the passthrough checklist (feature `host-admin`) |
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
@@ -36,7 +36,10 @@ mod sysfs;
 
 pub use address::{AddressError, PciAddress};
 #[cfg(feature = "host-admin")]
-pub use bind::{BindError, BindMethod, BindRecord, BindStep, Binder, KernelSysfs, SysfsWriter};
+pub use bind::{
+    BindError, BindMethod, BindRecord, BindStep, BindTarget, Binder, KernelSysfs, SysfsWriter,
+    XEN_PCIBACK_DRIVER,
+};
 #[cfg(feature = "host-admin")]
 pub use check::{CheckItem, CheckKind, CheckOptions, CheckStatus, MEMLOCK_WARN_BELOW, Readiness};
 pub use info::{
