@@ -82,8 +82,34 @@ pub enum PlanCmdError {
     SeveralDevices {
         /// How many.
         count: usize,
-        /// Their addresses.
+        /// Their addresses (the first few, when there are many).
         list: String,
+    },
+    /// One address heads more than one device in the input.
+    #[error(
+        "the input lists {bdf} {count} times (devices {positions} of the input: {descriptions}); \
+         keep one copy of its lspci text"
+    )]
+    DuplicateDevice {
+        /// The address.
+        bdf: Bdf,
+        /// How often it appears.
+        count: usize,
+        /// Where, counting devices from 1.
+        positions: String,
+        /// Each copy's header line, so a person can tell which is which.
+        descriptions: String,
+    },
+    /// The device has only its summary line: plain `lspci`, no `-v`.
+    #[error(
+        "device {bdf}: the input has only its one-line summary, no regions or capabilities \
+         (plain `lspci` output); run `sudo lspci -vv -s {short}` so lspci prints them"
+    )]
+    NoDetail {
+        /// The device.
+        bdf: Bdf,
+        /// The device in the form lspci's `-s` takes.
+        short: String,
     },
     /// A BAR without `[size=...]`.
     #[error(
@@ -260,19 +286,83 @@ fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError> {
     }
 }
 
-fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
-    if let Some(bdf) = bdf {
-        return lspci::find_device(text, bdf).map_err(PlanCmdError::Lspci);
+/// How many addresses an error lists before it says "and N more".
+const LIST_AT_MOST: usize = 8;
+
+/// `a, b, c` for a short list; the first [`LIST_AT_MOST`] and "and N more" for a long one.
+fn short_list(items: &[String]) -> String {
+    if items.len() <= LIST_AT_MOST {
+        return items.join(", ");
     }
+    format!(
+        "{}, and {} more",
+        items[..LIST_AT_MOST].join(", "),
+        items.len() - LIST_AT_MOST
+    )
+}
+
+/// The copies of the device at `bdf`, by position in the input; an error when there are several.
+fn check_unique(devices: &[LspciDevice], bdf: Bdf) -> Result<(), PlanCmdError> {
+    let copies: Vec<(usize, &LspciDevice)> = devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.bdf() == bdf)
+        .map(|(i, d)| (i + 1, d))
+        .collect();
+    if copies.len() < 2 {
+        return Ok(());
+    }
+    let positions: Vec<String> = copies.iter().map(|(i, _)| i.to_string()).collect();
+    let descriptions: Vec<String> = copies
+        .iter()
+        .map(|(_, d)| format!("\"{}: {}\"", d.class_name(), d.description()))
+        .collect();
+    Err(PlanCmdError::DuplicateDevice {
+        bdf,
+        count: copies.len(),
+        positions: short_list(&positions),
+        descriptions: short_list(&descriptions),
+    })
+}
+
+fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
     let mut devices = lspci::parse_devices(text).map_err(PlanCmdError::Lspci)?;
+    if let Some(bdf) = bdf {
+        check_unique(&devices, bdf)?;
+        let Some(at) = devices.iter().position(|d| d.bdf() == bdf) else {
+            let list: Vec<String> = devices.iter().map(|d| d.bdf().to_string()).collect();
+            return Err(PlanCmdError::Lspci(LspciError::DeviceNotFound {
+                bdf,
+                available: short_list(&list),
+            }));
+        };
+        return Ok(devices.swap_remove(at));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = devices.iter().find(|d| !seen.insert(d.bdf())) {
+        check_unique(&devices, twice.bdf())?;
+    }
     if devices.len() > 1 {
         let list: Vec<String> = devices.iter().map(|d| d.bdf().to_string()).collect();
         return Err(PlanCmdError::SeveralDevices {
             count: devices.len(),
-            list: list.join(", "),
+            list: short_list(&list),
         });
     }
     Ok(devices.remove(0))
+}
+
+/// True when lspci printed only the device's summary line: no `-v`, so nothing to plan from.
+fn has_no_detail(dev: &LspciDevice) -> bool {
+    dev.bars().is_empty()
+        && dev.rom().is_none()
+        && dev.capabilities().is_empty()
+        && !dev.capabilities_access_denied()
+        && dev.command().is_none()
+        && dev.status().is_none()
+        && dev.irq().is_none()
+        && dev.kernel_driver().is_none()
+        && dev.config_bytes().is_none()
 }
 
 /// Runs `refvmm plan`.
@@ -280,6 +370,13 @@ pub fn run(args: PlanArgs) -> CmdResult {
     let text = read_input(args.input.as_ref())?;
     let dev = pick_device(&text, args.device)?;
     let bdf = dev.bdf();
+    if has_no_detail(&dev) {
+        return Err(PlanCmdError::NoDetail {
+            bdf,
+            short: bdf.short(),
+        }
+        .into());
+    }
     let layout = layout_from_lspci(&dev, &args.not_mmappable, !args.no_msix_mappable)?;
     let policy = Policy {
         trap_all: args.trap_all,
@@ -305,6 +402,13 @@ pub fn run(args: PlanArgs) -> CmdResult {
 
     print!("{}", header(&dev, &args, &plan));
     println!();
+    if plan.bars().is_empty() {
+        println!(
+            "Nothing to map or trap: the device has no BARs. A VMM passing it through emulates \
+             only its configuration space."
+        );
+        return Ok(());
+    }
     print!("{mtree}");
     println!("Trapped ranges:");
     print!("{traps}");

@@ -280,3 +280,61 @@ fn bad_input_is_explained() {
         "cannot relocate MSI-X into BAR 1: it is the upper half of 64-bit BAR 0",
     );
 }
+
+#[test]
+fn plain_lspci_output_is_refused() {
+    // Plain `lspci` prints one line per device: no regions, no capabilities, nothing to plan.
+    fails(
+        &[&data("plan_plain_lspci.txt")],
+        None,
+        "the input has only its one-line summary, no regions or capabilities (plain `lspci` \
+         output); run `sudo lspci -vv -s 00:04.0`",
+    );
+}
+
+#[test]
+fn a_device_without_bars_has_nothing_to_map() {
+    let out = ok(&[&data("plan_host_bridge.lspci")]);
+    assert!(
+        out.contains("Nothing to map or trap: the device has no BARs"),
+        "{out}"
+    );
+    assert!(!out.contains("FlatView"), "{out}");
+    assert!(!out.contains("Summary:"), "{out}");
+}
+
+#[test]
+fn a_device_listed_twice_is_flagged() {
+    let one = std::fs::read_to_string(data("plan_qemu_nvme.lspci")).unwrap();
+    let twice = format!("{one}\n{one}");
+    let expect = "the input lists 0000:00:04.0 2 times (devices 1, 2 of the input";
+    let r = plan(&[], Some(&twice));
+    assert!(!r.ok && r.stderr.contains(expect), "{}", r.stderr);
+    let r = plan(&["--device", "00:04.0"], Some(&twice));
+    assert!(!r.ok && r.stderr.contains(expect), "{}", r.stderr);
+}
+
+#[test]
+fn many_devices_are_listed_briefly() {
+    let many: String = (0..20_000u32)
+        .map(|i| {
+            format!(
+                "{:02x}:{:02x}.{} Non-Volatile memory controller: Red Hat, Inc. Device\n",
+                (i >> 8) & 0xff,
+                (i >> 3) & 0x1f,
+                i & 7
+            )
+        })
+        .collect();
+    let r = plan(&[], Some(&many));
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("the input lists 20000 devices (") && r.stderr.contains("and 19992 more"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.len() < 2000, "{} bytes of error", r.stderr.len());
+    let r = plan(&["--device", "7f:00.0"], Some(&many));
+    assert!(r.stderr.contains("and 19992 more"), "{}", r.stderr);
+    assert!(r.stderr.len() < 2000, "{} bytes of error", r.stderr.len());
+}
