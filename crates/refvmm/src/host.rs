@@ -67,9 +67,9 @@ pub struct CheckArgs {
     /// The device: 0000:01:00.0, 01:00.0 or /sys/bus/pci/devices/0000:01:00.0.
     #[arg(value_name = "DEVICE", value_parser = parse_device)]
     device: PciAddress,
-    /// The guest's RAM (e.g. 512M, 2G): the memlock limit must cover it. Without it, a limit
-    /// below 1 GiB is a warning.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// The guest's RAM, as `refvmm run --memory` takes it (e.g. 512M, 2G): the memlock limit
+    /// must cover it. Without it, a limit below 1 GiB is a warning.
+    #[arg(long, value_name = "SIZE", value_parser = crate::run::parse_size)]
     memory: Option<u64>,
     /// When every check passes, also open the device through VFIO (with the `--iommu`
     /// backend) and list its regions and interrupts.
@@ -92,31 +92,6 @@ enum CheckError {
 
 fn parse_device(arg: &str) -> Result<PciAddress, String> {
     PciAddress::from_arg(arg).map_err(|e| e.to_string())
-}
-
-/// Parses `4096`, `64K`, `512M`, `512MiB`, `2G`, `1T` (binary units, any case).
-pub fn parse_size(arg: &str) -> Result<u64, String> {
-    let text = arg.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| {
-        format!(
-            "{arg:?}: expected a size in bytes or with a K, M, G or T suffix, such as 512M or 2G"
-        )
-    })?;
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" | "kb" => 10,
-        "m" | "mib" | "mb" => 20,
-        "g" | "gib" | "gb" => 30,
-        "t" | "tib" | "tb" => 40,
-        _ => return Err(format!("{arg:?}: unknown unit {unit:?} (use K, M, G or T)")),
-    };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{arg:?}: too large"))
 }
 
 fn print_step(step: &BindStep) {
@@ -173,24 +148,4 @@ pub fn check(args: CheckArgs) -> CmdResult {
         print!("{}", opened.info());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("2X").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("G").is_err());
-        assert!(
-            parse_size("99999999999T")
-                .unwrap_err()
-                .contains("too large")
-        );
-    }
 }

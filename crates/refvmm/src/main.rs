@@ -14,6 +14,7 @@ mod plan;
 mod report;
 mod run;
 mod serial;
+mod size;
 mod test_function;
 
 use std::process::ExitCode;

@@ -131,6 +131,12 @@ fn check_unknown_and_malformed_devices() {
     let out = refvmm(&host, &["check", "--memory", "2X", NVME]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown unit"));
+    // The same bounds as `run --memory`.
+    for (size, why) in [("0", "too small"), ("999T", "too large")] {
+        let out = refvmm(&host, &["check", "--memory", size, NVME]);
+        assert_eq!(out.status.code(), Some(2), "{size}");
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+    }
 }
 
 #[test]

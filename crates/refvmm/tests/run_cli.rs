@@ -23,7 +23,15 @@ fn bad_arguments_are_refused_before_anything_runs() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("`test`"), "{}", r.all());
     let r = refvmm_run(&["--guest", "/nonexistent", "--memory", "1M"]);
-    assert!(r.stderr.contains("at least 4M"), "{}", r.all());
+    assert!(r.stderr.contains("too small"), "{}", r.all());
+    for large in ["18446744073709551615", "99999999999999999999", "999T"] {
+        let r = refvmm_run(&["--memory", large]);
+        assert_eq!(r.code, 2, "{}", r.all());
+        assert!(r.stderr.contains("too large"), "{large}: {}", r.all());
+    }
+    let r = refvmm_run(&["--iommu", "vfio"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("use auto, type1 or iommufd"), "{}", r.all());
 }
 
 #[test]

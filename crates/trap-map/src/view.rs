@@ -233,20 +233,31 @@ fn lowest_free(window: (u64, u64), size: u64, taken: &[(u64, u64)]) -> Option<u6
     }
 }
 
-/// A size in the largest binary unit that divides it: `4 KiB`, `1 MiB`, `48 B`.
+/// A size in the largest binary unit that divides it (`4 KiB`, `1 MiB`, `48 B`), as long as that
+/// takes at most five digits; larger odd sizes are scaled to the largest unit they reach, with two
+/// decimals cut (not rounded) so they never overstate: 64 GiB less a page is `63.99 GiB`, not
+/// `67108860 KiB`.
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
+    const UNITS: [(u64, &str); 5] = [
         (1 << 40, "TiB"),
         (1 << 30, "GiB"),
         (1 << 20, "MiB"),
         (1 << 10, "KiB"),
+        (1, "B"),
     ];
-    for (unit, name) in UNITS {
-        if bytes >= unit && bytes % unit == 0 {
-            return format!("{} {name}", bytes / unit);
-        }
+    let (exact_unit, exact_name) = UNITS
+        .into_iter()
+        .find(|&(unit, _)| bytes % unit == 0 && (bytes >= unit || unit == 1))
+        .unwrap_or((1, "B"));
+    if bytes / exact_unit < 100_000 {
+        return format!("{} {exact_name}", bytes / exact_unit);
     }
-    format!("{bytes} B")
+    let (unit, name) = UNITS
+        .into_iter()
+        .find(|&(unit, _)| bytes >= unit)
+        .unwrap_or((1, "B"));
+    let hundredths = (u128::from(bytes) * 100 / u128::from(unit)) as u64;
+    format!("{}.{:02} {name}", hundredths / 100, hundredths % 100)
 }
 
 /// One guest range of a placed plan.
@@ -490,6 +501,9 @@ mod tests {
         assert_eq!(human_size(0x1800), "6 KiB");
         assert_eq!(human_size(0x1801), "6145 B");
         assert_eq!(human_size(1 << 30), "1 GiB");
+        assert_eq!(human_size((64 << 30) - 4096), "63.99 GiB");
+        assert_eq!(human_size(1_000_001), "976.56 KiB");
+        assert_eq!(human_size(u64::MAX), "16777215.99 TiB");
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl FromStr for IommuBackendChoice {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
-            "type1" | "vfio" | "container" => Ok(Self::Type1),
+            "type1" => Ok(Self::Type1),
             "iommufd" => Ok(Self::Iommufd),
             other => Err(format!(
                 "unknown IOMMU backend `{other}`: use auto, type1 or iommufd"
