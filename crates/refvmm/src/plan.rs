@@ -161,6 +161,20 @@ pub enum PlanCmdError {
         #[source]
         source: trap_map::PlanError,
     },
+    /// The MSI-X PBA lies outside its BAR: only relocation can save the plan.
+    #[error(
+        "device {bdf}: cannot plan as it is; pass --msix-relocation barN with N a BAR the \
+         device does not use (it uses: {used}) so the guest gets a table of the VMM's own"
+    )]
+    MsixOutsideBar {
+        /// The device.
+        bdf: Bdf,
+        /// The BARs it has.
+        used: String,
+        /// What is wrong.
+        #[source]
+        source: trap_map::PlanError,
+    },
     /// The guest placement is not usable.
     #[error("device {bdf}: cannot place the BARs in the guest")]
     Placement {
@@ -383,8 +397,20 @@ pub fn run(args: PlanArgs) -> CmdResult {
         trap_pba: args.trap_pba,
         msix_relocation: args.msix_relocation,
     };
-    let plan = DevicePlan::new(&layout, args.page_size, policy)
-        .map_err(|source| PlanCmdError::Plan { bdf, source })?;
+    let plan = DevicePlan::new(&layout, args.page_size, policy).map_err(|source| match source {
+        trap_map::PlanError::MsixOutsideBar {
+            structure: trap_map::MsixStructure::Pba,
+            ..
+        } => {
+            let used: Vec<String> = dev.bars().iter().map(|b| b.index.to_string()).collect();
+            PlanCmdError::MsixOutsideBar {
+                bdf,
+                used: used.join(", "),
+                source,
+            }
+        }
+        source => PlanCmdError::Plan { bdf, source },
+    })?;
     let mut fixed = GuestPlacement::new();
     for &(bar, address) in &args.at {
         if plan.bar(bar).is_none() {

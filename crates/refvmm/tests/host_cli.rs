@@ -120,6 +120,15 @@ fn check_unknown_and_malformed_devices() {
     );
     assert!(stderr.contains("lspci -D"), "{stderr}");
 
+    // A blank pasted in front is not blamed on the bus number.
+    let out = refvmm(&host, &["check", " 01:00.0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("\" 01:00.0\": remove the blanks around the PCI address"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let out = refvmm(&host, &["check", "0000:01:00.8"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

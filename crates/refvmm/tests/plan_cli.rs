@@ -338,3 +338,20 @@ fn many_devices_are_listed_briefly() {
     assert!(r.stderr.contains("and 19992 more"), "{}", r.stderr);
     assert!(r.stderr.len() < 2000, "{} bytes of error", r.stderr.len());
 }
+
+#[test]
+fn an_msix_pba_outside_its_bar_suggests_the_option() {
+    let text = std::fs::read_to_string(data("plan_qemu_nvme.lspci"))
+        .unwrap()
+        .replace("PBA: BAR=0 offset=00003000", "PBA: BAR=0 offset=00005000");
+    let r = plan(&[], Some(&text));
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("pass --msix-relocation barN with N a BAR the device does not use (it uses: 0)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("MsixRelocation"), "{}", r.stderr);
+    let r = plan(&["--msix-relocation", "bar2"], Some(&text));
+    assert!(r.ok, "{}", r.stderr);
+}

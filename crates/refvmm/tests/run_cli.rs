@@ -40,11 +40,23 @@ fn an_image_that_is_not_an_elf_guest_is_refused_with_the_rules() {
         return;
     };
     let not_elf = std::env::temp_dir().join(format!("refvmm-not-elf-{}", std::process::id()));
-    std::fs::write(&not_elf, b"#!/bin/sh\necho hello\n").unwrap();
+    // Longer than an ELF header, so the loader reads one and finds no magic number.
+    std::fs::write(&not_elf, "#!/bin/sh\necho hello\n".repeat(8)).unwrap();
     let r = refvmm_run(&["--guest", not_elf.to_str().unwrap()]);
     std::fs::remove_file(&not_elf).ok();
     assert_eq!(r.code, 125, "{}", r.all());
-    assert!(r.stderr.contains("as a 64-bit ELF guest"), "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("as a 64-bit ELF guest (Invalid Elf magic number)"),
+        "{}",
+        r.all()
+    );
+    // linux-loader's message repeats its cause; refvmm says it once.
+    assert_eq!(r.stderr.matches("magic number").count(), 1, "{}", r.all());
+    // A directory is named as one, not as a bad ELF header.
+    let r = refvmm_run(&["--guest", env!("CARGO_MANIFEST_DIR")]);
+    assert_eq!(r.code, 125, "{}", r.all());
+    r.stderr_has("caused by: Is a directory");
     // A real guest with a command line that is too long.
     let long = "x".repeat(1024);
     let r = refvmm_run(&["--guest", &guest("pci_probe"), "--cmdline", &long]);
