@@ -455,7 +455,12 @@ mod tests {
         assert!(parse_size("lots").unwrap_err().contains("K, M, G or T"));
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert!(parse_size("4097K").unwrap_err().contains("multiple of 4K"));
-        for large in ["600G", "999T", "18446744073709551615", "99999999999999999999"] {
+        for large in [
+            "600G",
+            "999T",
+            "18446744073709551615",
+            "99999999999999999999",
+        ] {
             assert!(
                 parse_size(large).unwrap_err().contains("too large"),
                 "{large}"

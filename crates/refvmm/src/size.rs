@@ -46,7 +46,11 @@ mod tests {
 
     #[test]
     fn too_large_says_so() {
-        assert!(parse_bytes("99999999999T").unwrap_err().contains("too large"));
+        assert!(
+            parse_bytes("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
         assert!(
             parse_bytes("99999999999999999999")
                 .unwrap_err()

@@ -128,8 +128,9 @@ fn a_node_that_is_not_kvm_is_named() {
     let r = demo(&["--kvm-device", "/dev/null"]);
     assert!(!r.ok);
     assert!(
-        r.stderr
-            .contains("KVM_CREATE_VM on /dev/null failed: it opened, but it is not a KVM device node"),
+        r.stderr.contains(
+            "KVM_CREATE_VM on /dev/null failed: it opened, but it is not a KVM device node"
+        ),
         "{}",
         r.stderr
     );

@@ -347,7 +347,9 @@ fn an_msix_pba_outside_its_bar_suggests_the_option() {
     let r = plan(&[], Some(&text));
     assert!(!r.ok, "{}", r.stdout);
     assert!(
-        r.stderr.contains("pass --msix-relocation barN with N a BAR the device does not use (it uses: 0)"),
+        r.stderr.contains(
+            "pass --msix-relocation barN with N a BAR the device does not use (it uses: 0)"
+        ),
         "{}",
         r.stderr
     );

@@ -31,7 +31,11 @@ fn bad_arguments_are_refused_before_anything_runs() {
     }
     let r = refvmm_run(&["--iommu", "vfio"]);
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("use auto, type1 or iommufd"), "{}", r.all());
+    assert!(
+        r.stderr.contains("use auto, type1 or iommufd"),
+        "{}",
+        r.all()
+    );
 }
 
 #[test]
