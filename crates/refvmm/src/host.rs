@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 use thiserror::Error;
 use vfio_pci::host::{
-    BindStep, Binder, CheckOptions, HostPaths, IommuBackendChoice, OpenedVfio, PciAddress,
+    BindStep, Binder, CheckOptions, Fix, HostPaths, IommuBackendChoice, OpenedVfio, PciAddress,
     ProcessLimits, Readiness,
 };
 
@@ -17,6 +17,9 @@ use crate::CmdResult;
 
 /// The environment variable that sets the host root when `--host-root` is not given.
 pub const HOST_ROOT_ENV: &str = "REFVMM_HOST_ROOT";
+
+/// Where `refvmm bind` records the driver a device had, for `refvmm unbind`.
+const RUN_DIR: &str = "/run/refvmm";
 
 /// Where the host's files are.
 #[derive(Args, Debug, Clone)]
@@ -33,9 +36,13 @@ impl HostRootArg {
             .host_root
             .clone()
             .or_else(|| std::env::var_os(HOST_ROOT_ENV).map(PathBuf::from));
+        // refvmm keeps its bind records in a directory of its own name.
         match root {
-            Some(root) => HostPaths::under(root),
-            None => HostPaths::default(),
+            Some(root) => {
+                let run = root.join(RUN_DIR.trim_start_matches('/'));
+                HostPaths::under(root).with_run_dir(run)
+            }
+            None => HostPaths::default().with_run_dir(RUN_DIR),
         }
     }
 }
@@ -94,6 +101,38 @@ fn parse_device(arg: &str) -> Result<PciAddress, String> {
     PciAddress::from_arg(arg).map_err(|e| e.to_string())
 }
 
+/// A fix as refvmm's own commands: binding is `refvmm bind`; the rest is the library's wording.
+fn render_fix(fix: &Fix) -> String {
+    match fix {
+        Fix::BindToVfio {
+            devices,
+            load_module,
+            whole_group,
+        } => {
+            let binds: Vec<String> = devices
+                .iter()
+                .map(|d| format!("`refvmm bind {d}`"))
+                .collect();
+            let binds = binds.join(", ");
+            let load = if *load_module {
+                "`modprobe vfio-pci` (the driver is not loaded), then "
+            } else {
+                ""
+            };
+            if *whole_group {
+                format!(
+                    "{load}the IOMMU cannot isolate devices of one group, so all of them go to \
+                     vfio-pci (and to this VM) or stay unused: {binds}; or move the device to a \
+                     slot with its own group"
+                )
+            } else {
+                format!("{load}{binds}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 fn print_step(step: &BindStep) {
     println!("  {step}");
 }
@@ -127,7 +166,9 @@ pub fn check(args: CheckArgs) -> CmdResult {
         limits: ProcessLimits::current()?,
     };
     let readiness = Readiness::assess(&paths, args.device, &options)?;
-    print!("{readiness}");
+    let mut text = String::new();
+    readiness.render(&mut text, &render_fix)?;
+    print!("{text}");
     if !readiness.is_ready() {
         if args.open {
             println!("--open skipped: fix the problems above first");

@@ -187,7 +187,14 @@ fn check_non_viable_group_no_iommu_and_missing_node() {
         stdout.contains("[FAIL] IOMMU       not enabled"),
         "{stdout}"
     );
-    assert!(stdout.contains("`intel_iommu=on iommu=pt`"), "{stdout}");
+    assert!(
+        stdout.contains("add `intel_iommu=on` to the kernel"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("iommu=pt"),
+        "not needed for VFIO: {stdout}"
+    );
     assert!(
         stdout.contains("`modprobe vfio-pci` (the driver is not loaded)"),
         "{stdout}"
@@ -256,4 +263,29 @@ fn bind_without_vfio_pci_changes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("run `modprobe vfio-pci` and retry; nothing was changed"));
     assert_eq!(host.read("sys/bus/pci/drivers/nvme/unbind"), "");
+}
+
+#[test]
+fn check_inside_a_virtual_machine_advises_a_virtual_iommu() {
+    let host = FakeHost::new("cli-vm").unwrap();
+    host.set_cpu_vendor("GenuineIntel").unwrap();
+    host.set_dmi("QEMU", "Standard PC (i440FX + PIIX, 1996)")
+        .unwrap();
+    host.add_driver("vfio-pci").unwrap();
+    host.add_device(&FakeDevice::new(NVME, 0x1b36, 0x0010, 0x010802).driver("nvme"))
+        .unwrap();
+    let out = refvmm(&host, &["check", NVME]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("fix: this is a virtual machine (QEMU Standard PC (i440FX + PIIX, 1996))"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("virtual IOMMU"), "{stdout}");
+    assert!(!stdout.contains("firmware setup"), "{stdout}");
+    // The bind fix is rendered as refvmm's own command.
+    assert!(
+        stdout.contains("fix: `refvmm bind 0000:01:00.0`"),
+        "{stdout}"
+    );
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use vfio_pci::host::fake::{FakeDevice, FakeHost, FakeKernel};
 use vfio_pci::host::{
-    BindError, BindStep, Binder, CheckKind, CheckOptions, HostDevice, MemlockLimit, OpenError,
+    BindError, BindStep, Binder, CheckKind, CheckOptions, Fix, HostDevice, MemlockLimit, OpenError,
     OpenedDevice, PciAddress, ProcessLimits, Readiness, Status, SysfsError,
 };
 
@@ -82,7 +82,7 @@ fn device_not_bound_to_vfio_pci() {
     let driver = r.item(CheckKind::Driver).unwrap();
     assert_eq!(driver.status, Status::Fail);
     assert_eq!(driver.finding, "bound to nvme, not vfio-pci");
-    assert_eq!(driver.fix.as_deref(), Some("`refvmm bind 0000:01:00.0`"));
+    assert_eq!(driver.fix, Some(Fix::bind(addr(NVME), false)));
     // Only the driver is wrong; /dev/vfio/7 is expected to be missing until the bind.
     assert_eq!(r.problems().count(), 1, "{r}");
     assert_eq!(r.item(CheckKind::VfioNodes).unwrap().status, Status::Skip);
@@ -101,13 +101,13 @@ fn device_not_bound_to_vfio_pci() {
     std::fs::remove_dir_all(host.paths().pci_driver("vfio-pci")).unwrap();
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let fix = r.item(CheckKind::Driver).unwrap().fix.clone().unwrap();
-    assert!(fix.starts_with("`modprobe vfio-pci`"), "{fix}");
+    assert_eq!(fix, Fix::bind(addr(NVME), true));
 
     let err = OpenedDevice::open(&host.paths(), addr(NVME), None).unwrap_err();
     assert!(matches!(err, OpenError::NotBoundToVfio { .. }));
     assert_eq!(
         err.to_string(),
-        "0000:01:00.0 is bound to nvme, not vfio-pci: run `refvmm bind 0000:01:00.0` first"
+        "0000:01:00.0 is bound to nvme, not vfio-pci: bind it to vfio-pci first"
     );
 }
 
@@ -153,10 +153,13 @@ fn non_viable_group_lists_each_member_and_driver() {
          - 0000:01:00.1 [multimedia controller] (driver snd_hda_intel)\n\
          - 0000:01:00.2 [USB controller] (driver xhci_hcd)"
     );
-    let fix = group.fix.as_deref().unwrap();
-    assert!(
-        fix.contains("`refvmm bind 0000:01:00.1`, `refvmm bind 0000:01:00.2`"),
-        "{fix}"
+    assert_eq!(
+        group.fix,
+        Some(Fix::BindToVfio {
+            devices: vec!["0000:01:00.1".into(), "0000:01:00.2".into()],
+            load_module: false,
+            whole_group: true,
+        })
     );
     assert_eq!(r.problems().count(), 1, "{r}");
 
@@ -193,8 +196,9 @@ fn no_iommu_names_the_kernel_parameter() {
         "{}",
         iommu.finding
     );
-    let fix = iommu.fix.as_deref().unwrap();
-    assert!(fix.contains("`intel_iommu=on iommu=pt`"), "{fix}");
+    let fix = iommu.fix.as_ref().unwrap().to_string();
+    assert!(fix.contains("`intel_iommu=on`"), "{fix}");
+    assert!(!fix.contains("iommu=pt"), "{fix}");
     // The group check is moot without an IOMMU; the driver is still reported: all problems.
     assert_eq!(r.item(CheckKind::Group).unwrap().status, Status::Skip);
     assert_eq!(r.item(CheckKind::Driver).unwrap().status, Status::Fail);
@@ -206,9 +210,34 @@ fn no_iommu_names_the_kernel_parameter() {
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let iommu = r.item(CheckKind::Iommu).unwrap();
     assert!(iommu.finding.contains("amd_iommu=off"), "{}", iommu.finding);
-    let fix = iommu.fix.as_deref().unwrap();
+    let fix = iommu.fix.as_ref().unwrap().to_string();
     assert!(fix.starts_with("remove amd_iommu=off"), "{fix}");
     assert!(fix.contains("AMD-Vi"), "{fix}");
+
+    // Inside a QEMU VM, the IOMMU is the hypervisor's: the advice is a virtual IOMMU.
+    host.set_cmdline("quiet").unwrap();
+    host.set_dmi("QEMU", "Standard PC (Q35 + ICH9, 2009)")
+        .unwrap();
+    let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
+    let fix = r
+        .item(CheckKind::Iommu)
+        .unwrap()
+        .fix
+        .as_ref()
+        .unwrap()
+        .to_string();
+    assert!(
+        fix.starts_with("this is a virtual machine (QEMU Standard PC (Q35 + ICH9, 2009))"),
+        "{fix}"
+    );
+    assert!(
+        fix.contains("intel-iommu") && fix.contains("virtio-iommu"),
+        "{fix}"
+    );
+    assert!(
+        !fix.contains("AMD-Vi") && !fix.contains("iommu=pt"),
+        "{fix}"
+    );
 
     // Binding refuses before touching anything: vfio-pci would not take the device.
     let kernel = FakeKernel::new(host.paths());
@@ -240,7 +269,14 @@ fn missing_dev_vfio_node() {
             node.display()
         )
     );
-    assert!(nodes.fix.as_deref().unwrap().contains("ls -l /dev/vfio"));
+    assert!(
+        nodes
+            .fix
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("ls -l /dev/vfio")
+    );
     assert_eq!(r.problems().count(), 1, "{r}");
 
     let err = OpenedDevice::open(&host.paths(), addr(NVME), None).unwrap_err();
@@ -266,6 +302,8 @@ fn missing_dev_vfio_node() {
     assert!(
         nodes
             .fix
+            .as_ref()
+            .map(Fix::to_string)
             .as_deref()
             .unwrap()
             .contains("modprobe vfio vfio_iommu_type1")
@@ -297,7 +335,14 @@ fn memlock_limit() {
         "{}",
         memlock.finding
     );
-    assert!(memlock.fix.as_deref().unwrap().contains("ulimit -l"));
+    assert!(
+        memlock
+            .fix
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("ulimit -l")
+    );
     assert!(!r.is_ready());
 
     // Unknown guest size: below 1 GiB is a warning, and the device counts as ready.
@@ -372,7 +417,11 @@ fn ready_device_and_open_fails_cleanly_without_vfio() {
     let text = err.to_string();
     assert!(text.starts_with("0000:01:00.0 (VFIO group 7)"), "{text}");
     assert!(text.contains("/dev/vfio/vfio"), "{text}");
-    assert!(text.contains("refvmm check 0000:01:00.0"), "{text}");
+    assert!(text.contains("check the node's permissions"), "{text}");
+    assert!(
+        !text.contains("refvmm"),
+        "a library names no VMM's commands: {text}"
+    );
     let source = std::error::Error::source(&err).unwrap().to_string();
     assert!(source.contains("/dev/vfio/vfio"), "{source}");
 }

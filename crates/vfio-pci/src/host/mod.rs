@@ -2,7 +2,7 @@
 //! it can be passed through, and opening it through VFIO.
 //!
 //! Everything reads and writes under a [`HostPaths`] (default `/sys`, `/dev`, `/proc`,
-//! `/run/refvmm`), so the same code runs against a fake tree in tests (`fake`, feature `sim`).
+//! `/run/vfio-pci`), so the same code runs against a fake tree in tests (`fake`, feature `sim`).
 //!
 //! | file | concept |
 //! |---|---|
@@ -11,6 +11,7 @@
 //! | `sysfs.rs` | [`HostDevice`], [`IommuGroup`], [`IommuStatus`]: what the kernel says |
 //! | `bind.rs` | [`Binder`]: to vfio-pci and back, through a [`SysfsWriter`] |
 //! | `check.rs` | [`Readiness`]: the passthrough checklist |
+//! | `advice.rs` | [`Fix`], [`IommuAdvice`], [`Platform`]: what to do about a finding, as data each VMM renders |
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
 //! | `open_iommufd.rs` | [`OpenedIommufdDevice`]: `/dev/iommu` + device cdev; [`IommuBackendChoice`] and [`OpenedVfio`] pick and open either |
@@ -18,6 +19,7 @@
 //! | `fake.rs` | `fake::FakeHost`, `fake::FakeKernel`: a fake tree for tests (feature `sim`) |
 
 mod address;
+mod advice;
 mod bind;
 mod check;
 #[cfg(feature = "sim")]
@@ -30,6 +32,7 @@ mod paths;
 mod sysfs;
 
 pub use address::{AddressError, PciAddress};
+pub use advice::{Fix, IommuAdvice, Platform};
 pub use bind::{BindError, BindMethod, BindRecord, BindStep, Binder, KernelSysfs, SysfsWriter};
 pub use check::{CheckItem, CheckKind, CheckOptions, MEMLOCK_WARN_BELOW, Readiness, Status};
 pub use info::{

@@ -76,16 +76,16 @@ impl IommuBackendChoice {
                 if host.container_present {
                     Ok(IommuDecision {
                         backend: IommuBackend::Type1,
-                        reason: "asked for (--iommu type1)".to_string(),
+                        reason: "asked for (type1)".to_string(),
                     })
                 } else {
                     Err(IommuChoiceError::Type1Unavailable {
                         address: host.address,
                         node: host.container_node.clone(),
                         fallback: if host.iommufd_blocker().is_none() {
-                            "use `--iommu iommufd`, which this host offers"
+                            "open it through iommufd, which this host offers"
                         } else {
-                            "neither is iommufd available (`refvmm check` says why)"
+                            "neither is iommufd available (the host readiness check says why)"
                         },
                     })
                 }
@@ -93,7 +93,7 @@ impl IommuBackendChoice {
             IommuBackendChoice::Iommufd => match host.iommufd_blocker() {
                 None => Ok(IommuDecision {
                     backend: IommuBackend::Iommufd,
-                    reason: "asked for (--iommu iommufd)".to_string(),
+                    reason: "asked for (iommufd)".to_string(),
                 }),
                 Some(blocker) => Err(blocker.into_error(host)),
             },
@@ -303,7 +303,7 @@ pub enum IommuChoiceError {
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
     /// The device is on another driver, so it has no VFIO cdev.
-    #[error("{address} is bound to {driver}, not vfio-pci: run `refvmm bind {address}` first")]
+    #[error("{address} is bound to {driver}, not vfio-pci: bind it to vfio-pci first")]
     NotBoundToVfio {
         /// The device.
         address: PciAddress,
@@ -313,7 +313,7 @@ pub enum IommuChoiceError {
     /// `/dev/iommu` does not exist.
     #[error(
         "{address}: iommufd asked for, but {} does not exist: this kernel lacks CONFIG_IOMMUFD \
-         (or `modprobe iommufd`); use `--iommu type1`",
+         (or `modprobe iommufd`); use the type1 container",
         node.display()
     )]
     IommufdMissing {
@@ -325,7 +325,7 @@ pub enum IommuChoiceError {
     /// sysfs names no cdev for the device.
     #[error(
         "{address}: iommufd asked for, but {} names no VFIO device cdev: this kernel lacks \
-         CONFIG_VFIO_DEVICE_CDEV; use `--iommu type1`",
+         CONFIG_VFIO_DEVICE_CDEV; use the type1 container",
         dir.display()
     )]
     CdevMissing {
@@ -338,7 +338,7 @@ pub enum IommuChoiceError {
     #[error(
         "{address}: iommufd asked for, but its VFIO cdev {cdev} has no node {}: check \
          `ls -l /dev/vfio/devices` (devtmpfs/udev in this mount namespace); or use \
-         `--iommu type1`",
+         the type1 container",
         node.display()
     )]
     CdevNodeMissing {
@@ -384,7 +384,7 @@ pub enum IommufdOpenError {
     #[error(
         "{address}: {} is not a working iommufd: IOMMU_IOAS_ALLOC failed ({}); check that it is \
          the iommufd character device (`ls -l {}`, kernel with CONFIG_IOMMUFD), or use \
-         `--iommu type1`",
+         the type1 container",
         node.display(),
         root_cause(source),
         node.display()
@@ -473,9 +473,9 @@ fn cdev_open_hint(address: PciAddress, node: &std::path::Path, error: &io::Error
              through the type1 container"
         ),
         (io::ErrorKind::NotFound, _) | (_, Some(libc::ENODEV)) | (_, Some(libc::ENXIO)) => {
-            format!("{address} was unbound from vfio-pci meanwhile? (`refvmm check {address}`)")
+            format!("{address} was unbound from vfio-pci meanwhile? (the host readiness check)")
         }
-        _ => format!("see `dmesg | tail` and `refvmm check {address}`"),
+        _ => format!("see `dmesg | tail` and the host readiness check of {address}"),
     }
 }
 
@@ -492,18 +492,18 @@ fn device_hint(address: PciAddress, error: &VfioError) -> String {
                 .to_string()
         }
         VfioError::VfioDeviceBindIommufd(_) => format!(
-            "VFIO_DEVICE_BIND_IOMMUFD refused it: is every device in its IOMMU group on \
-             vfio-pci? (`refvmm check {address}`)"
+            "VFIO_DEVICE_BIND_IOMMUFD refused it: is every device in the IOMMU group of \
+             {address} on vfio-pci? (the host readiness check says)"
         ),
         VfioError::VfioDeviceAttachIommufdPt(_) => format!(
-            "VFIO_DEVICE_ATTACH_IOMMUFD_PT refused it: an IOAS shared with devices behind \
-             another IOMMU may not fit it (open it with its own IOAS); see `dmesg | tail` and \
-             `refvmm check {address}`"
+            "VFIO_DEVICE_ATTACH_IOMMUFD_PT refused {address}: an IOAS shared with devices \
+             behind another IOMMU may not fit it (open it with its own IOAS); see `dmesg | tail` \
+             and the host readiness check"
         ),
         VfioError::SetDeviceAttr(_) => "KVM refused the cdev (KVM_DEV_VFIO_FILE_ADD): is the \
                                         KVM VFIO device from this VM?"
             .to_string(),
-        _ => format!("see `dmesg | tail` and `refvmm check {address}`"),
+        _ => format!("see `dmesg | tail` and the host readiness check of {address}"),
     }
 }
 
