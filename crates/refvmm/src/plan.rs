@@ -24,7 +24,7 @@ use crate::CmdResult;
 Examples:
   sudo lspci -vvnn -s 01:00.0 | refvmm plan
   refvmm plan nvme.txt --page-size 64K --msix-relocation auto
-  refvmm plan all-devices.txt --device 0000:03:00.0 --at 0=0xfe000000 --trap-pba
+  refvmm plan all-devices.txt --device 0000:03:00.0 --at 0=0xfe000000 --policy trap-pba
 
 lspci cannot tell what the host kernel allows to mmap, so every memory BAR is assumed
 mmappable (VFIO_REGION_INFO_FLAG_MMAP) with its MSI-X table pages mmappable too
@@ -37,16 +37,15 @@ pub struct PlanArgs {
     /// The device to plan, when the input holds several (e.g. 0000:01:00.0 or 01:00.0).
     #[arg(long, value_name = "BDF")]
     pub device: Option<Bdf>,
-    /// Host page size: 4K, 16K or 64K.
-    #[arg(long, value_name = "SIZE", default_value = "4K")]
-    pub page_size: PageSize,
-    /// Trap every BAR byte (nothing mapped), e.g. to trace all device accesses.
-    #[arg(long)]
-    pub trap_all: bool,
-    /// Trap and emulate the MSI-X PBA even when it sits on a page of its own.
-    #[arg(long)]
-    pub trap_pba: bool,
-    /// Move the MSI-X table and PBA: off, auto, or bar0..bar5 (QEMU's x-msix-relocation).
+    /// Host page size BAR mappings are planned with: 4K, 16K or 64K; default: this host's.
+    #[arg(long, value_name = "SIZE")]
+    pub page_size: Option<PageSize>,
+    /// trap-map policy, comma-separated: `default` (map what can be mapped), `trap-all` (trap
+    /// every BAR access: trace the device), `trap-pba` (also trap a PBA on pages of its own).
+    #[arg(long, value_name = "POLICY", default_value = "default", value_parser = crate::run::parse_policy)]
+    pub policy: Policy,
+    /// Move the MSI-X table and PBA: `off`, `auto` (when it maps more of the device), or
+    /// `bar0`..`bar5` (QEMU's x-msix-relocation).
     #[arg(long, value_name = "WHERE", default_value = "off")]
     pub msix_relocation: MsixRelocation,
     /// Guest address of a BAR, BAR=ADDR with ADDR in hex (repeatable); BARs not given are placed
@@ -393,11 +392,11 @@ pub fn run(args: PlanArgs) -> CmdResult {
     }
     let layout = layout_from_lspci(&dev, &args.not_mmappable, !args.no_msix_mappable)?;
     let policy = Policy {
-        trap_all: args.trap_all,
-        trap_pba: args.trap_pba,
         msix_relocation: args.msix_relocation,
+        ..args.policy
     };
-    let plan = DevicePlan::new(&layout, args.page_size, policy).map_err(|source| match source {
+    let page_size = args.page_size.unwrap_or_else(vfio_pci::host_page_size);
+    let plan = DevicePlan::new(&layout, page_size, policy).map_err(|source| match source {
         trap_map::PlanError::MsixOutsideBar {
             structure: trap_map::MsixStructure::Pba,
             ..
@@ -497,7 +496,7 @@ fn header(dev: &LspciDevice, args: &PlanArgs, plan: &DevicePlan) -> String {
     );
     if let Some(m) = plan.msix() {
         out += &format!(
-            "MSI-X: {} vectors; guest sees the table in BAR {} at {:#x}, the PBA in BAR {} at \
+            "MSI-X: {} vectors; guest sees the table in BAR{} at {:#x}, the PBA in BAR{} at \
              {:#x} ({})\n",
             m.entries,
             m.table_bar,
@@ -523,9 +522,9 @@ fn header(dev: &LspciDevice, args: &PlanArgs, plan: &DevicePlan) -> String {
     }
     if let Some(r) = plan.relocation() {
         let how = match r.kind {
-            RelocationKind::NewBar { kind } => format!("a new {kind} BAR {}", r.bar),
+            RelocationKind::NewBar { kind } => format!("a new {kind} BAR{}", r.bar),
             RelocationKind::ExtendedBar { original_size } => format!(
-                "BAR {} doubled from {} to {}",
+                "BAR{} doubled from {} to {}",
                 r.bar,
                 view::human_size(original_size),
                 view::human_size(r.bar_size)

@@ -76,18 +76,21 @@ pub struct RunArgs {
     pub timeout: f64,
     /// A device for the PCI bus, repeatable: a host PCI address (0000:01:00.0, 01:00.0) or sysfs
     /// path for VFIO passthrough; test aids: `sim`, `sim:nvme`, `sim:nic` (the passthrough device
-    /// over vfio-pci's simulated backend) and `test` (refvmm's emulated test function).
+    /// over vfio-pci's simulated backend: an NVMe's or NIC's IDs, BARs and MSI-X, but no
+    /// controller behind the registers, so an NVMe driver such as nvme_e2e fails on it) and
+    /// `test` (refvmm's emulated test function).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<DeviceSpec>,
-    /// trap-map policy for passed-through devices: `default` (map what can be mapped),
-    /// `trap-all` (trap every BAR access: trace the device), `trap-pba` (also trap a PBA on pages
-    /// of its own); comma-separated.
+    /// trap-map policy for passed-through devices, comma-separated: `default` (map what can be
+    /// mapped), `trap-all` (trap every BAR access: trace the device), `trap-pba` (also trap a PBA
+    /// on pages of its own).
     #[arg(long, value_name = "POLICY", default_value = "default", value_parser = parse_policy)]
     pub policy: Policy,
-    /// MSI-X relocation for passed-through devices (trap-map: `off`, `auto`, ...).
-    #[arg(long, value_name = "MODE")]
-    pub msix_relocation: Option<MsixRelocation>,
-    /// Page size BAR mappings are planned with (4K, 16K, 64K); default: the host's.
+    /// Move the MSI-X table and PBA of passed-through devices: `off`, `auto` (when it maps more
+    /// of the device), or `bar0`..`bar5` (QEMU's x-msix-relocation).
+    #[arg(long, value_name = "WHERE", default_value = "off")]
+    pub msix_relocation: MsixRelocation,
+    /// Host page size BAR mappings are planned with: 4K, 16K or 64K; default: this host's.
     #[arg(long, value_name = "SIZE")]
     pub page_size: Option<PageSize>,
     /// At exit, print the flat memory map (`info mtree -f` style) with every device's BAR pages.
@@ -303,10 +306,10 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     )?;
     let reserved = reserved_ranges(&ram);
     let mut bars = BarAllocator::new();
-    let mut policy = args.policy;
-    if let Some(m) = args.msix_relocation {
-        policy.msix_relocation = m;
-    }
+    let policy = Policy {
+        msix_relocation: args.msix_relocation,
+        ..args.policy
+    };
     // One KVM VFIO device per VM, shared by every host device (mainline KVM refuses a second).
     let kvm_vfio = if args
         .devices
@@ -391,6 +394,13 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     }
 
     let stop = end.stop?;
+    if args.guest.is_none() && args.devices.is_empty() {
+        eprintln!(
+            "refvmm: the bus held only the host bridge; next, put a device on it: `refvmm run \
+             --device sim --show-mtree` (a simulated passthrough NVMe: which of its pages map, \
+             which trap), or `--device 01:00.0` for a host device bound to vfio-pci"
+        );
+    }
     if let Some(status) = exit_port.status() {
         let what = match status {
             0 => "pass",

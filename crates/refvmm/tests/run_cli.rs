@@ -80,3 +80,35 @@ fn without_a_guest_the_built_in_one_lists_the_bus() {
     // One conf1 read of the IDs per device number, one more of the class per function found.
     assert_eq!(r.range_counts("pci-conf1"), (32 + 3, 32 + 3), "{}", r.all());
 }
+
+#[test]
+fn the_default_run_says_what_to_try_next() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let r = refvmm_run(&[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    r.stderr_has(
+        "the bus held only the host bridge; next, put a device on it: `refvmm run --device sim",
+    );
+    // With a device on the bus, no such hint.
+    let r = refvmm_run(&["--device", "test"]);
+    assert!(!r.stderr.contains("next, put a device"), "{}", r.all());
+}
+
+#[test]
+fn nvme_e2e_on_the_simulated_device_says_there_is_no_controller() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let r = refvmm_run(&[
+        "--guest",
+        &guest("nvme_e2e"),
+        "--device",
+        "sim",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    r.stdout_has("no NVMe controller answers behind BAR0 (refvmm's `--device sim` simulates only the PCI side");
+}

@@ -267,7 +267,6 @@ struct Line<'a> {
     bar: &'a BarPlan,
     offset: u64,
     kind: SegmentKind,
-    map_index: usize,
 }
 
 /// The ranges of all BARs of one space (memory or I/O), by guest address.
@@ -281,7 +280,6 @@ fn lines<'a>(plan: &'a DevicePlan, placement: &GuestPlacement, memory: bool) -> 
         let Some(base) = placement.address(b.index()) else {
             continue;
         };
-        let mut map_index = 0;
         for s in b.segments() {
             out.push(Line {
                 start: base + s.offset,
@@ -289,34 +287,29 @@ fn lines<'a>(plan: &'a DevicePlan, placement: &GuestPlacement, memory: bool) -> 
                 bar: b,
                 offset: s.offset,
                 kind: s.kind,
-                map_index,
             });
-            if s.is_mapped() {
-                map_index += 1;
-            }
         }
     }
     out.sort_by_key(|l| l.start);
     out
 }
 
-fn region_name(device: &str, line: &Line<'_>) -> String {
-    let n = line.bar.index();
-    let at = |name: String| {
-        if line.offset == 0 {
-            name
-        } else {
-            format!("{name} @{:016x}", line.offset)
+/// The name of one range of a BAR, the same in a plan (`refvmm plan`), in a running VMM's flat
+/// view and in its exit counters, so a range is recognised wherever it shows up:
+/// `DEV BAR0 mmap +0x1000` (mapped), `DEV BAR0 msix-table`, `DEV BAR0 msix-pba` (emulated), and
+/// `DEV BAR0 +0x2410 (reason)` for any other trapped range.
+pub fn segment_name(device: &str, bar: u8, offset: u64, kind: SegmentKind) -> String {
+    match kind {
+        SegmentKind::Map { .. } => format!("{device} BAR{bar} mmap +{offset:#x}"),
+        SegmentKind::Trap {
+            reason: TrapReason::MsixTable,
+        } => format!("{device} BAR{bar} msix-table"),
+        SegmentKind::Trap {
+            reason: TrapReason::MsixPba,
+        } => format!("{device} BAR{bar} msix-pba"),
+        SegmentKind::Trap { reason } => {
+            format!("{device} BAR{bar} +{offset:#x} ({})", reason.description())
         }
-    };
-    match line.kind {
-        SegmentKind::Map { .. } => format!("{device} BAR {n} mmaps[{}]", line.map_index),
-        SegmentKind::Trap { reason } => match reason {
-            TrapReason::MsixTable => "msix-table".to_string(),
-            TrapReason::MsixPba => "msix-pba".to_string(),
-            TrapReason::Unbacked => at(format!("{device} base BAR {n}")),
-            _ => at(format!("{device} BAR {n}")),
-        },
     }
 }
 
@@ -384,7 +377,7 @@ pub fn render_mtree(
             } else {
                 MtreeKind::Io
             };
-            let name = region_name(device, l);
+            let name = segment_name(device, l.bar.index(), l.offset, l.kind);
             let _ = writeln!(out, "{}", mtree_line(l.start, l.end, kind, &name));
         }
         out.push('\n');
@@ -457,7 +450,7 @@ pub fn render_summary(plan: &DevicePlan) -> String {
         };
         let _ = write!(
             out,
-            "BAR {} ({}{prefetchable}, {size}): ",
+            "BAR{} ({}{prefetchable}, {size}): ",
             b.index(),
             b.kind()
         );

@@ -18,7 +18,7 @@ use kvm_runloop::{
     DeviceBus, DeviceError, FallibleMmio, FalliblePio, MemoryAccess, MemorySlots, SlotId,
 };
 use log::warn;
-use trap_map::{BarKind, BarPlan, MsixPlacement, SegmentKind, TrapHandling, TrapReason};
+use trap_map::{BarKind, BarPlan, MsixPlacement, SegmentKind, TrapHandling};
 use vm_memory::{FileOffset, MmapRegion};
 
 use super::ReservedRange;
@@ -291,15 +291,10 @@ impl BarState {
                         len: seg.len,
                         mmap: ManuallyDrop::new(mmap),
                         slot: None,
-                        name: format!("{name} BAR{bar} mmap +{:#x}", seg.offset),
+                        name: trap_map::segment_name(name, bar, seg.offset, seg.kind),
                     });
                 }
                 SegmentKind::Trap { reason } => {
-                    let label = match reason {
-                        TrapReason::MsixTable => "msix-table".to_string(),
-                        TrapReason::MsixPba => "msix-pba".to_string(),
-                        other => format!("+{:#x} ({})", seg.offset, other.description()),
-                    };
                     traps.push(TrappedSegment {
                         offset: seg.offset,
                         len: seg.len,
@@ -310,7 +305,7 @@ impl BarState {
                             handling: reason.handling(),
                             rom: None,
                         }),
-                        name: format!("{name} BAR{bar} {label}"),
+                        name: trap_map::segment_name(name, bar, seg.offset, seg.kind),
                         registered: None,
                     });
                 }
