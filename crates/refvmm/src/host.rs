@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use clap::Args;
 use thiserror::Error;
 use vfio_pci::host::{
-    BindStep, Binder, CheckOptions, Fix, HostPaths, IommuBackendChoice, OpenedVfio, PciAddress,
-    ProcessLimits, Readiness,
+    BindStep, Binder, CheckKind, CheckOptions, Fix, HostPaths, IommuBackendChoice, OpenedVfio,
+    PciAddress, ProcessLimits, Readiness,
 };
 
 use crate::CmdResult;
@@ -101,6 +101,26 @@ fn parse_device(arg: &str) -> Result<PciAddress, String> {
     PciAddress::from_arg(arg).map_err(|e| e.to_string())
 }
 
+/// Puts the device's vendor and device names (PCI ID database) in front of its IDs and class,
+/// as lspci shows a device.
+fn name_the_device(readiness: &mut Readiness) {
+    let d = &readiness.device;
+    let names = crate::pci_names::vendor_device(d.vendor, d.device);
+    if let Some(item) = readiness
+        .items
+        .iter_mut()
+        .find(|i| i.kind == CheckKind::Device)
+    {
+        let rest = item
+            .finding
+            .strip_prefix(&d.ids())
+            .unwrap_or(&item.finding)
+            .trim_start()
+            .to_string();
+        item.finding = format!("{names} {rest}");
+    }
+}
+
 /// A fix as refvmm's own commands: binding is `refvmm bind`; the rest is the library's wording.
 fn render_fix(fix: &Fix) -> String {
     match fix {
@@ -165,7 +185,8 @@ pub fn check(args: CheckArgs) -> CmdResult {
         guest_memory: args.memory,
         limits: ProcessLimits::current()?,
     };
-    let readiness = Readiness::assess(&paths, args.device, &options)?;
+    let mut readiness = Readiness::assess(&paths, args.device, &options)?;
+    name_the_device(&mut readiness);
     let mut text = String::new();
     readiness.render(&mut text, &render_fix)?;
     print!("{text}");

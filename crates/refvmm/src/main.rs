@@ -10,6 +10,7 @@ mod exit_port;
 mod guest_loader;
 mod host;
 mod pci;
+mod pci_names;
 mod plan;
 mod report;
 mod run;

@@ -445,20 +445,19 @@ pub fn run(args: PlanArgs) -> CmdResult {
 
 /// What was planned and under which assumptions.
 fn header(dev: &LspciDevice, args: &PlanArgs, plan: &DevicePlan) -> String {
-    let ids = match (dev.vendor_id(), dev.device_id()) {
-        (Some(v), Some(d)) => format!(" [{v:04x}:{d:04x}]"),
-        _ => String::new(),
+    // As `lspci -nn` shows a device: the names lspci printed, or the PCI ID database's when
+    // the input has numbers only (`lspci -n`).
+    let what = match (dev.vendor_id(), dev.device_id()) {
+        (Some(v), Some(d)) => crate::pci_names::vendor_device(v, d),
+        _ => dev.description().to_string(),
     };
-    let mut out = format!(
-        "Device {}: {}{ids}{}\n",
-        dev.bdf(),
-        dev.class_name(),
-        if dev.description().is_empty() {
-            String::new()
-        } else {
-            format!(" {}", dev.description())
-        }
-    );
+    let class = match (dev.class_name(), dev.class_code()) {
+        ("", Some(code)) => crate::pci_names::class_name((code >> 8) as u8, code as u8)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("Class {code:04x}")),
+        (name, _) => name.to_string(),
+    };
+    let mut out = format!("Device {}: {class}: {what}\n", dev.bdf());
     let policy = plan.policy();
     out += &format!(
         "Host page size {}; policy: {}{}; MSI-X relocation {}\n",

@@ -19,8 +19,10 @@ use crate::pci::{CONF1_PORT, ECAM_BASE, PciBus};
 /// The functions on the bus, then the flat memory view, then what each device's own view adds.
 pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
     let mut out = format!("PCI bus 0 (conf1 at {CONF1_PORT:#x}, ECAM at {ECAM_BASE:#x}):\n");
-    for (bdf, name, _) in pci.functions() {
-        let _ = writeln!(out, "  {} {name}", bdf.short());
+    for (bdf, name, function) in pci.functions() {
+        let mut function = function.lock().unwrap_or_else(|p| p.into_inner());
+        let what = crate::pci_names::describe_function(function.as_mut());
+        let _ = writeln!(out, "  {} {what} ({name})", bdf.short());
     }
     let mut rows: Vec<(u64, u64, MtreeKind, String)> = Vec::new();
     for r in vm.slots().regions() {

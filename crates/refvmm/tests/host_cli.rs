@@ -50,7 +50,10 @@ fn check_not_bound_lists_the_fix_and_fails() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.starts_with("Passthrough check for 0000:01:00.0\n"),
+        stdout.starts_with(
+            "Passthrough check for 0000:01:00.0\n  [ ok ] device      Red Hat, Inc. QEMU NVM Express \
+             Controller [1b36:0010] NVMe/NVM controller (class 0x010802)\n"
+        ),
         "{stdout}"
     );
     assert!(

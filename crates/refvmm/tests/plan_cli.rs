@@ -67,7 +67,7 @@ fn fails(args: &[&str], stdin: Option<&str>, expect: &str) {
 fn qemu_nvme_maps_doorbells_and_traps_the_table_page() {
     let out = ok(&[&data("plan_qemu_nvme.lspci")]);
     for line in [
-        "Device 0000:00:04.0: Non-Volatile memory controller [1b36:0010]",
+        "Device 0000:00:04.0: Non-Volatile memory controller: Red Hat, Inc. QEMU NVM Express Controller [1b36:0010]\n",
         "every memory BAR is mmappable",
         "MSI-X: 65 vectors; guest sees the table in BAR0 at 0x2000, the PBA in BAR0 at 0x3000",
         "FlatView #0\n AS \"memory\", root: system\n Root memory region: system\n",
@@ -126,7 +126,7 @@ fn sixty_four_k_pages_trap_the_whole_16k_bar() {
 fn intel_nic_msix_in_bar3() {
     let out = ok(&[&data("plan_intel_82574l.lspci"), "--at", "0=f7cc0000"]);
     for line in [
-        "Device 0000:02:00.0: Ethernet controller [8086:10d3] Intel Corporation 82574L",
+        "Device 0000:02:00.0: Ethernet controller: Intel Corporation 82574L Gigabit Network Connection [8086:10d3]\n",
         "  00000000f7cc0000-00000000f7cdffff (prio 0, ramd): 0000:02:00.0 BAR0 mmap +0x0\n",
         "(prio 0, ramd): 0000:02:00.0 BAR1 mmap +0x0\n",
         "FlatView #1\n AS \"I/O\", root: io\n Root memory region: io\n",
@@ -386,5 +386,24 @@ fn plan_takes_the_options_of_run() {
         &[&data("plan_qemu_nvme.lspci"), "--trap-all"],
         None,
         "--trap-all",
+    );
+}
+
+#[test]
+fn numbers_only_input_gets_names_from_the_pci_id_database() {
+    // `lspci -n` prints only numbers: `00:04.0 0108: 1b36:0010 (rev 02) (prog-if 02)`.
+    let text = std::fs::read_to_string(data("plan_qemu_nvme.lspci")).unwrap().replacen(
+        "00:04.0 Non-Volatile memory controller [0108]: Red Hat, Inc. QEMU NVM Express Controller [1b36:0010] (rev 02) (prog-if 02 [NVM Express])",
+        "00:04.0 0108: 1b36:0010 (rev 02) (prog-if 02)",
+        1,
+    );
+    let r = plan(&[], Some(&text));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with(
+            "Device 0000:00:04.0: Non-Volatile memory controller: Red Hat, Inc. QEMU NVM Express Controller [1b36:0010]\n"
+        ),
+        "{}",
+        r.stdout
     );
 }

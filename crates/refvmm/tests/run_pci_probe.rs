@@ -56,6 +56,11 @@ fn pci_probe_passes_with_the_simulated_passthrough_device() {
     r.stdout_has(mapped);
     assert_eq!(r.stdout.matches(mapped).count(), 1, "{}", r.all());
     r.stdout_lacks("FlatView (memory) of 00:01.0");
+    // The bus as lspci would name it.
+    r.stdout_has(
+        "  00:01.0 Non-Volatile memory controller: Red Hat, Inc. QEMU NVM Express Controller \
+         [1b36:0010] (sim:nvme)\n",
+    );
 }
 
 /// With `--policy trap-all` nothing is mapped: the same guest store and load to the "mapped"
