@@ -1,22 +1,23 @@
 //! Views of a plan placed at guest addresses: QEMU `info mtree -f` lines, a table of trapped
 //! ranges with their reasons, and a per-BAR summary.
 //!
-//! The mtree view prints what QEMU's `mtree_print_flatview` prints for the same device, so an
-//! engineer can compare it line by line with `info mtree -f` from a QEMU guest:
+//! The mtree view has the line format of QEMU's `mtree_print_flatview`, so an engineer reads it
+//! as `info mtree -f` from a QEMU guest:
 //!
 //! ```text
 //! FlatView #0
 //!  AS "memory", root: system
 //!  Root memory region: system
-//!   00000000c0000000-00000000c0001fff (prio 0, ramd): 0000:01:00.0 BAR 0 mmaps[0]
-//!   00000000c0002000-00000000c00020ff (prio 0, i/o): msix-table
-//!   00000000c0002100-00000000c0002fff (prio 0, i/o): 0000:01:00.0 BAR 0 @0000000000002100
+//!   00000000c0000000-00000000c0001fff (prio 0, ramd): 0000:01:00.0 BAR0 mmap +0x0
+//!   00000000c0002000-00000000c00020ff (prio 0, i/o): 0000:01:00.0 BAR0 msix-table
+//!   00000000c0002100-00000000c0002fff (prio 0, i/o): 0000:01:00.0 BAR0 +0x2100 (shares a host page with MSI-X structures)
 //! ```
 //!
-//! Mapped ranges are `ramd` (RAM-device memory: a mmap of the device), trapped ones `i/o`. Names
-//! follow QEMU's VFIO regions: `<dev> BAR n mmaps[k]` for mappings, `msix-table` and `msix-pba`
-//! for the emulated structures, `<dev> BAR n` (with `@offset` when not at the BAR start) for
-//! ranges forwarded to the device, `<dev> base BAR n` for space added by relocation.
+//! Mapped ranges are `ramd` (RAM-device memory: a mmap of the device), trapped ones `i/o`. Range
+//! names come from [`segment_name`], the one vocabulary of a plan and of a running VMM's views and
+//! counters: `<dev> BARn mmap +OFFSET` for mappings, `<dev> BARn msix-table` and `msix-pba` for
+//! the emulated structures, `<dev> BARn +OFFSET (why)` for every other trapped range. They name
+//! the offset rather than QEMU's `mmaps[k]` index, so a range is found in the BAR without counting.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
