@@ -93,7 +93,10 @@ pub struct CheckArgs {
 /// What `check` reports as its error, after the checklist, so the exit status is non-zero.
 #[derive(Debug, Error)]
 enum CheckError {
-    #[error("{address} is not ready for passthrough: fix the {count} problem(s) listed above")]
+    #[error(
+        "{address} is not ready for passthrough: fix the {count} problem{} listed above",
+        if *count == 1 { "" } else { "s" }
+    )]
     NotReady { address: PciAddress, count: usize },
 }
 

@@ -648,3 +648,19 @@ fn unbind_when_the_host_driver_does_not_take_it_back() {
     assert!(matches!(err, BindError::BindDidNotTake { .. }), "{err}");
     assert!(err.to_string().contains("asked the kernel to bind nvme"));
 }
+
+#[test]
+fn a_bridge_is_not_told_to_go_to_vfio_pci() {
+    let host = FakeHost::intel_with_iommu("bridge").unwrap();
+    host.add_device(
+        &FakeDevice::new("0000:00:00.0", 0x8086, 0x1237, 0x060000)
+            .driver("agpgart-intel")
+            .group(0),
+    )
+    .unwrap();
+    let r = Readiness::assess(&host.paths(), addr("0000:00:00.0"), &roomy_limits()).unwrap();
+    assert_eq!(r.item(CheckKind::Device).unwrap().status, Status::Fail);
+    let driver = r.item(CheckKind::Driver).unwrap();
+    assert_eq!(driver.status, Status::Skip, "{r}");
+    assert_eq!(driver.fix, None, "{r}");
+}

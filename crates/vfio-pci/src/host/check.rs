@@ -246,9 +246,14 @@ impl fmt::Display for Readiness {
     }
 }
 
+/// Host and PCI-to-PCI bridges carry other devices' traffic: never passed through.
+fn is_bridge(device: &HostDevice) -> bool {
+    device.class.base() == 0x06 && matches!(device.class.subclass(), 0x00 | 0x04)
+}
+
 fn check_device(device: &HostDevice) -> CheckItem {
     let finding = format!("{} {}", device.ids(), device.class);
-    if device.class.base() == 0x06 && matches!(device.class.subclass(), 0x00 | 0x04) {
+    if is_bridge(device) {
         return CheckItem::new(
             CheckKind::Device,
             Status::Fail,
@@ -297,6 +302,17 @@ fn check_iommu(iommu: &IommuStatus) -> CheckItem {
 
 fn check_driver(paths: &HostPaths, device: &HostDevice) -> CheckItem {
     let address = device.address;
+    // Binding a bridge to vfio-pci is no fix: the device check already says why it cannot go.
+    if is_bridge(device) && !device.is_bound_to_vfio() {
+        return CheckItem::new(
+            CheckKind::Driver,
+            Status::Skip,
+            format!(
+                "{}: a bridge stays on its host driver (see device above)",
+                device.driver_name()
+            ),
+        );
+    }
     if device.is_bound_to_vfio() {
         return CheckItem::new(
             CheckKind::Driver,
