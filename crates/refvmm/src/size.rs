@@ -5,6 +5,11 @@
 /// Parses a size in bytes; a number too large for 64 bits says so.
 pub fn parse_bytes(arg: &str) -> Result<u64, String> {
     let text = arg.trim();
+    if text.contains('=') {
+        return Err(format!(
+            "{arg:?}: give the size alone, such as 512M or 2G (not cloud-hypervisor's size=...)"
+        ));
+    }
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -42,6 +47,7 @@ mod tests {
         assert!(parse_bytes("2X").unwrap_err().contains("unknown unit"));
         assert!(parse_bytes("G").unwrap_err().contains("expected a size"));
         assert!(parse_bytes("-1").unwrap_err().contains("expected a size"));
+        assert!(parse_bytes("size=1G").unwrap_err().contains("give the size alone"));
     }
 
     #[test]
