@@ -47,7 +47,11 @@ mod tests {
         assert!(parse_bytes("2X").unwrap_err().contains("unknown unit"));
         assert!(parse_bytes("G").unwrap_err().contains("expected a size"));
         assert!(parse_bytes("-1").unwrap_err().contains("expected a size"));
-        assert!(parse_bytes("size=1G").unwrap_err().contains("give the size alone"));
+        assert!(
+            parse_bytes("size=1G")
+                .unwrap_err()
+                .contains("give the size alone")
+        );
     }
 
     #[test]

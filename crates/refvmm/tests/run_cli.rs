@@ -31,7 +31,11 @@ fn bad_arguments_are_refused_before_anything_runs() {
     }
     // QEMU's and cloud-hypervisor's spellings get a pointer to refvmm's.
     let r = refvmm_run(&["--device", "vfio-pci,host=0000:01:00.0"]);
-    assert!(r.stderr.contains("takes the host address alone"), "{}", r.all());
+    assert!(
+        r.stderr.contains("takes the host address alone"),
+        "{}",
+        r.all()
+    );
     let r = refvmm_run(&["--memory", "size=1G"]);
     assert!(r.stderr.contains("give the size alone"), "{}", r.all());
     let r = refvmm_run(&["--iommu", "vfio"]);
