@@ -15,9 +15,16 @@ pub fn vendor_device(vendor: u16, device: u16) -> String {
     }
 }
 
-/// The class name of a base class and subclass (`Non-Volatile memory controller`), if known.
+/// The class name of a base class and subclass (`Non-Volatile memory controller`), or of the
+/// base class alone when the subclass is not listed (`Unassigned class` for 0xff), if known.
 pub fn class_name(base: u8, subclass: u8) -> Option<&'static str> {
-    pci_ids::Subclass::from_cid_sid(base, subclass).map(|s| s.name())
+    pci_ids::Subclass::from_cid_sid(base, subclass)
+        .map(|s| s.name())
+        .or_else(|| {
+            pci_ids::Classes::iter()
+                .find(|c| c.id() == base)
+                .map(|c| c.name())
+        })
 }
 
 /// Reads the IDs and class of a function on refvmm's bus and describes it as [`describe`] does.
@@ -68,5 +75,6 @@ mod tests {
             format!("Device [{unknown:04x}:0042]")
         );
         assert_eq!(class_name(0x06, 0x00), Some("Host bridge"));
+        assert_eq!(class_name(0xff, 0x00), Some("Unassigned class"));
     }
 }

@@ -19,11 +19,7 @@ use crate::pci::{CONF1_PORT, ECAM_BASE, PciBus};
 /// The functions on the bus, then the flat memory view, then what each device's own view adds.
 pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
     let mut out = format!("PCI bus 0 (conf1 at {CONF1_PORT:#x}, ECAM at {ECAM_BASE:#x}):\n");
-    for (bdf, name, function) in pci.functions() {
-        let mut function = function.lock().unwrap_or_else(|p| p.into_inner());
-        let what = crate::pci_names::describe_function(function.as_mut());
-        let _ = writeln!(out, "  {} {what} ({name})", bdf.short());
-    }
+    out.push_str(&bus_listing(pci));
     let mut rows: Vec<(u64, u64, MtreeKind, String)> = Vec::new();
     for r in vm.slots().regions() {
         let kind = match (r.backing, r.access) {
@@ -67,6 +63,18 @@ pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
                 let _ = writeln!(out, "{line}");
             }
         }
+    }
+    out
+}
+
+/// One line per function on the bus, named as lspci names it (PCI ID database), with what
+/// refvmm put there: `  00:01.0 Non-Volatile memory controller: ... [1b36:0010] (sim:nvme)`.
+pub fn bus_listing(pci: &PciBus) -> String {
+    let mut out = String::new();
+    for (bdf, name, function) in pci.functions() {
+        let mut function = function.lock().unwrap_or_else(|p| p.into_inner());
+        let what = crate::pci_names::describe_function(function.as_mut());
+        let _ = writeln!(out, "  {} {what} ({name})", bdf.short());
     }
     out
 }

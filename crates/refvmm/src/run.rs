@@ -380,6 +380,13 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     // The guest's last line, if it did not end it (COM1 leaves flushing to the line buffer).
     let _ = std::io::Write::flush(&mut std::io::stdout());
     print_reports(&vm, &pci, &attached, args.show_mtree, args.show_counters);
+    if args.guest.is_none() {
+        // The built-in guest prints IDs only (it has no ID database); name them as lspci does.
+        eprint!(
+            "refvmm: the same bus by name (PCI ID database):\n{}",
+            report::bus_listing(&pci)
+        );
+    }
 
     // Detach: take the configuration paths off the VM's bus and drop the PCI bus (and with it
     // the bus's hold on every function), then detach each device: interrupts unwired, BARs out

@@ -86,6 +86,13 @@ fn without_a_guest_the_built_in_one_lists_the_bus() {
     assert_eq!(r.code, 0, "{}", r.all());
     let listing = "  00:00.0 1b36:0008 class 060000\n  00:01.0 1b36:0010 class 010802\n  00:02.0 1b36:0005 class ff0000\n";
     assert!(r.stdout.contains(listing), "{}", r.all());
+    // refvmm names them, as lspci would.
+    r.stderr_has(
+        "refvmm: the same bus by name (PCI ID database):\n  00:00.0 Host bridge: Red Hat, Inc. \
+         QEMU PCIe Host bridge [1b36:0008] (host bridge)\n  00:01.0 Non-Volatile memory \
+         controller: Red Hat, Inc. QEMU NVM Express Controller [1b36:0010] (sim:nvme)\n  00:02.0 \
+         Unassigned class: Red Hat, Inc. QEMU PCI Test Device [1b36:0005] (test)\n",
+    );
     // One conf1 read of the IDs per device number, one more of the class per function found.
     assert_eq!(r.range_counts("pci-conf1"), (32 + 3, 32 + 3), "{}", r.all());
 }
