@@ -52,8 +52,8 @@ pub struct PlanArgs {
     /// naturally aligned from 0xc0000000 (I/O BARs from port 0xc000).
     #[arg(long = "at", value_name = "BAR=ADDR", value_parser = parse_at)]
     pub at: Vec<(u8, u64)>,
-    /// Treat BAR n as not mmappable by the host (repeatable).
-    #[arg(long, value_name = "BAR")]
+    /// Treat a BAR (`2` or `bar2`) as not mmappable by the host (repeatable).
+    #[arg(long, value_name = "BAR", value_parser = parse_bar)]
     pub not_mmappable: Vec<u8>,
     /// Assume the host refuses to mmap MSI-X table pages (no VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:
     /// kernels before 4.16, or no interrupt remapping).
@@ -185,19 +185,23 @@ pub enum PlanCmdError {
     },
 }
 
+/// Parses a BAR as `--msix-relocation` names it (`bar2`) or as a number (`2`).
+fn parse_bar(s: &str) -> Result<u8, String> {
+    let text = s.trim().to_ascii_lowercase();
+    text.strip_prefix("bar")
+        .unwrap_or(&text)
+        .parse::<u8>()
+        .ok()
+        .filter(|b| *b < 6)
+        .ok_or_else(|| format!("`{s}` is not a BAR number 0 to 5 (or bar0 to bar5)"))
+}
+
 /// Parses `--at BAR=ADDR` (`0=fe000000`, `bar2=0xfe000000`).
 fn parse_at(s: &str) -> Result<(u8, u64), String> {
     let (bar, addr) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not BAR=ADDR (e.g. 0=0xfe000000)"))?;
-    let bar_text = bar.trim().to_ascii_lowercase();
-    let bar = bar_text
-        .strip_prefix("bar")
-        .unwrap_or(&bar_text)
-        .parse::<u8>()
-        .ok()
-        .filter(|b| *b < 6)
-        .ok_or_else(|| format!("`{bar}` is not a BAR number 0 to 5"))?;
+    let bar = parse_bar(bar)?;
     let hex = addr
         .trim()
         .trim_start_matches("0x")

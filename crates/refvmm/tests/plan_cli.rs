@@ -204,7 +204,7 @@ fn policy_knobs_change_the_plan() {
     );
     assert!(out.contains("MSI-X PBA (emulated)"), "{out}");
 
-    let out = ok(&[&data("plan_qemu_nvme.lspci"), "--not-mmappable", "0"]);
+    let out = ok(&[&data("plan_qemu_nvme.lspci"), "--not-mmappable", "bar0"]);
     assert!(!out.contains("ramd"), "{out}");
     assert!(out.contains("host does not allow mmap"), "{out}");
     assert!(out.contains("memory BARs except 0 are mmappable"), "{out}");
