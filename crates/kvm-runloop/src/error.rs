@@ -22,8 +22,22 @@ pub enum Error {
         hint: &'static str,
     },
     /// `KVM_CREATE_VM` failed.
-    #[error("KVM_CREATE_VM failed")]
-    CreateVm(#[source] KvmError),
+    #[error(
+        "KVM_CREATE_VM on {} failed{}",
+        path.display(),
+        if source.errno() == libc::ENOTTY {
+            ": it opened, but it is not a KVM device node (give /dev/kvm)"
+        } else {
+            ""
+        }
+    )]
+    CreateVm {
+        /// The device node the VM was asked of.
+        path: std::path::PathBuf,
+        /// The error from the ioctl.
+        #[source]
+        source: KvmError,
+    },
     /// A KVM capability the requested feature needs is missing.
     #[error("this KVM lacks {capability}, needed for {needed_for}")]
     MissingCapability {

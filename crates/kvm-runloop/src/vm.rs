@@ -96,7 +96,10 @@ impl Vm {
         let path = CString::new(config.kvm_device.as_os_str().as_bytes())
             .map_err(|_| open_error(kvm_ioctls::Error::new(libc::EINVAL)))?;
         let kvm = Kvm::new_with_path(&path).map_err(open_error)?;
-        let fd = Arc::new(kvm.create_vm().map_err(Error::CreateVm)?);
+        let fd = Arc::new(kvm.create_vm().map_err(|source| Error::CreateVm {
+            path: config.kvm_device.clone(),
+            source,
+        })?);
         // Needed by Intel VMX to run real-mode code; harmless elsewhere.
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(|source| Error::VmSetup {

@@ -50,6 +50,12 @@ pub enum BdfParseError {
         /// The rejected text.
         input: String,
     },
+    /// Blanks before or after the address.
+    #[error("{input:?}: remove the blanks around the PCI address")]
+    Blanks {
+        /// The rejected text.
+        input: String,
+    },
     /// The domain is not 1 to 8 hexadecimal digits.
     #[error("{input:?}: domain must be 1-8 hex digits (usually 0000)")]
     Domain {
@@ -81,6 +87,7 @@ impl BdfParseError {
     pub fn input(&self) -> &str {
         match self {
             BdfParseError::Shape { input }
+            | BdfParseError::Blanks { input }
             | BdfParseError::Domain { input }
             | BdfParseError::Bus { input }
             | BdfParseError::Device { input }
@@ -145,6 +152,11 @@ impl FromStr for Bdf {
     /// Parses `DOMAIN:BUS:DEVICE.FUNCTION` or `BUS:DEVICE.FUNCTION` (domain 0), hex, any case.
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let owned = || input.to_string();
+        // A quoted shell argument or a pasted line carries blanks; say so rather than blame
+        // the bus or function number they stick to.
+        if input.trim() != input {
+            return Err(BdfParseError::Blanks { input: owned() });
+        }
         let (rest, function) = input
             .rsplit_once('.')
             .ok_or(BdfParseError::Shape { input: owned() })?;
@@ -181,6 +193,18 @@ mod tests {
 
     fn parse(s: &str) -> Result<Bdf, BdfParseError> {
         s.parse()
+    }
+
+    #[test]
+    fn blanks_around_are_named() {
+        for blank in [" 00:00.0", "0000:01:00.0\n"] {
+            assert_eq!(
+                parse(blank),
+                Err(BdfParseError::Blanks {
+                    input: blank.into()
+                })
+            );
+        }
     }
 
     #[test]

@@ -61,6 +61,11 @@ impl FromStr for DeviceSpec {
             _ if s.starts_with("sim:") => Err(format!(
                 "{s:?}: unknown simulated device; the presets are sim:nvme (the default for `sim`) and sim:nic"
             )),
+            // QEMU's `-device vfio-pci,host=01:00.0`: say what refvmm takes instead.
+            _ if s.contains("host=") => Err(format!(
+                "{s:?}: QEMU's vfio-pci,host=... form; refvmm's --device takes the host address \
+                 alone, e.g. --device 0000:01:00.0"
+            )),
             _ => PciAddress::from_arg(s).map(DeviceSpec::Host).map_err(|e| {
                 format!(
                     "{e}; --device takes a host PCI address (01:00.0), a sysfs path, `sim[:nvme|:nic]` or `test`"

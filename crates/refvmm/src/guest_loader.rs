@@ -47,20 +47,26 @@ pub enum LoadError {
     },
     /// linux-loader refused it.
     #[error(
-        "cannot load {path} as a 64-bit ELF guest; it must be an x86-64 ELF whose \
+        "cannot load {path} as a 64-bit ELF guest ({reason}); it must be an x86-64 ELF whose \
          PT_LOAD segments and entry point lie at or above {HIGHMEM_START:#x} and inside guest \
-         RAM ({ram} bytes; raise --memory if the image is larger)"
+         RAM ({}; raise --memory if the image is larger)",
+        trap_map::view::human_size(*ram)
     )]
     Elf {
         /// The path given.
         path: PathBuf,
         /// RAM size.
         ram: u64,
-        /// What linux-loader said.
-        source: linux_loader::loader::Error,
+        /// What linux-loader found wrong, once: its errors repeat their inner error in their
+        /// own message, so the chain is not kept as a source.
+        reason: String,
     },
     /// The image's memory size (with .bss) runs past RAM.
-    #[error("{path} needs guest RAM up to {end:#x} but the VM has {ram:#x} bytes; raise --memory")]
+    #[error(
+        "{path} needs guest RAM up to {end:#x} but the VM has {} below the PCI hole; raise \
+         --memory",
+        trap_map::view::human_size(*ram)
+    )]
     TooBig {
         /// The path given.
         path: PathBuf,
@@ -94,6 +100,14 @@ pub struct LoadedGuest {
 /// Loads `path` into `vm`'s RAM (whose first `low_ram` bytes start at 0) and places `cmdline`.
 pub fn load(vm: &Vm, path: &Path, cmdline: &str, low_ram: u64) -> Result<LoadedGuest, LoadError> {
     check_cmdline(cmdline)?;
+    // A directory opens fine on Linux and fails only at the first read, which linux-loader
+    // reports as a bad ELF header; say what it is instead.
+    if path.is_dir() {
+        return Err(LoadError::Open {
+            path: path.into(),
+            source: std::io::Error::from_raw_os_error(libc::EISDIR),
+        });
+    }
     let mut file = File::open(path).map_err(|source| LoadError::Open {
         path: path.into(),
         source,
@@ -104,7 +118,7 @@ pub fn load(vm: &Vm, path: &Path, cmdline: &str, low_ram: u64) -> Result<LoadedG
             LoadError::Elf {
                 path: path.into(),
                 ram: low_ram,
-                source,
+                reason: loader_reason(&source),
             }
         })?;
     if result.kernel_end > low_ram {
@@ -118,6 +132,18 @@ pub fn load(vm: &Vm, path: &Path, cmdline: &str, low_ram: u64) -> Result<LoadedG
         entry: result.kernel_load.0,
         cmdline: place_cmdline(vm, cmdline)?,
     })
+}
+
+/// The innermost cause of a linux-loader error, without its "Kernel Loader: " prefix.
+fn loader_reason(error: &linux_loader::loader::Error) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(cause) = innermost.source() {
+        innermost = cause;
+    }
+    let text = innermost.to_string();
+    text.strip_prefix("Kernel Loader: ")
+        .unwrap_or(&text)
+        .to_string()
 }
 
 /// Loads refvmm's built-in guest ([`crate::builtin_guest`]) and places `cmdline`.

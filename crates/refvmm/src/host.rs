@@ -9,14 +9,17 @@ use std::path::PathBuf;
 use clap::Args;
 use thiserror::Error;
 use vfio_pci::host::{
-    BindStep, BindTarget, Binder, CheckOptions, HostPaths, IommuBackendChoice, OpenedVfio,
-    PciAddress, ProcessLimits, Readiness,
+    BindStep, BindTarget, Binder, CheckKind, CheckOptions, Fix, HostPaths, IommuBackendChoice,
+    OpenedVfio, PciAddress, ProcessLimits, Readiness,
 };
 
 use crate::CmdResult;
 
 /// The environment variable that sets the host root when `--host-root` is not given.
 pub const HOST_ROOT_ENV: &str = "REFVMM_HOST_ROOT";
+
+/// Where `refvmm bind` records the driver a device had, for `refvmm unbind`.
+const RUN_DIR: &str = "/run/refvmm";
 
 /// Where the host's files are.
 #[derive(Args, Debug, Clone)]
@@ -33,9 +36,13 @@ impl HostRootArg {
             .host_root
             .clone()
             .or_else(|| std::env::var_os(HOST_ROOT_ENV).map(PathBuf::from));
+        // refvmm keeps its bind records in a directory of its own name.
         match root {
-            Some(root) => HostPaths::under(root),
-            None => HostPaths::default(),
+            Some(root) => {
+                let run = root.join(RUN_DIR.trim_start_matches('/'));
+                HostPaths::under(root).with_run_dir(run)
+            }
+            None => HostPaths::default().with_run_dir(RUN_DIR),
         }
     }
 }
@@ -71,9 +78,9 @@ pub struct CheckArgs {
     /// The device: 0000:01:00.0, 01:00.0 or /sys/bus/pci/devices/0000:01:00.0.
     #[arg(value_name = "DEVICE", value_parser = parse_device)]
     device: PciAddress,
-    /// The guest's RAM (e.g. 512M, 2G): the memlock limit must cover it. Without it, a limit
-    /// below 1 GiB is a warning.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// The guest's RAM, as `refvmm run --memory` takes it (e.g. 512M, 2G): the memlock limit
+    /// must cover it. Without it, a limit below 1 GiB is a warning.
+    #[arg(long, value_name = "SIZE", value_parser = crate::run::parse_size)]
     memory: Option<u64>,
     /// When every check passes, also open the device through VFIO (with the `--iommu`
     /// backend) and list its regions and interrupts.
@@ -93,7 +100,10 @@ pub struct CheckArgs {
 /// What `check` reports as its error, after the checklist, so the exit status is non-zero.
 #[derive(Debug, Error)]
 enum CheckError {
-    #[error("{address} is not ready for passthrough: fix the {count} problem(s) listed above")]
+    #[error(
+        "{address} is not ready for passthrough: fix the {count} problem{} listed above",
+        if *count == 1 { "" } else { "s" }
+    )]
     NotReady { address: PciAddress, count: usize },
 }
 
@@ -101,29 +111,56 @@ fn parse_device(arg: &str) -> Result<PciAddress, String> {
     PciAddress::from_arg(arg).map_err(|e| e.to_string())
 }
 
-/// Parses `4096`, `64K`, `512M`, `512MiB`, `2G`, `1T` (binary units, any case).
-pub fn parse_size(arg: &str) -> Result<u64, String> {
-    let text = arg.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| {
-        format!(
-            "{arg:?}: expected a size in bytes or with a K, M, G or T suffix, such as 512M or 2G"
-        )
-    })?;
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" | "kb" => 10,
-        "m" | "mib" | "mb" => 20,
-        "g" | "gib" | "gb" => 30,
-        "t" | "tib" | "tb" => 40,
-        _ => return Err(format!("{arg:?}: unknown unit {unit:?} (use K, M, G or T)")),
-    };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{arg:?}: too large"))
+/// Puts the device's vendor and device names (PCI ID database) in front of its IDs and class,
+/// as lspci shows a device.
+fn name_the_device(readiness: &mut Readiness) {
+    let d = &readiness.device;
+    let names = crate::pci_names::vendor_device(d.vendor, d.device);
+    if let Some(item) = readiness
+        .items
+        .iter_mut()
+        .find(|i| i.kind == CheckKind::Device)
+    {
+        let rest = item
+            .finding
+            .strip_prefix(&d.ids())
+            .unwrap_or(&item.finding)
+            .trim_start()
+            .to_string();
+        item.finding = format!("{names} {rest}");
+    }
+}
+
+/// A fix as refvmm's own commands: binding is `refvmm bind`; the rest is the library's wording.
+fn render_fix(fix: &Fix) -> String {
+    match fix {
+        Fix::BindToVfio {
+            devices,
+            load_module,
+            whole_group,
+        } => {
+            let binds: Vec<String> = devices
+                .iter()
+                .map(|d| format!("`refvmm bind {d}`"))
+                .collect();
+            let binds = binds.join(", ");
+            let load = if *load_module {
+                "`modprobe vfio-pci` (the driver is not loaded), then "
+            } else {
+                ""
+            };
+            if *whole_group {
+                format!(
+                    "{load}the IOMMU cannot isolate devices of one group, so all of them go to \
+                     vfio-pci (and to this VM) or stay unused: {binds}; or move the device to a \
+                     slot with its own group"
+                )
+            } else {
+                format!("{load}{binds}")
+            }
+        }
+        other => other.to_string(),
+    }
 }
 
 fn print_step(step: &BindStep) {
@@ -159,8 +196,11 @@ pub fn check(args: CheckArgs) -> CmdResult {
         guest_memory: args.memory,
         limits: ProcessLimits::current()?,
     };
-    let readiness = Readiness::assess(&paths, args.device, &options)?;
-    print!("{readiness}");
+    let mut readiness = Readiness::assess(&paths, args.device, &options)?;
+    name_the_device(&mut readiness);
+    let mut text = String::new();
+    readiness.render(&mut text, &render_fix)?;
+    print!("{text}");
     println!();
     print!(
         "{}",
@@ -193,24 +233,4 @@ pub fn check(args: CheckArgs) -> CmdResult {
         print!("{}", opened.info());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("2X").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("G").is_err());
-        assert!(
-            parse_size("99999999999T")
-                .unwrap_err()
-                .contains("too large")
-        );
-    }
 }

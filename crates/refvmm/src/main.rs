@@ -13,11 +13,13 @@ mod explain;
 mod guest_loader;
 mod host;
 mod pci;
+mod pci_names;
 mod plan;
 mod recipes;
 mod report;
 mod run;
 mod serial;
+mod size;
 mod test_function;
 mod trace;
 

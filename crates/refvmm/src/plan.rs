@@ -25,7 +25,7 @@ use crate::CmdResult;
 Examples:
   sudo lspci -vvnn -s 01:00.0 | refvmm plan
   refvmm plan nvme.txt --page-size 64K --msix-relocation auto
-  refvmm plan all-devices.txt --device 0000:03:00.0 --at 0=0xfe000000 --trap-pba
+  refvmm plan all-devices.txt --device 0000:03:00.0 --at 0=0xfe000000 --policy trap-pba
 
 lspci cannot tell what the host kernel allows to mmap, so every memory BAR is assumed
 mmappable (VFIO_REGION_INFO_FLAG_MMAP) with its MSI-X table pages mmappable too
@@ -38,24 +38,23 @@ pub struct PlanArgs {
     /// The device to plan, when the input holds several (e.g. 0000:01:00.0 or 01:00.0).
     #[arg(long, value_name = "BDF")]
     pub device: Option<Bdf>,
-    /// Host page size: 4K, 16K or 64K.
-    #[arg(long, value_name = "SIZE", default_value = "4K")]
-    pub page_size: PageSize,
-    /// Trap every BAR byte (nothing mapped), e.g. to trace all device accesses.
-    #[arg(long)]
-    pub trap_all: bool,
-    /// Trap and emulate the MSI-X PBA even when it sits on a page of its own.
-    #[arg(long)]
-    pub trap_pba: bool,
-    /// Move the MSI-X table and PBA: off, auto, or bar0..bar5 (QEMU's x-msix-relocation).
+    /// Host page size BAR mappings are planned with: 4K, 16K or 64K; default: this host's.
+    #[arg(long, value_name = "SIZE")]
+    pub page_size: Option<PageSize>,
+    /// trap-map policy, comma-separated: `default` (map what can be mapped), `trap-all` (trap
+    /// every BAR access: trace the device), `trap-pba` (also trap a PBA on pages of its own).
+    #[arg(long, value_name = "POLICY", default_value = "default", value_parser = crate::run::parse_policy)]
+    pub policy: Policy,
+    /// Move the MSI-X table and PBA: `off`, `auto` (when it maps more of the device), or
+    /// `bar0`..`bar5` (QEMU's x-msix-relocation).
     #[arg(long, value_name = "WHERE", default_value = "off")]
     pub msix_relocation: MsixRelocation,
     /// Guest address of a BAR, BAR=ADDR with ADDR in hex (repeatable); BARs not given are placed
     /// naturally aligned from 0xc0000000 (I/O BARs from port 0xc000).
     #[arg(long = "at", value_name = "BAR=ADDR", value_parser = parse_at)]
     pub at: Vec<(u8, u64)>,
-    /// Treat BAR n as not mmappable by the host (repeatable).
-    #[arg(long, value_name = "BAR")]
+    /// Treat a BAR (`2` or `bar2`) as not mmappable by the host (repeatable).
+    #[arg(long, value_name = "BAR", value_parser = parse_bar)]
     pub not_mmappable: Vec<u8>,
     /// Assume the host refuses to mmap MSI-X table pages (no VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:
     /// kernels before 4.16, or no interrupt remapping).
@@ -86,8 +85,34 @@ pub enum PlanCmdError {
     SeveralDevices {
         /// How many.
         count: usize,
-        /// Their addresses.
+        /// Their addresses (the first few, when there are many).
         list: String,
+    },
+    /// One address heads more than one device in the input.
+    #[error(
+        "the input lists {bdf} {count} times (devices {positions} of the input: {descriptions}); \
+         keep one copy of its lspci text"
+    )]
+    DuplicateDevice {
+        /// The address.
+        bdf: Bdf,
+        /// How often it appears.
+        count: usize,
+        /// Where, counting devices from 1.
+        positions: String,
+        /// Each copy's header line, so a person can tell which is which.
+        descriptions: String,
+    },
+    /// The device has only its summary line: plain `lspci`, no `-v`.
+    #[error(
+        "device {bdf}: the input has only its one-line summary, no regions or capabilities \
+         (plain `lspci` output); run `sudo lspci -vv -s {short}` so lspci prints them"
+    )]
+    NoDetail {
+        /// The device.
+        bdf: Bdf,
+        /// The device in the form lspci's `-s` takes.
+        short: String,
     },
     /// A BAR without `[size=...]`.
     #[error(
@@ -139,6 +164,20 @@ pub enum PlanCmdError {
         #[source]
         source: trap_map::PlanError,
     },
+    /// The MSI-X PBA lies outside its BAR: only relocation can save the plan.
+    #[error(
+        "device {bdf}: cannot plan as it is; pass --msix-relocation barN with N a BAR the \
+         device does not use (it uses: {used}) so the guest gets a table of the VMM's own"
+    )]
+    MsixOutsideBar {
+        /// The device.
+        bdf: Bdf,
+        /// The BARs it has.
+        used: String,
+        /// What is wrong.
+        #[source]
+        source: trap_map::PlanError,
+    },
     /// The guest placement is not usable.
     #[error("device {bdf}: cannot place the BARs in the guest")]
     Placement {
@@ -150,19 +189,23 @@ pub enum PlanCmdError {
     },
 }
 
+/// Parses a BAR as `--msix-relocation` names it (`bar2`) or as a number (`2`).
+fn parse_bar(s: &str) -> Result<u8, String> {
+    let text = s.trim().to_ascii_lowercase();
+    text.strip_prefix("bar")
+        .unwrap_or(&text)
+        .parse::<u8>()
+        .ok()
+        .filter(|b| *b < 6)
+        .ok_or_else(|| format!("`{s}` is not a BAR number 0 to 5 (or bar0 to bar5)"))
+}
+
 /// Parses `--at BAR=ADDR` (`0=fe000000`, `bar2=0xfe000000`).
 fn parse_at(s: &str) -> Result<(u8, u64), String> {
     let (bar, addr) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not BAR=ADDR (e.g. 0=0xfe000000)"))?;
-    let bar_text = bar.trim().to_ascii_lowercase();
-    let bar = bar_text
-        .strip_prefix("bar")
-        .unwrap_or(&bar_text)
-        .parse::<u8>()
-        .ok()
-        .filter(|b| *b < 6)
-        .ok_or_else(|| format!("`{bar}` is not a BAR number 0 to 5"))?;
+    let bar = parse_bar(bar)?;
     let hex = addr
         .trim()
         .trim_start_matches("0x")
@@ -258,19 +301,83 @@ pub(crate) fn read_input(input: Option<&PathBuf>) -> Result<String, PlanCmdError
     }
 }
 
-pub(crate) fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
-    if let Some(bdf) = bdf {
-        return lspci::find_device(text, bdf).map_err(PlanCmdError::Lspci);
+/// How many addresses an error lists before it says "and N more".
+const LIST_AT_MOST: usize = 8;
+
+/// `a, b, c` for a short list; the first [`LIST_AT_MOST`] and "and N more" for a long one.
+fn short_list(items: &[String]) -> String {
+    if items.len() <= LIST_AT_MOST {
+        return items.join(", ");
     }
+    format!(
+        "{}, and {} more",
+        items[..LIST_AT_MOST].join(", "),
+        items.len() - LIST_AT_MOST
+    )
+}
+
+/// The copies of the device at `bdf`, by position in the input; an error when there are several.
+fn check_unique(devices: &[LspciDevice], bdf: Bdf) -> Result<(), PlanCmdError> {
+    let copies: Vec<(usize, &LspciDevice)> = devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.bdf() == bdf)
+        .map(|(i, d)| (i + 1, d))
+        .collect();
+    if copies.len() < 2 {
+        return Ok(());
+    }
+    let positions: Vec<String> = copies.iter().map(|(i, _)| i.to_string()).collect();
+    let descriptions: Vec<String> = copies
+        .iter()
+        .map(|(_, d)| format!("\"{}: {}\"", d.class_name(), d.description()))
+        .collect();
+    Err(PlanCmdError::DuplicateDevice {
+        bdf,
+        count: copies.len(),
+        positions: short_list(&positions),
+        descriptions: short_list(&descriptions),
+    })
+}
+
+pub(crate) fn pick_device(text: &str, bdf: Option<Bdf>) -> Result<LspciDevice, PlanCmdError> {
     let mut devices = lspci::parse_devices(text).map_err(PlanCmdError::Lspci)?;
+    if let Some(bdf) = bdf {
+        check_unique(&devices, bdf)?;
+        let Some(at) = devices.iter().position(|d| d.bdf() == bdf) else {
+            let list: Vec<String> = devices.iter().map(|d| d.bdf().to_string()).collect();
+            return Err(PlanCmdError::Lspci(LspciError::DeviceNotFound {
+                bdf,
+                available: short_list(&list),
+            }));
+        };
+        return Ok(devices.swap_remove(at));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = devices.iter().find(|d| !seen.insert(d.bdf())) {
+        check_unique(&devices, twice.bdf())?;
+    }
     if devices.len() > 1 {
         let list: Vec<String> = devices.iter().map(|d| d.bdf().to_string()).collect();
         return Err(PlanCmdError::SeveralDevices {
             count: devices.len(),
-            list: list.join(", "),
+            list: short_list(&list),
         });
     }
     Ok(devices.remove(0))
+}
+
+/// True when lspci printed only the device's summary line: no `-v`, so nothing to plan from.
+fn has_no_detail(dev: &LspciDevice) -> bool {
+    dev.bars().is_empty()
+        && dev.rom().is_none()
+        && dev.capabilities().is_empty()
+        && !dev.capabilities_access_denied()
+        && dev.command().is_none()
+        && dev.status().is_none()
+        && dev.irq().is_none()
+        && dev.kernel_driver().is_none()
+        && dev.config_bytes().is_none()
 }
 
 /// Runs `refvmm plan`.
@@ -278,14 +385,33 @@ pub fn run(args: PlanArgs) -> CmdResult {
     let text = read_input(args.input.as_ref())?;
     let dev = pick_device(&text, args.device)?;
     let bdf = dev.bdf();
+    if has_no_detail(&dev) {
+        return Err(PlanCmdError::NoDetail {
+            bdf,
+            short: bdf.short(),
+        }
+        .into());
+    }
     let layout = layout_from_lspci(&dev, &args.not_mmappable, !args.no_msix_mappable)?;
     let policy = Policy {
-        trap_all: args.trap_all,
-        trap_pba: args.trap_pba,
         msix_relocation: args.msix_relocation,
+        ..args.policy
     };
-    let plan = DevicePlan::new(&layout, args.page_size, policy)
-        .map_err(|source| PlanCmdError::Plan { bdf, source })?;
+    let page_size = args.page_size.unwrap_or_else(vfio_pci::host_page_size);
+    let plan = DevicePlan::new(&layout, page_size, policy).map_err(|source| match source {
+        trap_map::PlanError::MsixOutsideBar {
+            structure: trap_map::MsixStructure::Pba,
+            ..
+        } => {
+            let used: Vec<String> = dev.bars().iter().map(|b| b.index.to_string()).collect();
+            PlanCmdError::MsixOutsideBar {
+                bdf,
+                used: used.join(", "),
+                source,
+            }
+        }
+        source => PlanCmdError::Plan { bdf, source },
+    })?;
     let mut fixed = GuestPlacement::new();
     for &(bar, address) in &args.at {
         if plan.bar(bar).is_none() {
@@ -303,6 +429,13 @@ pub fn run(args: PlanArgs) -> CmdResult {
 
     print!("{}", header(&dev, &args, &plan));
     println!();
+    if plan.bars().is_empty() {
+        println!(
+            "Nothing to map or trap: the device has no BARs. A VMM passing it through emulates \
+             only its configuration space."
+        );
+        return Ok(());
+    }
     print!("{mtree}");
     println!("Trapped ranges:");
     print!("{traps}");
@@ -319,20 +452,19 @@ pub fn run(args: PlanArgs) -> CmdResult {
 
 /// What was planned and under which assumptions.
 fn header(dev: &LspciDevice, args: &PlanArgs, plan: &DevicePlan) -> String {
-    let ids = match (dev.vendor_id(), dev.device_id()) {
-        (Some(v), Some(d)) => format!(" [{v:04x}:{d:04x}]"),
-        _ => String::new(),
+    // As `lspci -nn` shows a device: the names lspci printed, or the PCI ID database's when
+    // the input has numbers only (`lspci -n`).
+    let what = match (dev.vendor_id(), dev.device_id()) {
+        (Some(v), Some(d)) => crate::pci_names::vendor_device(v, d),
+        _ => dev.description().to_string(),
     };
-    let mut out = format!(
-        "Device {}: {}{ids}{}\n",
-        dev.bdf(),
-        dev.class_name(),
-        if dev.description().is_empty() {
-            String::new()
-        } else {
-            format!(" {}", dev.description())
-        }
-    );
+    let class = match (dev.class_name(), dev.class_code()) {
+        ("", Some(code)) => crate::pci_names::class_name((code >> 8) as u8, code as u8)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("Class {code:04x}")),
+        (name, _) => name.to_string(),
+    };
+    let mut out = format!("Device {}: {class}: {what}\n", dev.bdf());
     let policy = plan.policy();
     out += &format!(
         "Host page size {}; policy: {}{}; MSI-X relocation {}\n",
@@ -370,7 +502,7 @@ fn header(dev: &LspciDevice, args: &PlanArgs, plan: &DevicePlan) -> String {
     );
     if let Some(m) = plan.msix() {
         out += &format!(
-            "MSI-X: {} vectors; guest sees the table in BAR {} at {:#x}, the PBA in BAR {} at \
+            "MSI-X: {} vectors; guest sees the table in BAR{} at {:#x}, the PBA in BAR{} at \
              {:#x} ({})\n",
             m.entries,
             m.table_bar,
@@ -396,9 +528,9 @@ fn header(dev: &LspciDevice, args: &PlanArgs, plan: &DevicePlan) -> String {
     }
     if let Some(r) = plan.relocation() {
         let how = match r.kind {
-            RelocationKind::NewBar { kind } => format!("a new {kind} BAR {}", r.bar),
+            RelocationKind::NewBar { kind } => format!("a new {kind} BAR{}", r.bar),
             RelocationKind::ExtendedBar { original_size } => format!(
-                "BAR {} doubled from {} to {}",
+                "BAR{} doubled from {} to {}",
                 r.bar,
                 view::human_size(original_size),
                 view::human_size(r.bar_size)

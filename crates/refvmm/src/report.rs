@@ -2,8 +2,8 @@
 //!
 //! `--show-mtree` is a flat view of guest physical memory like QEMU's `info mtree -f`: every
 //! memory slot (RAM and mapped BAR pages: guest accesses cause no exit) and every MMIO range on
-//! the device bus (trapped: each access is an exit), sorted by address, then each device's own
-//! view of its BARs. `--show-counters` gives exits by kind, then per trapped range the reads and
+//! the device bus (trapped: each access is an exit), sorted by address, then, per device, only the
+//! BARs the flat view cannot show (not decoded, refused, unassigned). `--show-counters` gives exits by kind, then per trapped range the reads and
 //! writes dispatched to it, then the memory slots (which never count accesses: that is the point
 //! of mapping them), then each device's own counters. One line per item, `key=value` fields and
 //! the name in quotes at the end, so scripts and tests can pick lines out.
@@ -16,12 +16,10 @@ use trap_map::{MtreeKind, mtree_line};
 use crate::devices::Attached;
 use crate::pci::{CONF1_PORT, ECAM_BASE, PciBus};
 
-/// The functions on the bus, then the flat memory view, then each device's own view.
+/// The functions on the bus, then the flat memory view, then what each device's own view adds.
 pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
     let mut out = format!("PCI bus 0 (conf1 at {CONF1_PORT:#x}, ECAM at {ECAM_BASE:#x}):\n");
-    for (bdf, name, _) in pci.functions() {
-        let _ = writeln!(out, "  {} {name}", bdf.short());
-    }
+    out.push_str(&bus_listing(pci));
     let mut rows: Vec<(u64, u64, MtreeKind, String)> = Vec::new();
     for r in vm.slots().regions() {
         let kind = match (r.backing, r.access) {
@@ -42,12 +40,41 @@ pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
     out.push_str(
         "FlatView (guest physical memory; i/o ranges exit to refvmm, ram/ramd ranges do not)\n",
     );
-    for (base, size, kind, name) in rows {
-        let _ = writeln!(out, "{}", mtree_line(base, base + size - 1, kind, &name));
+    let flat: Vec<String> = rows
+        .into_iter()
+        .map(|(base, size, kind, name)| mtree_line(base, base + size - 1, kind, &name))
+        .collect();
+    for line in &flat {
+        let _ = writeln!(out, "{line}");
     }
+    // Each device's own view adds only what the flat view cannot show (BARs not decoded,
+    // refused, or unassigned): its live ranges are already above, once.
     for a in attached {
-        let _ = writeln!(out, "device {} ({}):", a.bdf.short(), a.spec);
-        out.push_str(&a.handle.mtree());
+        let extra: Vec<String> = a
+            .handle
+            .mtree()
+            .lines()
+            .filter(|l| !flat.iter().any(|f| f == l) && !l.starts_with("FlatView ("))
+            .map(str::to_string)
+            .collect();
+        if !extra.is_empty() {
+            let _ = writeln!(out, "device {} ({}):", a.bdf.short(), a.spec);
+            for line in extra {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
+}
+
+/// One line per function on the bus, named as lspci names it (PCI ID database), with what
+/// refvmm put there: `  00:01.0 Non-Volatile memory controller: ... [1b36:0010] (sim:nvme)`.
+pub fn bus_listing(pci: &PciBus) -> String {
+    let mut out = String::new();
+    for (bdf, name, function) in pci.functions() {
+        let mut function = function.lock().unwrap_or_else(|p| p.into_inner());
+        let what = crate::pci_names::describe_function(function.as_mut());
+        let _ = writeln!(out, "  {} {what} ({name})", bdf.short());
     }
     out
 }

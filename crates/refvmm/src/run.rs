@@ -80,18 +80,21 @@ pub struct RunArgs {
     pub timeout: f64,
     /// A device for the PCI bus, repeatable: a host PCI address (0000:01:00.0, 01:00.0) or sysfs
     /// path for VFIO passthrough; test aids: `sim`, `sim:nvme`, `sim:nic` (the passthrough device
-    /// over vfio-pci's simulated backend) and `test` (refvmm's emulated test function).
+    /// over vfio-pci's simulated backend: an NVMe's or NIC's IDs, BARs and MSI-X, but no
+    /// controller behind the registers, so an NVMe driver such as nvme_e2e fails on it) and
+    /// `test` (refvmm's emulated test function).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<DeviceSpec>,
-    /// trap-map policy for passed-through devices: `default` (map what can be mapped),
-    /// `trap-all` (trap every BAR access: trace the device), `trap-pba` (also trap a PBA on pages
-    /// of its own); comma-separated.
+    /// trap-map policy for passed-through devices, comma-separated: `default` (map what can be
+    /// mapped), `trap-all` (trap every BAR access: trace the device), `trap-pba` (also trap a PBA
+    /// on pages of its own).
     #[arg(long, value_name = "POLICY", default_value = "default", value_parser = parse_policy)]
     pub policy: Policy,
-    /// MSI-X relocation for passed-through devices (trap-map: `off`, `auto`, ...).
-    #[arg(long, value_name = "MODE")]
-    pub msix_relocation: Option<MsixRelocation>,
-    /// Page size BAR mappings are planned with (4K, 16K, 64K); default: the host's.
+    /// Move the MSI-X table and PBA of passed-through devices: `off`, `auto` (when it maps more
+    /// of the device), or `bar0`..`bar5` (QEMU's x-msix-relocation).
+    #[arg(long, value_name = "WHERE", default_value = "off")]
+    pub msix_relocation: MsixRelocation,
+    /// Host page size BAR mappings are planned with: 4K, 16K or 64K; default: this host's.
     #[arg(long, value_name = "SIZE")]
     pub page_size: Option<PageSize>,
     /// At exit, print the flat memory map (`info mtree -f` style) with every device's BAR pages.
@@ -163,23 +166,66 @@ pub fn parse_policy(s: &str) -> Result<Policy, String> {
     Ok(p)
 }
 
-/// Parses guest RAM (`64M`, `1G`, `4096K`, `1048576`; the units of [`crate::host::parse_size`])
-/// and checks it fits the machine's layout.
+/// The least guest RAM: the test guests load at 2 MiB and keep their stack and page tables above.
+const MIN_GUEST_RAM: u64 = 4 << 20;
+
+/// Parses guest RAM (`64M`, `1G`, `4096K`, `1048576`; the units of [`crate::size::parse_bytes`])
+/// and checks it fits the machine's layout: `run --memory` and `check --memory` share it.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let bytes = crate::host::parse_size(s)?;
-    if bytes < 4 << 20 || bytes % 4096 != 0 {
+    let bytes = crate::size::parse_bytes(s)?;
+    let max = MEM64_WINDOW.0 - HIGH_RAM_BASE;
+    if bytes > max {
         return Err(format!(
-            "{s:?}: guest RAM must be at least 4M (the test guests load at 2 MiB) and a multiple of 4K"
-        ));
-    }
-    if bytes > MEM64_WINDOW.0 - HIGH_RAM_BASE {
-        return Err(format!(
-            "{s:?}: at most {}G of guest RAM (it must end below the 64-bit BAR window at {:#x})",
-            (MEM64_WINDOW.0 - HIGH_RAM_BASE) >> 30,
+            "{s:?}: too large: at most {} of guest RAM (it must end below the 64-bit BAR window \
+             at {:#x})",
+            trap_map::view::human_size(max),
             MEM64_WINDOW.0
         ));
     }
+    if bytes < MIN_GUEST_RAM {
+        return Err(format!(
+            "{s:?}: too small: guest RAM must be at least 4M (the test guests load at 2 MiB)"
+        ));
+    }
+    if bytes % 4096 != 0 {
+        return Err(format!(
+            "{s:?}: guest RAM must be a multiple of 4K (the page size of its memory slots)"
+        ));
+    }
     Ok(bytes)
+}
+
+/// This host's RAM (`MemTotal` in /proc/meminfo), when it can be read.
+fn host_ram() -> Option<u64> {
+    mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `MemTotal` of /proc/meminfo text, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Warns when the guest is given more RAM than the host has: KVM backs guest RAM lazily, so the
+/// guest starts, but it (or the host) runs out of memory once the guest touches that much, and a
+/// passed-through device fails at once because VFIO pins all of guest RAM for DMA.
+fn warn_if_more_than_host(memory: u64) {
+    if let Some(host) = host_ram().filter(|&host| memory > host) {
+        eprintln!(
+            "refvmm: warning: --memory {} is more than this host's {} of RAM: the guest runs \
+             out of memory when it touches it all, and a passed-through device cannot be \
+             started (VFIO pins all guest RAM)",
+            trap_map::view::human_size(memory),
+            trap_map::view::human_size(host)
+        );
+    }
 }
 
 /// RAM ranges for `size` bytes: low RAM up to the ECAM window, the rest at 4 GiB.
@@ -256,6 +302,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
         log::warn!("SIGUSR1 reports unavailable: {e}");
     }
 
+    warn_if_more_than_host(args.memory);
     let ram = ram_layout(args.memory);
     let vm = Arc::new(Vm::new(&VmConfig {
         ram: ram.iter().map(|&(b, s)| (b, s as usize)).collect(),
@@ -294,10 +341,10 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     )?;
     let reserved = reserved_ranges(&ram);
     let mut bars = BarAllocator::new();
-    let mut policy = args.policy;
-    if let Some(m) = args.msix_relocation {
-        policy.msix_relocation = m;
-    }
+    let policy = Policy {
+        msix_relocation: args.msix_relocation,
+        ..args.policy
+    };
     // One KVM VFIO device per VM, shared by every host device (mainline KVM refuses a second).
     let kvm_vfio = if args
         .devices
@@ -375,6 +422,13 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     if let Some(t) = &knobs.tracer {
         finish_trace(t, args.show_counters);
     }
+    if args.guest.is_none() {
+        // The built-in guest prints IDs only (it has no ID database); name them as lspci does.
+        eprint!(
+            "refvmm: the same bus by name (PCI ID database):\n{}",
+            report::bus_listing(&pci)
+        );
+    }
 
     // Detach: take the configuration paths off the VM's bus and drop the PCI bus (and with it
     // the bus's hold on every function), then detach each device: interrupts unwired, BARs out
@@ -389,6 +443,13 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     }
 
     let stop = end.stop?;
+    if args.guest.is_none() && args.devices.is_empty() {
+        eprintln!(
+            "refvmm: the bus held only the host bridge; next, put a device on it: `refvmm run \
+             --device sim --show-mtree` (a simulated passthrough NVMe: which of its pages map, \
+             which trap), or `--device 01:00.0` for a host device bound to vfio-pci"
+        );
+    }
     if let Some(status) = exit_port.status() {
         let what = match status {
             0 => "pass",
@@ -461,15 +522,34 @@ mod tests {
         assert_eq!(parse_size("64M"), Ok(64 << 20));
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert_eq!(parse_size("8192K"), Ok(8 << 20));
-        assert!(parse_size("1M").unwrap_err().contains("at least 4M"));
+        assert!(parse_size("1M").unwrap_err().contains("too small"));
+        assert!(parse_size("0").unwrap_err().contains("too small"));
         assert!(parse_size("lots").unwrap_err().contains("K, M, G or T"));
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert!(parse_size("4097K").is_err());
+        assert!(parse_size("4097K").unwrap_err().contains("multiple of 4K"));
+        for large in [
+            "600G",
+            "999T",
+            "18446744073709551615",
+            "99999999999999999999",
+        ] {
+            assert!(
+                parse_size(large).unwrap_err().contains("too large"),
+                "{large}"
+            );
+        }
         assert!(
             parse_size("600G")
                 .unwrap_err()
                 .contains("64-bit BAR window")
         );
+    }
+
+    #[test]
+    fn host_ram_from_meminfo() {
+        let text = "MemTotal:       24350540 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total(text), Some(24350540 << 10));
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
     }
 
     #[test]

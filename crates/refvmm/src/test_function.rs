@@ -40,7 +40,7 @@ use pci_config::capability::{BarOffset, MsixCapability};
 use pci_config::{
     BarDef, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, HeaderType, PciFunction,
 };
-use trap_map::{FireOutcome, MsixEvent, MsixTable};
+use trap_map::{FireOutcome, MsixEvent, MsixTable, MtreeKind, mtree_line};
 use vfio_pci::ReservedRange;
 
 const PAGE: u64 = 0x1000;
@@ -176,17 +176,20 @@ impl TestHandle {
             }
             Some(m) => {
                 let b = m.base;
+                // The same words and kinds as the VM's flat view (report.rs): the memory page is
+                // a memfd slot (`ramd`), the rest traps (`i/o`).
                 let line = |out: &mut String, lo: u64, hi: u64, what: &str, on: bool| {
-                    let _ = writeln!(
-                        out,
-                        "  {:016x}-{:016x} (prio 1, {}): {} BAR0 {}{}",
-                        b + lo,
-                        b + hi - 1,
-                        if what == "memory" { "ram" } else { "i/o" },
+                    let kind = if what == "memory" {
+                        MtreeKind::RamDevice
+                    } else {
+                        MtreeKind::Io
+                    };
+                    let name = format!(
+                        "{} BAR0 {what}{}",
                         s.name,
-                        what,
                         if on { "" } else { " [REFUSED]" }
                     );
+                    let _ = writeln!(out, "{}", mtree_line(b + lo, b + hi - 1, kind, &name));
                 };
                 line(&mut out, 0, PAGE, "registers", m.regs);
                 line(&mut out, PAGE, 2 * PAGE, "memory", m.slot.is_some());
@@ -260,7 +263,7 @@ impl State {
         let msix = vm
             .bus()
             .register_mmio(
-                &format!("{} BAR0 msix", self.name),
+                &format!("{} BAR0 msix-table+pba", self.name),
                 base + MSIX_TABLE,
                 BAR_SIZE - MSIX_TABLE,
                 Arc::new(MsixPages(me.clone())),

@@ -124,6 +124,19 @@ fn missing_kvm_says_what_to_do() {
 }
 
 #[test]
+fn a_node_that_is_not_kvm_is_named() {
+    let r = demo(&["--kvm-device", "/dev/null"]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains(
+            "KVM_CREATE_VM on /dev/null failed: it opened, but it is not a KVM device node"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn bad_options_are_refused_with_a_reason() {
     for (args, expect) in [
         (&["--repeat", "0"][..], "--repeat"),

@@ -50,7 +50,10 @@ fn check_not_bound_lists_the_fix_and_fails() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.starts_with("Passthrough check for 0000:01:00.0\n"),
+        stdout.starts_with(
+            "Passthrough check for 0000:01:00.0\n  [ ok ] device      Red Hat, Inc. QEMU NVM Express \
+             Controller [1b36:0010] NVMe/NVM controller (class 0x010802)\n"
+        ),
         "{stdout}"
     );
     assert!(
@@ -120,6 +123,15 @@ fn check_unknown_and_malformed_devices() {
     );
     assert!(stderr.contains("lspci -D"), "{stderr}");
 
+    // A blank pasted in front is not blamed on the bus number.
+    let out = refvmm(&host, &["check", " 01:00.0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("\" 01:00.0\": remove the blanks around the PCI address"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let out = refvmm(&host, &["check", "0000:01:00.8"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -131,6 +143,12 @@ fn check_unknown_and_malformed_devices() {
     let out = refvmm(&host, &["check", "--memory", "2X", NVME]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown unit"));
+    // The same bounds as `run --memory`.
+    for (size, why) in [("0", "too small"), ("999T", "too large")] {
+        let out = refvmm(&host, &["check", "--memory", size, NVME]);
+        assert_eq!(out.status.code(), Some(2), "{size}");
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+    }
 }
 
 #[test]
@@ -172,7 +190,14 @@ fn check_non_viable_group_no_iommu_and_missing_node() {
         stdout.contains("[FAIL] IOMMU       not enabled"),
         "{stdout}"
     );
-    assert!(stdout.contains("`intel_iommu=on iommu=pt`"), "{stdout}");
+    assert!(
+        stdout.contains("add `intel_iommu=on` to the kernel"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("iommu=pt"),
+        "not needed for VFIO: {stdout}"
+    );
     assert!(
         stdout.contains("`modprobe vfio-pci` (the driver is not loaded)"),
         "{stdout}"
@@ -241,4 +266,29 @@ fn bind_without_vfio_pci_changes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("run `modprobe vfio-pci` and retry; nothing was changed"));
     assert_eq!(host.read("sys/bus/pci/drivers/nvme/unbind"), "");
+}
+
+#[test]
+fn check_inside_a_virtual_machine_advises_a_virtual_iommu() {
+    let host = FakeHost::new("cli-vm").unwrap();
+    host.set_cpu_vendor("GenuineIntel").unwrap();
+    host.set_dmi("QEMU", "Standard PC (i440FX + PIIX, 1996)")
+        .unwrap();
+    host.add_driver("vfio-pci").unwrap();
+    host.add_device(&FakeDevice::new(NVME, 0x1b36, 0x0010, 0x010802).driver("nvme"))
+        .unwrap();
+    let out = refvmm(&host, &["check", NVME]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("fix: this is a virtual machine (QEMU Standard PC (i440FX + PIIX, 1996))"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("virtual IOMMU"), "{stdout}");
+    assert!(!stdout.contains("firmware setup"), "{stdout}");
+    // The bind fix is rendered as refvmm's own command.
+    assert!(
+        stdout.contains("fix: `refvmm bind 0000:01:00.0`"),
+        "{stdout}"
+    );
 }

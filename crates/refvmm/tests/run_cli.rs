@@ -23,7 +23,28 @@ fn bad_arguments_are_refused_before_anything_runs() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("`test`"), "{}", r.all());
     let r = refvmm_run(&["--guest", "/nonexistent", "--memory", "1M"]);
-    assert!(r.stderr.contains("at least 4M"), "{}", r.all());
+    assert!(r.stderr.contains("too small"), "{}", r.all());
+    for large in ["18446744073709551615", "99999999999999999999", "999T"] {
+        let r = refvmm_run(&["--memory", large]);
+        assert_eq!(r.code, 2, "{}", r.all());
+        assert!(r.stderr.contains("too large"), "{large}: {}", r.all());
+    }
+    // QEMU's and cloud-hypervisor's spellings get a pointer to refvmm's.
+    let r = refvmm_run(&["--device", "vfio-pci,host=0000:01:00.0"]);
+    assert!(
+        r.stderr.contains("takes the host address alone"),
+        "{}",
+        r.all()
+    );
+    let r = refvmm_run(&["--memory", "size=1G"]);
+    assert!(r.stderr.contains("give the size alone"), "{}", r.all());
+    let r = refvmm_run(&["--iommu", "vfio"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("use auto, type1 or iommufd"),
+        "{}",
+        r.all()
+    );
 }
 
 #[test]
@@ -32,11 +53,23 @@ fn an_image_that_is_not_an_elf_guest_is_refused_with_the_rules() {
         return;
     };
     let not_elf = std::env::temp_dir().join(format!("refvmm-not-elf-{}", std::process::id()));
-    std::fs::write(&not_elf, b"#!/bin/sh\necho hello\n").unwrap();
+    // Longer than an ELF header, so the loader reads one and finds no magic number.
+    std::fs::write(&not_elf, "#!/bin/sh\necho hello\n".repeat(8)).unwrap();
     let r = refvmm_run(&["--guest", not_elf.to_str().unwrap()]);
     std::fs::remove_file(&not_elf).ok();
     assert_eq!(r.code, 125, "{}", r.all());
-    assert!(r.stderr.contains("as a 64-bit ELF guest"), "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("as a 64-bit ELF guest (Invalid Elf magic number)"),
+        "{}",
+        r.all()
+    );
+    // linux-loader's message repeats its cause; refvmm says it once.
+    assert_eq!(r.stderr.matches("magic number").count(), 1, "{}", r.all());
+    // A directory is named as one, not as a bad ELF header.
+    let r = refvmm_run(&["--guest", env!("CARGO_MANIFEST_DIR")]);
+    assert_eq!(r.code, 125, "{}", r.all());
+    r.stderr_has("caused by: Is a directory");
     // A real guest with a command line that is too long.
     let long = "x".repeat(1024);
     let r = refvmm_run(&["--guest", &guest("pci_probe"), "--cmdline", &long]);
@@ -53,6 +86,45 @@ fn without_a_guest_the_built_in_one_lists_the_bus() {
     assert_eq!(r.code, 0, "{}", r.all());
     let listing = "  00:00.0 1b36:0008 class 060000\n  00:01.0 1b36:0010 class 010802\n  00:02.0 1b36:0005 class ff0000\n";
     assert!(r.stdout.contains(listing), "{}", r.all());
+    // refvmm names them, as lspci would.
+    r.stderr_has(
+        "refvmm: the same bus by name (PCI ID database):\n  00:00.0 Host bridge: Red Hat, Inc. \
+         QEMU PCIe Host bridge [1b36:0008] (host bridge)\n  00:01.0 Non-Volatile memory \
+         controller: Red Hat, Inc. QEMU NVM Express Controller [1b36:0010] (sim:nvme)\n  00:02.0 \
+         Unassigned class: Red Hat, Inc. QEMU PCI Test Device [1b36:0005] (test)\n",
+    );
     // One conf1 read of the IDs per device number, one more of the class per function found.
     assert_eq!(r.range_counts("pci-conf1"), (32 + 3, 32 + 3), "{}", r.all());
+}
+
+#[test]
+fn the_default_run_says_what_to_try_next() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let r = refvmm_run(&[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    r.stderr_has(
+        "the bus held only the host bridge; next, put a device on it: `refvmm run --device sim",
+    );
+    // With a device on the bus, no such hint.
+    let r = refvmm_run(&["--device", "test"]);
+    assert!(!r.stderr.contains("next, put a device"), "{}", r.all());
+}
+
+#[test]
+fn nvme_e2e_on_the_simulated_device_says_there_is_no_controller() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let r = refvmm_run(&[
+        "--guest",
+        &guest("nvme_e2e"),
+        "--device",
+        "sim",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    r.stdout_has("no NVMe controller answers behind BAR0 (refvmm's `--device sim` simulates only the PCI side");
 }

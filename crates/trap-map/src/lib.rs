@@ -22,4 +22,4 @@ pub use plan::{
     TrapHandling, TrapReason,
 };
 pub use relocation::{Relocation, RelocationKind};
-pub use view::{GuestPlacement, MtreeKind, PlacementError, mtree_line};
+pub use view::{GuestPlacement, MtreeKind, PlacementError, mtree_line, segment_name};

@@ -360,8 +360,12 @@ pub enum PlanError {
     /// An MSI-X structure that does not fit in its BAR.
     #[error(
         "MSI-X {structure} at {offset:#x}+{len:#x} does not fit in BAR {bar} of size \
-         {bar_size:#x}: the device reports a broken capability; relocating MSI-X into a BAR \
-         (MsixRelocation::Bar) avoids using it"
+         {bar_size:#x}: the device reports a broken capability{}",
+        if *structure == MsixStructure::Pba {
+            "; relocating MSI-X into another BAR (QEMU's x-msix-relocation) avoids using it"
+        } else {
+            ""
+        }
     )]
     MsixOutsideBar {
         /// Table or PBA.

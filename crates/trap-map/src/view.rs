@@ -1,22 +1,23 @@
 //! Views of a plan placed at guest addresses: QEMU `info mtree -f` lines, a table of trapped
 //! ranges with their reasons, and a per-BAR summary.
 //!
-//! The mtree view prints what QEMU's `mtree_print_flatview` prints for the same device, so an
-//! engineer can compare it line by line with `info mtree -f` from a QEMU guest:
+//! The mtree view has the line format of QEMU's `mtree_print_flatview`, so an engineer reads it
+//! as `info mtree -f` from a QEMU guest:
 //!
 //! ```text
 //! FlatView #0
 //!  AS "memory", root: system
 //!  Root memory region: system
-//!   00000000c0000000-00000000c0001fff (prio 0, ramd): 0000:01:00.0 BAR 0 mmaps[0]
-//!   00000000c0002000-00000000c00020ff (prio 0, i/o): msix-table
-//!   00000000c0002100-00000000c0002fff (prio 0, i/o): 0000:01:00.0 BAR 0 @0000000000002100
+//!   00000000c0000000-00000000c0001fff (prio 0, ramd): 0000:01:00.0 BAR0 mmap +0x0
+//!   00000000c0002000-00000000c00020ff (prio 0, i/o): 0000:01:00.0 BAR0 msix-table
+//!   00000000c0002100-00000000c0002fff (prio 0, i/o): 0000:01:00.0 BAR0 +0x2100 (shares a host page with MSI-X structures)
 //! ```
 //!
-//! Mapped ranges are `ramd` (RAM-device memory: a mmap of the device), trapped ones `i/o`. Names
-//! follow QEMU's VFIO regions: `<dev> BAR n mmaps[k]` for mappings, `msix-table` and `msix-pba`
-//! for the emulated structures, `<dev> BAR n` (with `@offset` when not at the BAR start) for
-//! ranges forwarded to the device, `<dev> base BAR n` for space added by relocation.
+//! Mapped ranges are `ramd` (RAM-device memory: a mmap of the device), trapped ones `i/o`. Range
+//! names come from [`segment_name`], the one vocabulary of a plan and of a running VMM's views and
+//! counters: `<dev> BARn mmap +OFFSET` for mappings, `<dev> BARn msix-table` and `msix-pba` for
+//! the emulated structures, `<dev> BARn +OFFSET (why)` for every other trapped range. They name
+//! the offset rather than QEMU's `mmaps[k]` index, so a range is found in the BAR without counting.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -234,20 +235,31 @@ fn lowest_free(window: (u64, u64), size: u64, taken: &[(u64, u64)]) -> Option<u6
     }
 }
 
-/// A size in the largest binary unit that divides it: `4 KiB`, `1 MiB`, `48 B`.
+/// A size in the largest binary unit that divides it (`4 KiB`, `1 MiB`, `48 B`), as long as that
+/// takes at most five digits; larger odd sizes are scaled to the largest unit they reach, with two
+/// decimals cut (not rounded) so they never overstate: 64 GiB less a page is `63.99 GiB`, not
+/// `67108860 KiB`.
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
+    const UNITS: [(u64, &str); 5] = [
         (1 << 40, "TiB"),
         (1 << 30, "GiB"),
         (1 << 20, "MiB"),
         (1 << 10, "KiB"),
+        (1, "B"),
     ];
-    for (unit, name) in UNITS {
-        if bytes >= unit && bytes % unit == 0 {
-            return format!("{} {name}", bytes / unit);
-        }
+    let (exact_unit, exact_name) = UNITS
+        .into_iter()
+        .find(|&(unit, _)| bytes % unit == 0 && (bytes >= unit || unit == 1))
+        .unwrap_or((1, "B"));
+    if bytes / exact_unit < 100_000 {
+        return format!("{} {exact_name}", bytes / exact_unit);
     }
-    format!("{bytes} B")
+    let (unit, name) = UNITS
+        .into_iter()
+        .find(|&(unit, _)| bytes >= unit)
+        .unwrap_or((1, "B"));
+    let hundredths = (u128::from(bytes) * 100 / u128::from(unit)) as u64;
+    format!("{}.{:02} {name}", hundredths / 100, hundredths % 100)
 }
 
 /// One guest range of a placed plan.
@@ -257,7 +269,6 @@ struct Line<'a> {
     bar: &'a BarPlan,
     offset: u64,
     kind: SegmentKind,
-    map_index: usize,
 }
 
 /// The ranges of all BARs of one space (memory or I/O), by guest address.
@@ -271,7 +282,6 @@ fn lines<'a>(plan: &'a DevicePlan, placement: &GuestPlacement, memory: bool) -> 
         let Some(base) = placement.address(b.index()) else {
             continue;
         };
-        let mut map_index = 0;
         for s in b.segments() {
             out.push(Line {
                 start: base + s.offset,
@@ -279,34 +289,29 @@ fn lines<'a>(plan: &'a DevicePlan, placement: &GuestPlacement, memory: bool) -> 
                 bar: b,
                 offset: s.offset,
                 kind: s.kind,
-                map_index,
             });
-            if s.is_mapped() {
-                map_index += 1;
-            }
         }
     }
     out.sort_by_key(|l| l.start);
     out
 }
 
-fn region_name(device: &str, line: &Line<'_>) -> String {
-    let n = line.bar.index();
-    let at = |name: String| {
-        if line.offset == 0 {
-            name
-        } else {
-            format!("{name} @{:016x}", line.offset)
+/// The name of one range of a BAR, the same in a plan (`refvmm plan`), in a running VMM's flat
+/// view and in its exit counters, so a range is recognised wherever it shows up:
+/// `DEV BAR0 mmap +0x1000` (mapped), `DEV BAR0 msix-table`, `DEV BAR0 msix-pba` (emulated), and
+/// `DEV BAR0 +0x2410 (reason)` for any other trapped range.
+pub fn segment_name(device: &str, bar: u8, offset: u64, kind: SegmentKind) -> String {
+    match kind {
+        SegmentKind::Map { .. } => format!("{device} BAR{bar} mmap +{offset:#x}"),
+        SegmentKind::Trap {
+            reason: TrapReason::MsixTable,
+        } => format!("{device} BAR{bar} msix-table"),
+        SegmentKind::Trap {
+            reason: TrapReason::MsixPba,
+        } => format!("{device} BAR{bar} msix-pba"),
+        SegmentKind::Trap { reason } => {
+            format!("{device} BAR{bar} +{offset:#x} ({})", reason.description())
         }
-    };
-    match line.kind {
-        SegmentKind::Map { .. } => format!("{device} BAR {n} mmaps[{}]", line.map_index),
-        SegmentKind::Trap { reason } => match reason {
-            TrapReason::MsixTable => "msix-table".to_string(),
-            TrapReason::MsixPba => "msix-pba".to_string(),
-            TrapReason::Unbacked => at(format!("{device} base BAR {n}")),
-            _ => at(format!("{device} BAR {n}")),
-        },
     }
 }
 
@@ -374,7 +379,7 @@ pub fn render_mtree(
             } else {
                 MtreeKind::Io
             };
-            let name = region_name(device, l);
+            let name = segment_name(device, l.bar.index(), l.offset, l.kind);
             let _ = writeln!(out, "{}", mtree_line(l.start, l.end, kind, &name));
         }
         out.push('\n');
@@ -447,7 +452,7 @@ pub fn render_summary(plan: &DevicePlan) -> String {
         };
         let _ = write!(
             out,
-            "BAR {} ({}{prefetchable}, {size}): ",
+            "BAR{} ({}{prefetchable}, {size}): ",
             b.index(),
             b.kind()
         );
@@ -491,6 +496,9 @@ mod tests {
         assert_eq!(human_size(0x1800), "6 KiB");
         assert_eq!(human_size(0x1801), "6145 B");
         assert_eq!(human_size(1 << 30), "1 GiB");
+        assert_eq!(human_size((64 << 30) - 4096), "63.99 GiB");
+        assert_eq!(human_size(1_000_001), "976.56 KiB");
+        assert_eq!(human_size(u64::MAX), "16777215.99 TiB");
     }
 
     #[test]

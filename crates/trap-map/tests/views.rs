@@ -38,16 +38,16 @@ fn mtree_matches_qemu_format() {
 FlatView #0
  AS \"memory\", root: system
  Root memory region: system
-  00000000c0000000-00000000c007ffff (prio 0, ramd): 0000:02:00.0 BAR 1 mmaps[0]
-  00000000c0080000-00000000c009ffff (prio 0, ramd): 0000:02:00.0 BAR 0 mmaps[0]
-  00000000c00a0000-00000000c00a004f (prio 0, i/o): msix-table
-  00000000c00a0050-00000000c00a0fff (prio 0, i/o): 0000:02:00.0 BAR 3 @0000000000000050
-  00000000c00a1000-00000000c00a3fff (prio 0, ramd): 0000:02:00.0 BAR 3 mmaps[0]
+  00000000c0000000-00000000c007ffff (prio 0, ramd): 0000:02:00.0 BAR1 mmap +0x0
+  00000000c0080000-00000000c009ffff (prio 0, ramd): 0000:02:00.0 BAR0 mmap +0x0
+  00000000c00a0000-00000000c00a004f (prio 0, i/o): 0000:02:00.0 BAR3 msix-table
+  00000000c00a0050-00000000c00a0fff (prio 0, i/o): 0000:02:00.0 BAR3 +0x50 (shares a host page with MSI-X structures)
+  00000000c00a1000-00000000c00a3fff (prio 0, ramd): 0000:02:00.0 BAR3 mmap +0x1000
 
 FlatView #1
  AS \"I/O\", root: io
  Root memory region: io
-  000000000000c000-000000000000c01f (prio 0, i/o): 0000:02:00.0 BAR 2
+  000000000000c000-000000000000c01f (prio 0, i/o): 0000:02:00.0 BAR2 +0x0 (I/O port BAR)
 
 ";
     assert_eq!(text, expected);
@@ -73,17 +73,17 @@ FlatView #1
 
     let summary = render_summary(&plan);
     assert!(
-        summary.contains("BAR 3 (mem32, 16 KiB): mapped 12 KiB in 1 range (3 pages of 4 KiB), trapped 4 KiB in 2 ranges"),
+        summary.contains("BAR3 (mem32, 16 KiB): mapped 12 KiB in 1 range (3 pages of 4 KiB), trapped 4 KiB in 2 ranges"),
         "{summary}"
     );
     assert!(
-        summary.contains("BAR 2 (I/O, 32 B): trapped 32 B in 1 range"),
+        summary.contains("BAR2 (I/O, 32 B): trapped 32 B in 1 range"),
         "{summary}"
     );
 }
 
 #[test]
-fn relocated_area_is_named_like_qemu() {
+fn relocated_area_is_named_by_what_it_is() {
     let policy = Policy {
         msix_relocation: MsixRelocation::Bar(4),
         ..Policy::default()
@@ -91,12 +91,17 @@ fn relocated_area_is_named_like_qemu() {
     let plan = DevicePlan::new(&nic(), PageSize::Size4K, policy).unwrap();
     let placement = GuestPlacement::auto(&plan, &GuestPlacement::new()).unwrap();
     let text = render_mtree(&plan, &placement, "0000:02:00.0").unwrap();
-    assert!(text.contains("(prio 0, i/o): msix-pba\n"), "{text}");
     assert!(
-        text.contains("(prio 0, i/o): 0000:02:00.0 base BAR 4 @0000000000000058\n"),
+        text.contains("(prio 0, i/o): 0000:02:00.0 BAR4 msix-pba\n"),
         "{text}"
     );
-    assert!(render_summary(&plan).contains("BAR 4 (mem64 prefetchable, 4 KiB added by the VMM)"));
+    assert!(
+        text.contains(
+            "(prio 0, i/o): 0000:02:00.0 BAR4 +0x58 (added for MSI-X relocation, no device behind it)\n"
+        ),
+        "{text}"
+    );
+    assert!(render_summary(&plan).contains("BAR4 (mem64 prefetchable, 4 KiB added by the VMM)"));
 }
 
 #[test]

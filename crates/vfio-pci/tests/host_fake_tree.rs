@@ -5,8 +5,8 @@ use std::path::Path;
 
 use vfio_pci::host::fake::{FakeDevice, FakeHost, FakeKernel};
 use vfio_pci::host::{
-    BindError, BindStep, Binder, CheckKind, CheckOptions, CheckStatus, HostDevice, MemlockLimit,
-    OpenError, OpenedDevice, PciAddress, ProcessLimits, Readiness, SysfsError,
+    BindError, BindStep, Binder, CheckKind, CheckOptions, CheckStatus, Fix, HostDevice,
+    MemlockLimit, OpenError, OpenedDevice, PciAddress, ProcessLimits, Readiness, SysfsError,
 };
 
 const NVME: &str = "0000:01:00.0";
@@ -82,7 +82,7 @@ fn device_not_bound_to_vfio_pci() {
     let driver = r.item(CheckKind::Driver).unwrap();
     assert_eq!(driver.status, CheckStatus::Fail);
     assert_eq!(driver.finding, "bound to nvme, not vfio-pci");
-    assert_eq!(driver.fix.as_deref(), Some("`refvmm bind 0000:01:00.0`"));
+    assert_eq!(driver.fix, Some(Fix::bind(addr(NVME), false)));
     // Only the driver is wrong; /dev/vfio/7 is expected to be missing until the bind.
     assert_eq!(r.problems().count(), 1, "{r}");
     assert_eq!(
@@ -104,13 +104,13 @@ fn device_not_bound_to_vfio_pci() {
     std::fs::remove_dir_all(host.paths().pci_driver("vfio-pci")).unwrap();
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let fix = r.item(CheckKind::Driver).unwrap().fix.clone().unwrap();
-    assert!(fix.starts_with("`modprobe vfio-pci`"), "{fix}");
+    assert_eq!(fix, Fix::bind(addr(NVME), true));
 
     let err = OpenedDevice::open(&host.paths(), addr(NVME), None).unwrap_err();
     assert!(matches!(err, OpenError::NotBoundToVfio { .. }));
     assert_eq!(
         err.to_string(),
-        "0000:01:00.0 is bound to nvme, not vfio-pci: run `refvmm bind 0000:01:00.0` first"
+        "0000:01:00.0 is bound to nvme, not vfio-pci: bind it to vfio-pci first"
     );
 }
 
@@ -156,10 +156,13 @@ fn non_viable_group_lists_each_member_and_driver() {
          - 0000:01:00.1 [multimedia controller] (driver snd_hda_intel)\n\
          - 0000:01:00.2 [USB controller] (driver xhci_hcd)"
     );
-    let fix = group.fix.as_deref().unwrap();
-    assert!(
-        fix.contains("`refvmm bind 0000:01:00.1`, `refvmm bind 0000:01:00.2`"),
-        "{fix}"
+    assert_eq!(
+        group.fix,
+        Some(Fix::BindToVfio {
+            devices: vec!["0000:01:00.1".into(), "0000:01:00.2".into()],
+            load_module: false,
+            whole_group: true,
+        })
     );
     assert_eq!(r.problems().count(), 1, "{r}");
 
@@ -196,8 +199,9 @@ fn no_iommu_names_the_kernel_parameter() {
         "{}",
         iommu.finding
     );
-    let fix = iommu.fix.as_deref().unwrap();
-    assert!(fix.contains("`intel_iommu=on iommu=pt`"), "{fix}");
+    let fix = iommu.fix.as_ref().unwrap().to_string();
+    assert!(fix.contains("`intel_iommu=on`"), "{fix}");
+    assert!(!fix.contains("iommu=pt"), "{fix}");
     // The group check is moot without an IOMMU; the driver is still reported: all problems.
     assert_eq!(r.item(CheckKind::Group).unwrap().status, CheckStatus::Skip);
     assert_eq!(r.item(CheckKind::Driver).unwrap().status, CheckStatus::Fail);
@@ -209,9 +213,34 @@ fn no_iommu_names_the_kernel_parameter() {
     let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
     let iommu = r.item(CheckKind::Iommu).unwrap();
     assert!(iommu.finding.contains("amd_iommu=off"), "{}", iommu.finding);
-    let fix = iommu.fix.as_deref().unwrap();
+    let fix = iommu.fix.as_ref().unwrap().to_string();
     assert!(fix.starts_with("remove amd_iommu=off"), "{fix}");
     assert!(fix.contains("AMD-Vi"), "{fix}");
+
+    // Inside a QEMU VM, the IOMMU is the hypervisor's: the advice is a virtual IOMMU.
+    host.set_cmdline("quiet").unwrap();
+    host.set_dmi("QEMU", "Standard PC (Q35 + ICH9, 2009)")
+        .unwrap();
+    let r = Readiness::assess(&host.paths(), addr(NVME), &roomy_limits()).unwrap();
+    let fix = r
+        .item(CheckKind::Iommu)
+        .unwrap()
+        .fix
+        .as_ref()
+        .unwrap()
+        .to_string();
+    assert!(
+        fix.starts_with("this is a virtual machine (QEMU Standard PC (Q35 + ICH9, 2009))"),
+        "{fix}"
+    );
+    assert!(
+        fix.contains("intel-iommu") && fix.contains("virtio-iommu"),
+        "{fix}"
+    );
+    assert!(
+        !fix.contains("AMD-Vi") && !fix.contains("iommu=pt"),
+        "{fix}"
+    );
 
     // Binding refuses before touching anything: vfio-pci would not take the device.
     let kernel = FakeKernel::new(host.paths());
@@ -243,7 +272,14 @@ fn missing_dev_vfio_node() {
             node.display()
         )
     );
-    assert!(nodes.fix.as_deref().unwrap().contains("ls -l /dev/vfio"));
+    assert!(
+        nodes
+            .fix
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("ls -l /dev/vfio")
+    );
     assert_eq!(r.problems().count(), 1, "{r}");
 
     let err = OpenedDevice::open(&host.paths(), addr(NVME), None).unwrap_err();
@@ -269,6 +305,8 @@ fn missing_dev_vfio_node() {
     assert!(
         nodes
             .fix
+            .as_ref()
+            .map(Fix::to_string)
             .as_deref()
             .unwrap()
             .contains("modprobe vfio vfio_iommu_type1")
@@ -300,7 +338,14 @@ fn memlock_limit() {
         "{}",
         memlock.finding
     );
-    assert!(memlock.fix.as_deref().unwrap().contains("ulimit -l"));
+    assert!(
+        memlock
+            .fix
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("ulimit -l")
+    );
     assert!(!r.is_ready());
 
     // Unknown guest size: below 1 GiB is a warning, and the device counts as ready.
@@ -378,7 +423,11 @@ fn ready_device_and_open_fails_cleanly_without_vfio() {
     let text = err.to_string();
     assert!(text.starts_with("0000:01:00.0 (VFIO group 7)"), "{text}");
     assert!(text.contains("/dev/vfio/vfio"), "{text}");
-    assert!(text.contains("refvmm check 0000:01:00.0"), "{text}");
+    assert!(text.contains("check the node's permissions"), "{text}");
+    assert!(
+        !text.contains("refvmm"),
+        "a library names no VMM's commands: {text}"
+    );
     let source = std::error::Error::source(&err).unwrap().to_string();
     assert!(source.contains("/dev/vfio/vfio"), "{source}");
 }
@@ -604,4 +653,20 @@ fn unbind_when_the_host_driver_does_not_take_it_back() {
     let err = binder.unbind(addr(NVME), &mut |_| {}).unwrap_err();
     assert!(matches!(err, BindError::BindDidNotTake { .. }), "{err}");
     assert!(err.to_string().contains("asked the kernel to bind nvme"));
+}
+
+#[test]
+fn a_bridge_is_not_told_to_go_to_vfio_pci() {
+    let host = FakeHost::intel_with_iommu("bridge").unwrap();
+    host.add_device(
+        &FakeDevice::new("0000:00:00.0", 0x8086, 0x1237, 0x060000)
+            .driver("agpgart-intel")
+            .group(0),
+    )
+    .unwrap();
+    let r = Readiness::assess(&host.paths(), addr("0000:00:00.0"), &roomy_limits()).unwrap();
+    assert_eq!(r.item(CheckKind::Device).unwrap().status, CheckStatus::Fail);
+    let driver = r.item(CheckKind::Driver).unwrap();
+    assert_eq!(driver.status, CheckStatus::Skip, "{r}");
+    assert_eq!(driver.fix, None, "{r}");
 }

@@ -149,7 +149,7 @@ fn asking_for_iommufd_names_the_missing_piece_and_the_fallback() {
         err.to_string(),
         format!(
             "0000:01:00.0: iommufd asked for, but {}/dev/iommu does not exist: this kernel \
-             lacks CONFIG_IOMMUFD (or `modprobe iommufd`); use `--iommu type1`",
+             lacks CONFIG_IOMMUFD (or `modprobe iommufd`); use the type1 container",
             host.root()
         )
     );
@@ -165,7 +165,7 @@ fn asking_for_iommufd_names_the_missing_piece_and_the_fallback() {
         format!(
             "0000:01:00.0: iommufd asked for, but {}/sys/bus/pci/devices/0000:01:00.0/vfio-dev \
              names no VFIO device cdev: this kernel lacks CONFIG_VFIO_DEVICE_CDEV; use \
-             `--iommu type1`",
+             the type1 container",
             host.root()
         )
     );
@@ -179,14 +179,14 @@ fn asking_for_iommufd_names_the_missing_piece_and_the_fallback() {
         .to_string();
     assert!(msg.contains("VFIO cdev vfio0"), "{msg}");
     assert!(msg.contains("/dev/vfio/devices/vfio0"), "{msg}");
-    assert!(msg.contains("--iommu type1"), "{msg}");
+    assert!(msg.contains("the type1 container"), "{msg}");
 
     let host = Host::new("ask-iommufd-unbound", "nvme").with_iommufd_complete();
     assert_eq!(
         host.decide(IommuBackendChoice::Iommufd)
             .unwrap_err()
             .to_string(),
-        "0000:01:00.0 is bound to nvme, not vfio-pci: run `refvmm bind 0000:01:00.0` first"
+        "0000:01:00.0 is bound to nvme, not vfio-pci: bind it to vfio-pci first"
     );
 
     let err = IommuBackendChoice::Iommufd
@@ -205,7 +205,7 @@ fn asking_for_type1_needs_the_container_node() {
         format!(
             "0000:01:00.0: type1 asked for, but {}/dev/vfio/vfio does not exist: load VFIO \
              (`modprobe vfio-pci`); a kernel without CONFIG_VFIO_CONTAINER needs \
-             CONFIG_IOMMUFD_VFIO_CONTAINER for it; use `--iommu iommufd`, which this host offers",
+             CONFIG_IOMMUFD_VFIO_CONTAINER for it; open it through iommufd, which this host offers",
             host.root()
         )
     );
@@ -216,7 +216,7 @@ fn asking_for_type1_needs_the_container_node() {
         .unwrap_err()
         .to_string();
     assert!(
-        msg.ends_with("neither is iommufd available (`refvmm check` says why)"),
+        msg.ends_with("neither is iommufd available (the host readiness check says why)"),
         "{msg}"
     );
 
@@ -224,7 +224,7 @@ fn asking_for_type1_needs_the_container_node() {
     let d = IommuBackendChoice::Type1
         .resolve(&bare.fake.paths(), addr(NVME))
         .unwrap();
-    assert_eq!(d.to_string(), "type1 (asked for (--iommu type1))");
+    assert_eq!(d.to_string(), "type1 (asked for (type1))");
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn decide_is_consistent_over_every_host() {
             let msg = e.to_string();
             assert!(msg.contains("0000:01:00.0"), "{msg}");
             assert!(
-                msg.contains("refvmm bind") || msg.contains("--iommu type1"),
+                msg.contains("bind it to vfio-pci") || msg.contains("the type1 container"),
                 "{msg}"
             );
         }
@@ -288,7 +288,7 @@ fn a_fake_dev_iommu_fails_at_the_first_ioctl_with_a_clear_message() {
     assert!(msg.contains("os error 25"), "{msg}");
     assert!(msg.contains(&format!("`ls -l {node}`")), "{msg}");
     assert!(msg.contains("CONFIG_IOMMUFD"), "{msg}");
-    assert!(msg.ends_with("or use `--iommu type1`"), "{msg}");
+    assert!(msg.ends_with("or use the type1 container"), "{msg}");
 
     // Auto picks iommufd here, so the combined open reports the same failure.
     let err = OpenedVfio::open(

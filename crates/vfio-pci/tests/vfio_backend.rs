@@ -21,7 +21,7 @@ fn open_failures_name_the_device_and_the_fix() {
     assert!(matches!(err, VfioBackendError::Open(_)), "{err:?}");
     assert_eq!(
         err.to_string(),
-        "0000:01:00.0 is bound to nvme, not vfio-pci: run `refvmm bind 0000:01:00.0` first"
+        "0000:01:00.0 is bound to nvme, not vfio-pci: bind it to vfio-pci first"
     );
 
     let missing = PciAddress::from_arg("0000:05:00.0").unwrap();

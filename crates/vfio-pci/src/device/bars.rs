@@ -317,25 +317,20 @@ impl BarState {
                             offset: seg.offset,
                             len: seg.len,
                             kind: BarRangeKind::Mapped,
-                            name: format!("{name} BAR{bar} mmap +{:#x}", seg.offset).into(),
+                            name: trap_map::segment_name(name, bar, seg.offset, seg.kind).into(),
                         },
                         mapping: Arc::new(HostMapping::new(mmap)),
                         placed: None,
                     });
                 }
                 SegmentKind::Trap { reason } => {
-                    let (label, kind) = match reason {
-                        TrapReason::MsixTable => {
-                            ("msix-table".to_string(), BarRangeKind::MsixTable)
-                        }
-                        TrapReason::MsixPba => ("msix-pba".to_string(), BarRangeKind::MsixPba),
-                        other => (
-                            format!("+{:#x} ({})", seg.offset, other.description()),
-                            match other.handling() {
-                                TrapHandling::Unbacked => BarRangeKind::Padding,
-                                _ => BarRangeKind::Device,
-                            },
-                        ),
+                    let kind = match reason {
+                        TrapReason::MsixTable => BarRangeKind::MsixTable,
+                        TrapReason::MsixPba => BarRangeKind::MsixPba,
+                        other => match other.handling() {
+                            TrapHandling::Unbacked => BarRangeKind::Padding,
+                            _ => BarRangeKind::Device,
+                        },
                     };
                     let range = BarRange {
                         device: device.clone(),
@@ -343,7 +338,7 @@ impl BarState {
                         offset: seg.offset,
                         len: seg.len,
                         kind,
-                        name: format!("{name} BAR{bar} {label}").into(),
+                        name: trap_map::segment_name(name, bar, seg.offset, seg.kind).into(),
                     };
                     traps.push(TrappedSegment {
                         handler: Arc::new(BarTrap {

@@ -2,7 +2,7 @@
 //!
 //! Binding follows what `driverctl` and QEMU's documentation do:
 //!
-//! 1. record the current driver in `/run/refvmm/BDF.driver`, for `unbind`;
+//! 1. record the current driver in `RUN/BDF.driver` (`HostPaths::run`), for `unbind`;
 //! 2. set `driver_override` to `vfio-pci` *before* releasing the device, so that nothing (a
 //!    udev rule, a rescan) can hand it back to the old driver in between;
 //! 3. write the BDF to `driver/unbind`;
@@ -136,7 +136,7 @@ pub enum BindMethod {
     PcibackSlot,
 }
 
-/// What `bind` remembers about a device, in `/run/refvmm/BDF.driver`.
+/// What `bind` remembers about a device, in `RUN/BDF.driver` (`HostPaths::run`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindRecord {
     /// The driver the device had before `bind`, if any.
@@ -154,7 +154,7 @@ impl BindRecord {
             BindMethod::PcibackSlot => "pciback_slot".to_string(),
         };
         format!(
-            "# written by `refvmm bind {address}`; read by `refvmm unbind {address}`\n\
+            "# written by vfio-pci Binder::bind {address}; read by Binder::unbind\n\
              driver={}\nmethod={method}\n",
             self.driver.as_deref().unwrap_or("")
         )
@@ -326,7 +326,7 @@ pub enum BindError {
     /// The device has no IOMMU group, which vfio-pci requires.
     #[error(
         "{address} has no IOMMU group, so vfio-pci would refuse it: enable the IOMMU \
-         (`refvmm check {address}` says how); nothing was changed"
+         (the host readiness check says how); nothing was changed"
     )]
     NoIommuGroup {
         /// The device.
@@ -815,7 +815,7 @@ impl<W: SysfsWriter> Binder<W> {
                 None => {
                     on_step(&BindStep::RecordProblem {
                         record: record_path.clone(),
-                        problem: "not a refvmm bind record".into(),
+                        problem: "not a bind record".into(),
                     });
                     None
                 }
@@ -986,7 +986,7 @@ mod tests {
             },
         ] {
             let text = record.to_text(a);
-            assert!(text.starts_with("# written by `refvmm bind 0000:01:00.0`"));
+            assert!(text.starts_with("# written by vfio-pci Binder::bind 0000:01:00.0"));
             assert_eq!(BindRecord::parse(&text), Some(record));
         }
         assert_eq!(BindRecord::parse("garbage"), None);

@@ -8,6 +8,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::advice::Fix;
 use super::limits::{MemlockLimit, ProcessLimits, format_bytes};
 use super::open_iommufd::{IommuAvailability, IommuBackend, IommuBackendChoice};
 use super::sysfs::{HostDevice, IommuGroup, IommuStatus, MemberState, SysfsError, VFIO_PCI_DRIVER};
@@ -82,8 +83,8 @@ pub struct CheckItem {
     pub status: CheckStatus,
     /// What was found.
     pub finding: String,
-    /// What to do, for warnings and failures.
-    pub fix: Option<String>,
+    /// What to do, for warnings and failures: data the caller renders as its own commands.
+    pub fix: Option<Fix>,
 }
 
 impl CheckItem {
@@ -96,9 +97,13 @@ impl CheckItem {
         }
     }
 
-    fn fix(mut self, fix: impl Into<String>) -> Self {
-        self.fix = Some(fix.into());
+    fn fix(mut self, fix: Fix) -> Self {
+        self.fix = Some(fix);
         self
+    }
+
+    fn host_fix(self, fix: impl Into<String>) -> Self {
+        self.fix(Fix::Host(fix.into()))
     }
 }
 
@@ -185,8 +190,10 @@ impl Readiness {
     }
 }
 
-impl fmt::Display for Readiness {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Readiness {
+    /// Writes the checklist with each fix rendered by `fix`: a VMM turns [`Fix::BindToVfio`]
+    /// into its own command. `Display` uses [`Fix`]'s neutral wording.
+    pub fn render(&self, f: &mut dyn fmt::Write, fix: &dyn Fn(&Fix) -> String) -> fmt::Result {
         let d = &self.device;
         writeln!(f, "Passthrough check for {}", d.address)?;
         for item in &self.items {
@@ -206,8 +213,8 @@ impl fmt::Display for Readiness {
             for line in lines {
                 writeln!(f, "{:21}{line}", "")?;
             }
-            if let Some(fix) = &item.fix {
-                writeln!(f, "{:21}fix: {fix}", "")?;
+            if let Some(how) = &item.fix {
+                writeln!(f, "{:21}fix: {}", "", fix(how))?;
             }
         }
         let problems = self.problems().count();
@@ -233,9 +240,20 @@ impl fmt::Display for Readiness {
     }
 }
 
+impl fmt::Display for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.render(f, &|fix| fix.to_string())
+    }
+}
+
+/// Host and PCI-to-PCI bridges carry other devices' traffic: never passed through.
+fn is_bridge(device: &HostDevice) -> bool {
+    device.class.base() == 0x06 && matches!(device.class.subclass(), 0x00 | 0x04)
+}
+
 fn check_device(device: &HostDevice) -> CheckItem {
     let finding = format!("{} {}", device.ids(), device.class);
-    if device.class.base() == 0x06 && matches!(device.class.subclass(), 0x00 | 0x04) {
+    if is_bridge(device) {
         return CheckItem::new(
             CheckKind::Device,
             CheckStatus::Fail,
@@ -243,7 +261,7 @@ fn check_device(device: &HostDevice) -> CheckItem {
                 "{finding}: a bridge carries other devices' traffic and cannot be passed through"
             ),
         )
-        .fix("pass through the devices behind the bridge instead");
+        .host_fix("pass through the devices behind the bridge instead");
     }
     CheckItem::new(CheckKind::Device, CheckStatus::Ok, finding)
 }
@@ -278,11 +296,23 @@ fn check_iommu(iommu: &IommuStatus) -> CheckItem {
     if !off.is_empty() {
         finding.push_str(&format!("; the kernel command line has {}", off.join(" ")));
     }
-    CheckItem::new(CheckKind::Iommu, CheckStatus::Fail, finding).fix(iommu.how_to_enable())
+    CheckItem::new(CheckKind::Iommu, CheckStatus::Fail, finding)
+        .fix(Fix::EnableIommu(iommu.how_to_enable()))
 }
 
 fn check_driver(paths: &HostPaths, device: &HostDevice) -> CheckItem {
     let address = device.address;
+    // Binding a bridge to vfio-pci is no fix: the device check already says why it cannot go.
+    if is_bridge(device) && !device.is_bound_to_vfio() {
+        return CheckItem::new(
+            CheckKind::Driver,
+            CheckStatus::Skip,
+            format!(
+                "{}: a bridge stays on its host driver (see device above)",
+                device.driver_name()
+            ),
+        );
+    }
     if device.is_bound_to_vfio() {
         return CheckItem::new(
             CheckKind::Driver,
@@ -294,12 +324,9 @@ fn check_driver(paths: &HostPaths, device: &HostDevice) -> CheckItem {
         Some(d) => format!("bound to {d}, not vfio-pci"),
         None => "no driver; it must be bound to vfio-pci".to_string(),
     };
-    let fix = if paths.pci_driver(VFIO_PCI_DRIVER).is_dir() {
-        format!("`refvmm bind {address}`")
-    } else {
-        format!("`modprobe vfio-pci` (the driver is not loaded), then `refvmm bind {address}`")
-    };
-    CheckItem::new(CheckKind::Driver, CheckStatus::Fail, finding).fix(fix)
+    let load_module = !paths.pci_driver(VFIO_PCI_DRIVER).is_dir();
+    CheckItem::new(CheckKind::Driver, CheckStatus::Fail, finding)
+        .fix(Fix::bind(address, load_module))
 }
 
 fn check_group(device: &HostDevice, iommu: &IommuStatus, group: Option<&IommuGroup>) -> CheckItem {
@@ -317,7 +344,7 @@ fn check_group(device: &HostDevice, iommu: &IommuStatus, group: Option<&IommuGro
             CheckStatus::Fail,
             format!("{address} is in no IOMMU group although the IOMMU is on: it is not behind it"),
         )
-        .fix("check `dmesg | grep -i -e DMAR -e AMD-Vi -e IOMMU`; try another slot");
+        .host_fix("check `dmesg | grep -i -e DMAR -e AMD-Vi -e IOMMU`; try another slot");
     };
     let blockers = group.blockers(address);
     if !blockers.is_empty() {
@@ -328,15 +355,11 @@ fn check_group(device: &HostDevice, iommu: &IommuStatus, group: Option<&IommuGro
         for member in &blockers {
             finding.push_str(&format!("\n- {member}"));
         }
-        let binds: Vec<String> = blockers
-            .iter()
-            .map(|m| format!("`refvmm bind {}`", m.name))
-            .collect();
-        return CheckItem::new(CheckKind::Group, CheckStatus::Fail, finding).fix(format!(
-            "the IOMMU cannot isolate devices of one group, so all of them go to vfio-pci (and \
-             to this VM) or stay unused: {}; or move the device to a slot with its own group",
-            binds.join(", ")
-        ));
+        return CheckItem::new(CheckKind::Group, CheckStatus::Fail, finding).fix(Fix::BindToVfio {
+            devices: blockers.iter().map(|m| m.name.clone()).collect(),
+            load_module: false,
+            whole_group: true,
+        });
     }
     let others: Vec<String> = group
         .others(address)
@@ -392,7 +415,7 @@ fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
                 node.display()
             ),
         )
-        .fix(
+        .host_fix(
             "check that devtmpfs/udev made it: `ls -l /dev/vfio`, `dmesg | grep -i vfio`; in a \
              container, pass /dev/vfio through",
         );
@@ -447,7 +470,7 @@ fn check_vfio_nodes(paths: &HostPaths, device: &HostDevice) -> CheckItem {
     if fixes.is_empty() {
         item
     } else {
-        item.fix(fixes.join("; "))
+        item.host_fix(fixes.join("; "))
     }
 }
 
@@ -461,13 +484,13 @@ fn check_iommufd(paths: &HostPaths, device: &HostDevice) -> CheckItem {
         Ok(d) if d.backend == IommuBackend::Iommufd => CheckItem::new(
             CheckKind::Iommufd,
             CheckStatus::Ok,
-            format!("available: {}; `--iommu auto` uses it", d.reason),
+            format!("available: {}; the `auto` choice uses it", d.reason),
         ),
         Ok(d) => CheckItem::new(
             CheckKind::Iommufd,
             CheckStatus::Skip,
             format!(
-                "not available: {}; `--iommu auto` uses the type1 container (iommufd needs \
+                "not available: {}; the `auto` choice uses the type1 container (iommufd needs \
                  CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV)",
                 d.reason
             ),
@@ -509,7 +532,7 @@ fn check_memlock(options: &CheckOptions) -> CheckItem {
                 format_bytes(guest)
             ),
         )
-        .fix(raise),
+        .host_fix(raise),
         (limit, None) if !limit.allows(MEMLOCK_WARN_BELOW) => CheckItem::new(
             CheckKind::Memlock,
             CheckStatus::Warn,
@@ -518,7 +541,7 @@ fn check_memlock(options: &CheckOptions) -> CheckItem {
                  (pass --memory SIZE to check against your guest)"
             ),
         )
-        .fix(raise),
+        .host_fix(raise),
         (limit, None) => CheckItem::new(
             CheckKind::Memlock,
             CheckStatus::Ok,

@@ -236,6 +236,15 @@ impl FakeHost {
         fs::write(self.paths().cmdline(), format!("{cmdline}\n"))
     }
 
+    /// Writes the DMI system vendor and product name (`/sys/class/dmi/id/{sys_vendor,
+    /// product_name}`), e.g. `QEMU` and `Standard PC (Q35 + ICH9, 2009)` for a QEMU guest.
+    pub fn set_dmi(&self, vendor: &str, product: &str) -> io::Result<()> {
+        let paths = self.paths();
+        fs::create_dir_all(paths.dmi_id(""))?;
+        fs::write(paths.dmi_id("sys_vendor"), format!("{vendor}\n"))?;
+        fs::write(paths.dmi_id("product_name"), format!("{product}\n"))
+    }
+
     /// Writes a `/proc/cpuinfo` with this `vendor_id` (`GenuineIntel`, `AuthenticAMD`).
     pub fn set_cpu_vendor(&self, vendor: &str) -> io::Result<()> {
         fs::write(

@@ -2,7 +2,7 @@
 //! it can be passed through, and opening it through VFIO.
 //!
 //! Everything reads and writes under a [`HostPaths`] (default `/sys`, `/dev`, `/proc`,
-//! `/run/refvmm`), so the same code runs against a fake tree in tests (`fake`, feature `sim`).
+//! `/run/vfio-pci`), so the same code runs against a fake tree in tests (`fake`, feature `sim`).
 //!
 //! | file | concept |
 //! |---|---|
@@ -11,6 +11,7 @@
 //! | `sysfs.rs` | [`HostDevice`], [`IommuGroup`], [`IommuStatus`]: what the kernel says |
 //! | `bind.rs` | `Binder`: to vfio-pci (or Xen's pciback, `BindTarget`) and back, through a `SysfsWriter` (feature `host-admin`) |
 //! | `check.rs` | `Readiness`: the passthrough checklist (feature `host-admin`) |
+//! | `advice.rs` | [`Fix`], [`IommuAdvice`], [`Platform`]: what to do about a finding, as data each VMM renders |
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
 //! | `open_iommufd.rs` | [`IommuBackendChoice`] and [`OpenedVfio`]: pick the IOMMU backend and open the device with it |
@@ -19,6 +20,7 @@
 //! | `fake.rs` | `fake::FakeHost`, `fake::FakeKernel`: a fake tree for tests (feature `sim`) |
 
 mod address;
+mod advice;
 #[cfg(feature = "host-admin")]
 mod bind;
 #[cfg(feature = "host-admin")]
@@ -35,6 +37,7 @@ mod paths;
 mod sysfs;
 
 pub use address::{AddressError, PciAddress};
+pub use advice::{Fix, IommuAdvice, Platform};
 #[cfg(feature = "host-admin")]
 pub use bind::{
     BindError, BindMethod, BindRecord, BindStep, BindTarget, Binder, KernelSysfs, SysfsWriter,

@@ -28,7 +28,7 @@ pub enum OpenError {
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
     /// The device is on another driver.
-    #[error("{address} is bound to {driver}, not vfio-pci: run `refvmm bind {address}` first")]
+    #[error("{address} is bound to {driver}, not vfio-pci: bind it to vfio-pci first")]
     NotBoundToVfio {
         /// The device.
         address: PciAddress,
@@ -37,8 +37,8 @@ pub enum OpenError {
     },
     /// The device has no IOMMU group.
     #[error(
-        "{address} has no IOMMU group: VFIO needs an enabled IOMMU (`refvmm check {address}` \
-         says how)"
+        "{address} has no IOMMU group: VFIO needs an enabled IOMMU (the host\
+         readiness check says how)"
     )]
     NoIommuGroup {
         /// The device.
@@ -47,7 +47,7 @@ pub enum OpenError {
     /// `/dev/vfio/N` does not exist.
     #[error(
         "{address}: {node} (VFIO group {group}) does not exist: check `ls -l /dev/vfio` and \
-         `refvmm check {address}`"
+         the host readiness check"
     )]
     GroupNodeMissing {
         /// The device.
@@ -60,7 +60,7 @@ pub enum OpenError {
     /// Opening the container failed.
     #[error(
         "{address} (VFIO group {group}): cannot set up the VFIO container {node}: load \
-         `vfio_iommu_type1` and check the node's permissions (`refvmm check {address}`)"
+         `vfio_iommu_type1` and check the node's permissions (the host readiness check does)"
     )]
     Container {
         /// The device.
@@ -103,7 +103,7 @@ fn device_hint(address: PciAddress, group: u32, error: &VfioError) -> String {
         }
         VfioError::GroupViable => format!(
             "group {group} is not viable: another device in it is on a host driver \
-             (`refvmm check {address}` lists them)"
+             (the host readiness check lists them)"
         ),
         VfioError::GroupGetDeviceFD(e) if errno(e) == libc::EBUSY => {
             format!("{address} is already in use by another process")
@@ -111,7 +111,7 @@ fn device_hint(address: PciAddress, group: u32, error: &VfioError) -> String {
         VfioError::ContainerSetIOMMU(_) => {
             "the type1 IOMMU could not be set on the container (`modprobe vfio_iommu_type1`)".into()
         }
-        _ => format!("see `dmesg | tail` and `refvmm check {address}`"),
+        _ => format!("see `dmesg | tail` and the host readiness check of {address}"),
     }
 }
 

@@ -45,9 +45,9 @@ fn cdev_open_hint(address: PciAddress, node: &std::path::Path, error: &io::Error
              through the type1 container"
         ),
         (io::ErrorKind::NotFound, _) | (_, Some(libc::ENODEV)) | (_, Some(libc::ENXIO)) => {
-            format!("{address} was unbound from vfio-pci meanwhile? (`refvmm check {address}`)")
+            format!("{address} was unbound from vfio-pci meanwhile? (the host readiness check)")
         }
-        _ => format!("see `dmesg | tail` and `refvmm check {address}`"),
+        _ => format!("see `dmesg | tail` and the host readiness check of {address}"),
     }
 }
 
@@ -64,18 +64,18 @@ fn device_hint(address: PciAddress, error: &VfioError) -> String {
                 .to_string()
         }
         VfioError::VfioDeviceBindIommufd(_) => format!(
-            "VFIO_DEVICE_BIND_IOMMUFD refused it: is every device in its IOMMU group on \
-             vfio-pci? (`refvmm check {address}`)"
+            "VFIO_DEVICE_BIND_IOMMUFD refused it: is every device in the IOMMU group of \
+             {address} on vfio-pci? (the host readiness check says)"
         ),
         VfioError::VfioDeviceAttachIommufdPt(_) => format!(
-            "VFIO_DEVICE_ATTACH_IOMMUFD_PT refused it: an IOAS shared with devices behind \
-             another IOMMU may not fit it (open it with its own IOAS); see `dmesg | tail` and \
-             `refvmm check {address}`"
+            "VFIO_DEVICE_ATTACH_IOMMUFD_PT refused {address}: an IOAS shared with devices \
+             behind another IOMMU may not fit it (open it with its own IOAS); see `dmesg | tail` \
+             and the host readiness check"
         ),
         VfioError::SetDeviceAttr(_) => "KVM refused the cdev (KVM_DEV_VFIO_FILE_ADD): is the \
                                         KVM VFIO device from this VM?"
             .to_string(),
-        _ => format!("see `dmesg | tail` and `refvmm check {address}`"),
+        _ => format!("see `dmesg | tail` and the host readiness check of {address}"),
     }
 }
 

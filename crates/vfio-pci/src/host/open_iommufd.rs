@@ -78,16 +78,16 @@ impl IommuBackendChoice {
                 if host.container_present {
                     Ok(IommuDecision {
                         backend: IommuBackend::Type1,
-                        reason: "asked for (--iommu type1)".to_string(),
+                        reason: "asked for (type1)".to_string(),
                     })
                 } else {
                     Err(IommuChoiceError::Type1Unavailable {
                         address: host.address,
                         node: host.container_node.clone(),
                         fallback: if host.iommufd_blocker().is_none() {
-                            "use `--iommu iommufd`, which this host offers"
+                            "open it through iommufd, which this host offers"
                         } else {
-                            "neither is iommufd available (`refvmm check` says why)"
+                            "neither is iommufd available (the host readiness check says why)"
                         },
                     })
                 }
@@ -95,7 +95,7 @@ impl IommuBackendChoice {
             IommuBackendChoice::Iommufd => match host.iommufd_blocker() {
                 None => Ok(IommuDecision {
                     backend: IommuBackend::Iommufd,
-                    reason: "asked for (--iommu iommufd)".to_string(),
+                    reason: "asked for (iommufd)".to_string(),
                 }),
                 Some(blocker) => Err(blocker.into_error(host)),
             },
@@ -128,7 +128,7 @@ impl FromStr for IommuBackendChoice {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
-            "type1" | "vfio" | "container" => Ok(Self::Type1),
+            "type1" => Ok(Self::Type1),
             "iommufd" => Ok(Self::Iommufd),
             other => Err(format!(
                 "unknown IOMMU backend `{other}`: use auto, type1 or iommufd"
@@ -305,7 +305,7 @@ pub enum IommuChoiceError {
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
     /// The device is on another driver, so it has no VFIO cdev.
-    #[error("{address} is bound to {driver}, not vfio-pci: run `refvmm bind {address}` first")]
+    #[error("{address} is bound to {driver}, not vfio-pci: bind it to vfio-pci first")]
     NotBoundToVfio {
         /// The device.
         address: PciAddress,
@@ -315,7 +315,7 @@ pub enum IommuChoiceError {
     /// `/dev/iommu` does not exist.
     #[error(
         "{address}: iommufd asked for, but {} does not exist: this kernel lacks CONFIG_IOMMUFD \
-         (or `modprobe iommufd`); use `--iommu type1`",
+         (or `modprobe iommufd`); use the type1 container",
         node.display()
     )]
     IommufdMissing {
@@ -327,7 +327,7 @@ pub enum IommuChoiceError {
     /// sysfs names no cdev for the device.
     #[error(
         "{address}: iommufd asked for, but {} names no VFIO device cdev: this kernel lacks \
-         CONFIG_VFIO_DEVICE_CDEV; use `--iommu type1`",
+         CONFIG_VFIO_DEVICE_CDEV; use the type1 container",
         dir.display()
     )]
     CdevMissing {
@@ -340,7 +340,7 @@ pub enum IommuChoiceError {
     #[error(
         "{address}: iommufd asked for, but its VFIO cdev {cdev} has no node {}: check \
          `ls -l /dev/vfio/devices` (devtmpfs/udev in this mount namespace); or use \
-         `--iommu type1`",
+         the type1 container",
         node.display()
     )]
     CdevNodeMissing {
@@ -386,7 +386,7 @@ pub enum IommufdOpenError {
     #[error(
         "{address}: {} is not a working iommufd: IOMMU_IOAS_ALLOC failed ({}); check that it is \
          the iommufd character device (`ls -l {}`, kernel with CONFIG_IOMMUFD), or use \
-         `--iommu type1`",
+         the type1 container",
         node.display(),
         root_cause(source),
         node.display()
@@ -432,7 +432,7 @@ pub enum IommufdOpenError {
     /// This build has no iommufd support (cargo feature `iommufd`).
     #[error(
         "{address}: this build of vfio-pci cannot open devices through iommufd (cargo feature \
-         `iommufd`); use the type1 container (`--iommu type1`)"
+         `iommufd`); use the type1 container"
     )]
     NotBuilt {
         /// The device.

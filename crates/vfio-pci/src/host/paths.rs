@@ -1,7 +1,8 @@
 //! Where the host's sysfs, procfs, device nodes and bind records live.
 //!
 //! Every file the host module touches is named here, from four roots that default to
-//! `/sys`, `/dev`, `/proc` and `/run/refvmm`. Pointing them into a directory tree lets
+//! `/sys`, `/dev`, `/proc` and `/run/vfio-pci` (a VMM names its own with
+//! [`HostPaths::with_run_dir`]). Pointing them into a directory tree lets
 //! tests (and tools that look at a host from a container, with the host's `/sys` mounted
 //! elsewhere) run the same logic against another tree.
 
@@ -18,9 +19,12 @@ pub struct HostPaths {
     pub dev: PathBuf,
     /// procfs, normally `/proc`.
     pub proc: PathBuf,
-    /// Where `bind` records the driver a device had, for `unbind`: normally `/run/refvmm`.
+    /// Where `bind` records the driver a device had, for `unbind`: by default `/run/vfio-pci`.
     pub run: PathBuf,
 }
+
+/// Where bind records go unless the VMM names its own directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/vfio-pci";
 
 impl Default for HostPaths {
     fn default() -> Self {
@@ -28,21 +32,28 @@ impl Default for HostPaths {
             sys: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
             proc: PathBuf::from("/proc"),
-            run: PathBuf::from("/run/refvmm"),
+            run: PathBuf::from(DEFAULT_RUN_DIR),
         }
     }
 }
 
 impl HostPaths {
-    /// All four roots under one directory: `ROOT/sys`, `ROOT/dev`, `ROOT/proc`, `ROOT/run/refvmm`.
+    /// All four roots under one directory: `ROOT/sys`, `ROOT/dev`, `ROOT/proc`, `ROOT/run/vfio-pci`.
     pub fn under(root: impl AsRef<Path>) -> Self {
         let root = root.as_ref();
         Self {
             sys: root.join("sys"),
             dev: root.join("dev"),
             proc: root.join("proc"),
-            run: root.join("run/refvmm"),
+            run: root.join(DEFAULT_RUN_DIR.trim_start_matches('/')),
         }
+    }
+
+    /// The same roots, with bind records kept in `run` (a VMM's own directory under `/run`, or
+    /// under the root given to [`under`](Self::under)).
+    pub fn with_run_dir(mut self, run: impl Into<PathBuf>) -> Self {
+        self.run = run.into();
+        self
     }
 
     /// `/sys/bus/pci/devices/BDF`: the device's sysfs directory (a symlink into `/sys/devices`).
@@ -100,12 +111,19 @@ impl HostPaths {
         self.proc.join("cmdline")
     }
 
-    /// `/proc/cpuinfo`: read for the CPU vendor, which decides the IOMMU kernel parameter.
+    /// `/proc/cpuinfo`: read for the CPU vendor, which decides the IOMMU kernel parameter, and
+    /// the `hypervisor` flag.
     pub fn cpuinfo(&self) -> PathBuf {
         self.proc.join("cpuinfo")
     }
 
-    /// `/run/refvmm/BDF.driver`: what `bind` recorded about the driver the device had.
+    /// `/sys/class/dmi/id/NAME` (`sys_vendor`, `product_name`): what the firmware says the
+    /// machine is, a virtual one included.
+    pub fn dmi_id(&self, name: &str) -> PathBuf {
+        self.sys.join("class/dmi/id").join(name)
+    }
+
+    /// `RUN/BDF.driver` (`/run/vfio-pci/BDF.driver` by default): what `bind` recorded about the driver the device had.
     pub fn bind_record(&self, address: PciAddress) -> PathBuf {
         self.run.join(format!("{address}.driver"))
     }
@@ -126,7 +144,7 @@ mod tests {
         assert_eq!(host.vfio_group_node(7), Path::new("/dev/vfio/7"));
         assert_eq!(
             host.bind_record(a),
-            Path::new("/run/refvmm/0000:01:00.0.driver")
+            Path::new("/run/vfio-pci/0000:01:00.0.driver")
         );
         let fake = HostPaths::under("/tmp/x");
         assert_eq!(

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::advice::{IommuAdvice, Platform};
 use super::{HostPaths, PciAddress};
 
 /// The driver name of the VFIO PCI driver.
@@ -478,12 +479,13 @@ pub struct IommuStatus {
     pub group_count: usize,
     /// The IOMMU parameters on the kernel command line.
     pub params: KernelIommuParams,
-    /// The CPU vendor.
-    pub cpu: CpuVendor,
+    /// A physical machine (and its CPU vendor) or a virtual one: where an IOMMU comes from.
+    pub platform: Platform,
 }
 
 impl IommuStatus {
-    /// Reads `/sys/class/iommu`, `/sys/kernel/iommu_groups`, `/proc/cmdline` and `/proc/cpuinfo`.
+    /// Reads `/sys/class/iommu`, `/sys/kernel/iommu_groups`, `/proc/cmdline`, `/proc/cpuinfo`
+    /// and the DMI system vendor and product.
     /// Missing files count as empty: that is what a host without an IOMMU looks like.
     pub fn read(paths: &HostPaths) -> Result<Self, SysfsError> {
         let optional = |path: PathBuf| match fs::read_to_string(&path) {
@@ -495,7 +497,11 @@ impl IommuStatus {
             units: dir_names(&paths.iommu_class())?,
             group_count: dir_names(&paths.iommu_groups())?.len(),
             params: KernelIommuParams::parse(&optional(paths.cmdline())?),
-            cpu: CpuVendor::from_cpuinfo(&optional(paths.cpuinfo())?),
+            platform: Platform::detect(
+                &optional(paths.cpuinfo())?,
+                &optional(paths.dmi_id("sys_vendor"))?,
+                &optional(paths.dmi_id("product_name"))?,
+            ),
         })
     }
 
@@ -504,30 +510,12 @@ impl IommuStatus {
         self.group_count > 0
     }
 
-    /// What to do to enable the IOMMU on this host, for the user to act on.
-    pub fn how_to_enable(&self) -> String {
-        let mut advice = match self.cpu {
-            CpuVendor::Intel => "enable VT-d in the firmware setup and add `intel_iommu=on \
-                                 iommu=pt` to the kernel command line, then reboot"
-                .to_string(),
-            CpuVendor::Amd => "enable the IOMMU (AMD-Vi) in the firmware setup; the kernel turns \
-                               it on by default (`amd_iommu=on` is often suggested but the kernel \
-                               does not need it); add `iommu=pt` to the kernel command line, then \
-                               reboot"
-                .to_string(),
-            CpuVendor::Unknown => "enable the IOMMU in the firmware setup and on the kernel \
-                                   command line (`intel_iommu=on iommu=pt` on Intel, `iommu=pt` \
-                                   and AMD-Vi in the firmware on AMD), then reboot"
-                .to_string(),
-        };
-        let off = self.params.disabling();
-        if !off.is_empty() {
-            advice = format!(
-                "remove {} from the kernel command line; {advice}",
-                off.join(" ")
-            );
+    /// What to change so the IOMMU is on, for the caller to render.
+    pub fn how_to_enable(&self) -> IommuAdvice {
+        IommuAdvice {
+            platform: self.platform.clone(),
+            remove_params: self.params.disabling(),
         }
-        advice
     }
 }
 
@@ -568,13 +556,19 @@ mod tests {
             units: vec![],
             group_count: 0,
             params: KernelIommuParams::parse("intel_iommu=off"),
-            cpu: CpuVendor::Intel,
+            platform: Platform::BareMetal {
+                cpu: CpuVendor::Intel,
+            },
         };
         let advice = status.how_to_enable();
-        assert!(advice.contains("intel_iommu=on iommu=pt"), "{advice}");
-        assert!(advice.starts_with("remove intel_iommu=off"), "{advice}");
-        status.cpu = CpuVendor::Amd;
-        assert!(status.how_to_enable().contains("AMD-Vi"));
+        assert_eq!(advice.remove_params, vec!["intel_iommu=off"]);
+        let text = advice.to_string();
+        assert!(text.contains("`intel_iommu=on`"), "{text}");
+        assert!(text.starts_with("remove intel_iommu=off"), "{text}");
+        status.platform = Platform::BareMetal {
+            cpu: CpuVendor::Amd,
+        };
+        assert!(status.how_to_enable().to_string().contains("AMD-Vi"));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub enum NvmeError {
         /// CSTS.
         csts: u32,
     },
+    /// CAP reads 0: no NVMe controller answers behind BAR0 (a simulated device that has only
+    /// the PCI side of an NVMe, such as refvmm's `--device sim`, or a BAR that is not decoded).
+    NoController,
     /// The controller cannot do what this driver needs.
     Unsupported {
         /// What is missing.
@@ -162,6 +165,12 @@ impl fmt::Display for NvmeError {
             NvmeError::Fatal { csts } => write!(
                 f,
                 "controller fatal status (CSTS={csts:#x}): reset the controller"
+            ),
+            NvmeError::NoController => write!(
+                f,
+                "CAP reads 0: no NVMe controller answers behind BAR0 (refvmm's `--device sim` \
+                 simulates only the PCI side of an NVMe, its registers are plain memory; pass a \
+                 real NVMe through)"
             ),
             NvmeError::Unsupported { what } => write!(f, "controller does not support {what}"),
             NvmeError::NoCompletion {
@@ -296,6 +305,9 @@ impl Controller {
         entries: u16,
         vector: u8,
     ) -> Result<u64, NvmeError> {
+        if self.cap.0 == 0 {
+            return Err(NvmeError::NoController);
+        }
         if !self.cap.supports_nvm() {
             return Err(NvmeError::Unsupported {
                 what: "the NVM command set (CAP.CSS bit 0)",
