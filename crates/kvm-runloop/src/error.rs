@@ -69,6 +69,10 @@ pub enum Error {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    /// Guest RAM could not be backed as [`VmConfig::ram_backing`](crate::VmConfig::ram_backing)
+    /// asks (no huge pages, a failed prefault).
+    #[error(transparent)]
+    RamBacking(#[from] crate::ram::RamBackingError),
     /// Guest memory access through vm-memory failed.
     #[error(
         "guest memory access at {addr:#x} ({len} bytes) failed; is the range inside guest RAM?"

@@ -10,6 +10,7 @@ mod error;
 mod exit;
 mod irq;
 mod kick;
+mod ram;
 mod ratelimit;
 mod slots;
 mod stats;
@@ -29,6 +30,9 @@ pub use exit::{Access, Exit, ExitKind, VcpuStop};
 pub use irq::{FIRST_MSI_GSI, Interrupts, MsiMessage, Route};
 pub use kick::{KICK_SIGNAL_OFFSET, StopHandle};
 pub use kvm_ioctls::IoEventAddress;
+pub use ram::{
+    GuestRamBacking, HUGEPAGES_SYSFS, HugePagePool, HugePageSize, RamBacking, RamBackingError,
+};
 pub use slots::{BackingKind, MemoryAccess, MemorySlots, RegionInfo, SlotId};
 pub use stats::{ExitCounts, ExitStats};
 pub use vcpu::Vcpu;

@@ -14,6 +14,7 @@ use crate::bus::DeviceBus;
 use crate::error::{Error, Result, open_kvm_hint};
 use crate::irq::Interrupts;
 use crate::kick::{RunControl, StopHandle};
+use crate::ram::{GuestRamBacking, create_guest_ram};
 use crate::slots::MemorySlots;
 use crate::stats::{ExitCounts, ExitStats};
 use crate::vcpu::Vcpu;
@@ -32,6 +33,9 @@ pub struct VmConfig {
     pub irqchip: bool,
     /// The KVM device node.
     pub kvm_device: PathBuf,
+    /// What backs guest RAM (anonymous memory, transparent or hugetlbfs huge pages) and how
+    /// many threads prefault it. Default: anonymous, not prefaulted.
+    pub ram_backing: GuestRamBacking,
 }
 
 impl Default for VmConfig {
@@ -41,6 +45,7 @@ impl Default for VmConfig {
             ram: vec![(0, 2 << 20)],
             irqchip: false,
             kvm_device: PathBuf::from("/dev/kvm"),
+            ram_backing: GuestRamBacking::default(),
         }
     }
 }
@@ -84,8 +89,8 @@ impl std::fmt::Debug for Vm {
 }
 
 impl Vm {
-    /// Opens the KVM device, creates the VM, its RAM (each range in its own memory slot) and, if
-    /// asked, the in-kernel irqchip. A missing or inaccessible device gives [`Error::OpenKvm`]
+    /// Opens the KVM device, creates the VM, its RAM (each range in its own memory slot, backed
+    /// and prefaulted as `ram_backing` says) and, if asked, the in-kernel irqchip. A missing or inaccessible device gives [`Error::OpenKvm`]
     /// with what to do.
     pub fn new(config: &VmConfig) -> Result<Vm> {
         let open_error = |source: kvm_ioctls::Error| Error::OpenKvm {
@@ -117,15 +122,7 @@ impl Vm {
             None
         };
 
-        let ranges: Vec<(GuestAddress, usize)> = config
-            .ram
-            .iter()
-            .map(|(base, size)| (GuestAddress(*base), *size))
-            .collect();
-        let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::GuestRam {
-            ranges: format!("{:x?}", config.ram),
-            source,
-        })?;
+        let memory = create_guest_ram(&config.ram, &config.ram_backing)?;
         let max_slots = kvm.get_nr_memslots() as u32;
         let slots = Arc::new(MemorySlots::new(
             fd.clone(),
