@@ -75,6 +75,17 @@ pub struct RunArgs {
     /// the PCI hole; the rest is placed at 4 GiB.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub memory: u64,
+    /// What backs guest RAM: `thp` (transparent huge pages where the host has them, 4 KiB pages
+    /// where not: never fails, and faster to fault in and to pin for DMA), `anon` (4 KiB pages),
+    /// `hugetlb`, `hugetlb:2M`, `hugetlb:1G` (hugetlbfs pages, all reserved at start: the host
+    /// needs that many free in /sys/kernel/mm/hugepages).
+    #[arg(long, value_name = "BACKING", default_value = "thp")]
+    pub memory_backing: kvm_runloop::RamBacking,
+    /// Threads that fault in all guest RAM before the guest starts (0: none). Default: one per
+    /// host CPU when a host device is passed through (VFIO pins, and so faults in, all guest
+    /// RAM then anyway, on one thread), else 0 (the guest faults in only what it touches).
+    #[arg(long, value_name = "N")]
+    pub prefault_threads: Option<usize>,
     /// Stop the guest after this many seconds (exit status 124). 0: no limit.
     #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_timeout)]
     pub timeout: f64,
@@ -238,6 +249,21 @@ pub fn ram_layout(size: u64) -> Vec<(u64, u64)> {
     ranges
 }
 
+/// `--memory-backing` and `--prefault-threads` (see their help for the defaults' reasons).
+fn ram_backing(args: &RunArgs) -> kvm_runloop::GuestRamBacking {
+    let pinned = args
+        .devices
+        .iter()
+        .any(|d| matches!(d, DeviceSpec::Host(_)));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    kvm_runloop::GuestRamBacking {
+        backing: args.memory_backing,
+        prefault_threads: args
+            .prefault_threads
+            .unwrap_or(if pinned { cpus } else { 0 }),
+    }
+}
+
 /// Everything a device BAR must never cover.
 fn reserved_ranges(ram: &[(u64, u64)]) -> Vec<ReservedRange> {
     let mut r: Vec<ReservedRange> = ram
@@ -307,6 +333,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     let vm = Arc::new(Vm::new(&VmConfig {
         ram: ram.iter().map(|&(b, s)| (b, s as usize)).collect(),
         irqchip: true,
+        ram_backing: ram_backing(args),
         ..VmConfig::default()
     })?);
 

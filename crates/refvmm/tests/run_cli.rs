@@ -128,3 +128,36 @@ fn nvme_e2e_on_the_simulated_device_says_there_is_no_controller() {
     assert_eq!(r.code, 1, "{}", r.all());
     r.stdout_has("no NVMe controller answers behind BAR0 (refvmm's `--device sim` simulates only the PCI side");
 }
+
+#[test]
+fn memory_backing_errors_name_the_missing_piece() {
+    // A page size x86-64 does not have: refused by the option parser.
+    let r = refvmm_run(&["--memory-backing", "hugetlb:4M"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    r.stderr_has("\"4M\" is not one of 2M, 1G");
+    let r = refvmm_run(&["--memory-backing", "huge"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    r.stderr_has("is not one of anon, thp, hugetlb, hugetlb:2M, hugetlb:1G");
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    // 64 MiB is no whole number of 1 GiB pages (checked before the pool is looked at).
+    let r = refvmm_run(&["--memory-backing", "hugetlb:1G", "--memory", "64M"]);
+    assert_eq!(r.code, 125, "{}", r.all());
+    r.stderr_has("not a whole number of 1 GiB huge pages");
+    // 2 MiB pages: this host either has 32 free (the guest runs) or says how to reserve them.
+    let pool = kvm_runloop::HugePagePool::read(
+        std::path::Path::new(kvm_runloop::HUGEPAGES_SYSFS),
+        kvm_runloop::HugePageSize::Size2MiB,
+    );
+    let r = refvmm_run(&["--memory-backing", "hugetlb:2M", "--memory", "64M"]);
+    match pool {
+        Ok(p) if p.available() >= 32 => assert_eq!(r.code, 0, "{}", r.all()),
+        Ok(_) => {
+            assert_eq!(r.code, 125, "{}", r.all());
+            r.stderr_has("not enough free 2 MiB huge pages for guest RAM: 32 needed");
+            r.stderr_has("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
+        }
+        Err(_) => r.stderr_has("this host has no 2 MiB huge pages"),
+    }
+}
