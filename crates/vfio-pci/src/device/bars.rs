@@ -258,6 +258,39 @@ pub(crate) struct BarState {
     pub is_rom: bool,
 }
 
+/// The mmap of a mapped segment: aligned for huge pages when it is 2 MiB or more (see
+/// [`bar_mmap`](super::bar_mmap)), placed by the kernel otherwise.
+fn map_segment(
+    source: crate::backend::MmapSource<'_>,
+    host_region_offset: u64,
+    len: u64,
+) -> std::io::Result<HostMapping> {
+    let file_offset = source.offset + host_region_offset;
+    let len_bytes = usize::try_from(len).map_err(std::io::Error::other)?;
+    if let Some(align) = super::bar_mmap::huge_alignment(len) {
+        // The segment's offset in the BAR is its offset from a size-aligned physical (and
+        // guest) address: the mmap takes the same place modulo the alignment.
+        let region = super::bar_mmap::mmap_aligned(
+            source.fd,
+            file_offset,
+            len_bytes,
+            align,
+            host_region_offset % align,
+        )?;
+        // SAFETY: `mmap_aligned` returns a whole mapping that only its caller unmaps.
+        return Ok(unsafe { HostMapping::owning_raw(region, align) });
+    }
+    let file = File::from(source.fd.try_clone_to_owned()?);
+    let mmap = MmapRegion::build(
+        Some(FileOffset::new(file, file_offset)),
+        len_bytes,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(HostMapping::new(mmap))
+}
+
 /// Why a region could not be mmapped at attach.
 #[derive(Debug, thiserror::Error)]
 #[error("{device}: cannot mmap BAR {bar} bytes {offset:#x}-{end:#x}: {why}", end = offset + len - 1)]
@@ -297,19 +330,8 @@ impl BarState {
                         .backend
                         .mmap_source(u32::from(bar))
                         .ok_or_else(|| err("the host offers no mmap of this region".into()))?;
-                    let file = File::from(
-                        source
-                            .fd
-                            .try_clone_to_owned()
-                            .map_err(|e| err(format!("dup of the region fd: {e}")))?,
-                    );
-                    let mmap = MmapRegion::build(
-                        Some(FileOffset::new(file, source.offset + host_region_offset)),
-                        seg.len as usize,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED,
-                    )
-                    .map_err(|e| err(e.to_string()))?;
+                    let mapping = map_segment(source, host_region_offset, seg.len)
+                        .map_err(|e| err(e.to_string()))?;
                     maps.push(MappedSegment {
                         range: BarRange {
                             device: device.clone(),
@@ -319,7 +341,7 @@ impl BarState {
                             kind: BarRangeKind::Mapped,
                             name: trap_map::segment_name(name, bar, seg.offset, seg.kind).into(),
                         },
-                        mapping: Arc::new(HostMapping::new(mmap)),
+                        mapping: Arc::new(mapping),
                         placed: None,
                     });
                 }

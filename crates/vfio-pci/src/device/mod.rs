@@ -5,9 +5,11 @@
 //! |---|---|
 //! | `mod.rs` | attach/detach, the config-space view and what guest config writes do |
 //! | `bars.rs` | BARs: mmaps made once, mappings and trapped ranges that follow the guest |
+//! | `bar_mmap.rs` | the mmap of a mapped segment, aligned so huge pages can back it |
 //! | `interrupts.rs` | MSI-X, MSI and INTx wiring to VFIO eventfds and the VM's irqfds |
 //! | `view.rs` | the `info mtree -f`-style view and per-range exit counters |
 
+mod bar_mmap;
 mod bars;
 mod interrupts;
 mod view;

@@ -16,11 +16,40 @@ use super::BarRange;
 /// live memory slot.
 pub struct HostMapping {
     region: MmapRegion,
+    /// The region was placed by hand (`MAP_FIXED`, for huge page alignment) and built "raw":
+    /// it does not unmap itself, this does on drop.
+    unmap_on_drop: bool,
+    /// The alignment asked of its address (4096 when the kernel placed it).
+    alignment: u64,
 }
 
 impl HostMapping {
+    /// A mapping that unmaps itself (vm-memory's own `MmapRegion::build`).
     pub(crate) fn new(region: MmapRegion) -> Self {
-        Self { region }
+        Self {
+            region,
+            unmap_on_drop: false,
+            alignment: 4096,
+        }
+    }
+
+    /// A mapping made at an address aligned to `alignment`, owned by this value: its pages are
+    /// unmapped when it is dropped.
+    ///
+    /// # Safety
+    /// `region` describes a whole live mapping that nothing else unmaps.
+    pub(crate) unsafe fn owning_raw(region: MmapRegion, alignment: u64) -> Self {
+        Self {
+            region,
+            unmap_on_drop: true,
+            alignment,
+        }
+    }
+
+    /// The alignment its host address was placed at: 2 MiB or 1 GiB for segments that large
+    /// (so huge pages can back them), else the page size.
+    pub fn alignment(&self) -> u64 {
+        self.alignment
     }
 
     /// The host address of the first byte (page aligned).
@@ -44,11 +73,22 @@ impl HostMapping {
     }
 }
 
+impl Drop for HostMapping {
+    fn drop(&mut self) {
+        if self.unmap_on_drop {
+            // SAFETY: the whole mapping this value owns (`owning_raw`'s contract); every
+            // `Arc` of it is gone, so no slot or reader reaches these pages any more.
+            unsafe { libc::munmap(self.region.as_ptr().cast(), self.region.size()) };
+        }
+    }
+}
+
 impl std::fmt::Debug for HostMapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostMapping")
             .field("host_addr", &self.as_ptr())
             .field("len", &self.len())
+            .field("alignment", &self.alignment)
             .finish()
     }
 }
