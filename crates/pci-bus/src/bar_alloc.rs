@@ -7,9 +7,13 @@
 //! address. Because everything goes through [`PciFunction`], the device sees exactly what a BIOS
 //! would make it see, and the guest may move the BARs again later.
 //!
-//! Placement policy (SeaBIOS-like, so that guests with 32-bit page tables, like the test guests,
-//! can keep the addresses): memory BARs, 64-bit ones included, go in the 32-bit window while it
-//! has room; a 64-bit BAR that does not fit there goes in the 64-bit window above RAM. Memory
+//! Placement policy: 64-bit prefetchable BARs (GPU and accelerator memory, ivshmem: the large
+//! ones) go in the 64-bit window above RAM and 4 GiB, as OVMF and QEMU's `pci-hole64` place
+//! them, keeping the scarce 32-bit window for registers; each is naturally aligned, so a BAR of
+//! 2 MiB or 1 GiB and more can be mapped with huge pages. Other memory BARs, 64-bit
+//! non-prefetchable ones included, go in the 32-bit window while it has room (SeaBIOS-like, so
+//! that guests with 32-bit page tables, like the test guests, reach their registers); a 64-bit
+//! one that does not fit there goes in the 64-bit window. Memory
 //! ranges are at least 4 KiB, so no two BARs share a page and every BAR can be mapped into the
 //! guest on its own (QEMU does the same for passthrough). I/O BARs come from the I/O window.
 //! The expansion ROM is left unassigned.
@@ -147,6 +151,8 @@ pub struct BarAllocator {
     mem32: AddressAllocator,
     mem64: AddressAllocator,
     io: AddressAllocator,
+    /// End (exclusive) of the highest BAR placed in the 64-bit window.
+    mem64_end: Option<u64>,
 }
 
 fn window(space: BarSpace, (base, end): (u64, u64)) -> Result<AddressAllocator, BarAssignError> {
@@ -182,7 +188,27 @@ impl BarAllocator {
             mem32: window(BarSpace::Mem32, mem32)?,
             mem64: window(BarSpace::Mem64, mem64)?,
             io: window(BarSpace::Io, io)?,
+            mem64_end: None,
         })
+    }
+
+    /// The default 32-bit and I/O windows, and the 64-bit window of
+    /// [`layout::mem64_window`] for a guest whose RAM ends at `ram_end` on a host with
+    /// `phys_bits` physical address bits.
+    pub fn for_guest(ram_end: u64, phys_bits: u8) -> Result<Self, BarAssignError> {
+        let mem64 = layout::mem64_window(ram_end, phys_bits).ok_or(BarAssignError::BadWindow {
+            window: BarSpace::Mem64,
+            base: ram_end.max(1 << 32),
+            end: 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX),
+        })?;
+        Self::with_windows(layout::MEM32_WINDOW, mem64, layout::IO_WINDOW)
+    }
+
+    /// The part of the 64-bit window the BARs placed so far use, `[base, end)`: what a
+    /// firmware would describe to the guest as its 64-bit PCI hole. `None` before any BAR went
+    /// there.
+    pub fn mem64_in_use(&self) -> Option<(u64, u64)> {
+        self.mem64_end.map(|end| (self.mem64.base(), end))
     }
 
     fn allocate(&mut self, space: BarSpace, bar: u8, size: u64) -> Result<u64, BarAssignError> {
@@ -191,7 +217,8 @@ impl BarAllocator {
             BarSpace::Mem64 => &mut self.mem64,
             BarSpace::Io => &mut self.io,
         };
-        a.allocate(size, size, AllocPolicy::FirstMatch)
+        let placed = a
+            .allocate(size, size, AllocPolicy::FirstMatch)
             .map(|r| r.start())
             .map_err(|_| BarAssignError::NoSpace {
                 bar,
@@ -199,7 +226,11 @@ impl BarAllocator {
                 window: space,
                 base: a.base(),
                 end: a.end(),
-            })
+            })?;
+        if space == BarSpace::Mem64 {
+            self.mem64_end = self.mem64_end.max(Some(placed + size));
+        }
+        Ok(placed)
     }
 
     /// Sizes every BAR of `function`, places and programs them, and turns decode on for the
@@ -260,13 +291,20 @@ impl BarAllocator {
                     });
                 }
                 let want = size.max(PAGE);
-                let (space, address) = match self.allocate(BarSpace::Mem32, index, want) {
-                    Ok(a) => (BarSpace::Mem32, a),
-                    Err(e) if !is_64bit => return Err(e),
-                    Err(_) => (
+                let (space, address) = if is_64bit && prefetchable {
+                    (
                         BarSpace::Mem64,
                         self.allocate(BarSpace::Mem64, index, want)?,
-                    ),
+                    )
+                } else {
+                    match self.allocate(BarSpace::Mem32, index, want) {
+                        Ok(a) => (BarSpace::Mem32, a),
+                        Err(e) if !is_64bit => return Err(e),
+                        Err(_) => (
+                            BarSpace::Mem64,
+                            self.allocate(BarSpace::Mem64, index, want)?,
+                        ),
+                    }
                 };
                 write32(function, off, address as u32);
                 if is_64bit {
@@ -386,7 +424,11 @@ mod tests {
             "256-byte BAR gets a page of its own"
         );
         assert_eq!((bars[2].space, bars[2].address), (BarSpace::Io, 0xc000));
-        assert_eq!(bars[3].address, 0xc010_0000, "1 MiB aligned");
+        assert_eq!(
+            (bars[3].space, bars[3].address),
+            (BarSpace::Mem64, 0x80_0000_0000),
+            "64-bit prefetchable goes high"
+        );
         assert!(bars[3].prefetchable && bars[3].is_64bit);
         let cmd = f.0.command();
         assert!(cmd.memory() && cmd.io());
@@ -416,6 +458,49 @@ mod tests {
                 .contains("BAR0 (0x1000000 bytes) does not fit in the mem32 window"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_64bit_window_follows_ram_and_the_host_address_width() {
+        // 6 GiB of RAM from 4 GiB: the window starts at the next 1 GiB boundary after 10 GiB,
+        // and ends where a 39-bit CPU stops.
+        assert_eq!(
+            layout::mem64_window(10 << 30, 39),
+            Some((10 << 30, 1 << 39))
+        );
+        assert_eq!(
+            layout::mem64_window((10 << 30) + 4096, 39),
+            Some((11 << 30, 1 << 39))
+        );
+        // Small guests: never below 4 GiB.
+        assert_eq!(layout::mem64_window(64 << 20, 36), Some((4 << 30, 1 << 36)));
+        // No room below the CPU's limit.
+        assert_eq!(layout::mem64_window(1 << 36, 36), None);
+        let e = BarAllocator::for_guest(1 << 36, 36).unwrap_err();
+        assert!(e.to_string().contains("mem64 window"), "{e}");
+    }
+
+    #[test]
+    fn large_prefetchable_bars_are_placed_high_aligned_and_packed() {
+        let mut a = BarAllocator::for_guest(64 << 20, 40).unwrap();
+        assert_eq!(a.mem64_in_use(), None);
+        // A GPU: 16 MiB of registers (64-bit, not prefetchable), 8 GiB of VRAM, 32 MiB more.
+        let mut gpu = model(&[
+            (0, BarDef::memory64(16 << 20)),
+            (2, BarDef::memory64(8 << 30).prefetchable()),
+            (4, BarDef::memory64(32 << 20).prefetchable()),
+        ]);
+        let bars = a.assign(&mut gpu).unwrap();
+        assert_eq!(bars[0].space, BarSpace::Mem32, "registers stay low");
+        assert_eq!((bars[1].space, bars[1].address), (BarSpace::Mem64, 8 << 30));
+        assert_eq!(bars[1].address % (8 << 30), 0, "naturally aligned");
+        assert_eq!(bars[2].address, 4 << 30, "packed below the large one");
+        // The window in use is what the BARs need, not all the CPU could address.
+        assert_eq!(a.mem64_in_use(), Some((4 << 30, 16 << 30)));
+        // A BAR larger than the CPU can address fails, naming the window.
+        let mut huge = model(&[(0, BarDef::memory64(1 << 40).prefetchable())]);
+        let e = a.assign(&mut huge).unwrap_err().to_string();
+        assert!(e.contains("does not fit in the mem64 window"), "{e}");
     }
 
     #[test]

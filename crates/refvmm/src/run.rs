@@ -249,6 +249,16 @@ pub fn ram_layout(size: u64) -> Vec<(u64, u64)> {
     ranges
 }
 
+/// The host CPU's physical address bits (CPUID 0x80000008 EAX[7:0]); 36, the oldest x86-64
+/// width, when the leaf is absent. The 64-bit BAR window ends there.
+fn host_phys_bits() -> u8 {
+    use std::arch::x86_64::__cpuid;
+    if __cpuid(0x8000_0000).eax < 0x8000_0008 {
+        return 36;
+    }
+    (__cpuid(0x8000_0008).eax & 0xff) as u8
+}
+
 /// `--memory-backing` and `--prefault-threads` (see their help for the defaults' reasons).
 fn ram_backing(args: &RunArgs) -> kvm_runloop::GuestRamBacking {
     let pinned = args
@@ -367,7 +377,8 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
         Arc::new(Ecam::new(pci.clone())),
     )?;
     let reserved = reserved_ranges(&ram);
-    let mut bars = BarAllocator::new();
+    let ram_end = ram.iter().map(|&(b, s)| b + s).max().unwrap_or(0);
+    let mut bars = BarAllocator::for_guest(ram_end, host_phys_bits())?;
     let policy = Policy {
         msix_relocation: args.msix_relocation,
         ..args.policy
