@@ -8,6 +8,7 @@ mod bus;
 mod cpu_mode;
 mod error;
 mod exit;
+mod host_pages;
 mod irq;
 mod kick;
 mod ram;
@@ -27,6 +28,7 @@ pub use cpu_mode::{
 };
 pub use error::{Error, Result};
 pub use exit::{Access, Exit, ExitKind, VcpuStop};
+pub use host_pages::{HostPages, parse_smaps};
 pub use irq::{FIRST_MSI_GSI, Interrupts, MsiMessage, Route};
 pub use kick::{KICK_SIGNAL_OFFSET, StopHandle};
 pub use kvm_ioctls::IoEventAddress;

@@ -47,6 +47,7 @@ pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
     for line in &flat {
         let _ = writeln!(out, "{line}");
     }
+    out.push_str(&host_pages(vm));
     // Each device's own view adds only what the flat view cannot show (BARs not decoded,
     // refused, or unassigned): its live ranges are already above, once.
     for a in attached {
@@ -63,6 +64,30 @@ pub fn mtree(vm: &Vm, pci: &PciBus, attached: &[Attached]) -> String {
                 let _ = writeln!(out, "{line}");
             }
         }
+    }
+    out
+}
+
+/// Which host page size backs each memory slot, as /proc/self/smaps says now (huge pages make
+/// KVM's and the IOMMU's mappings larger too): `pages=unknown(pfnmap)` for a VFIO BAR, whose
+/// page-table level the kernel does not report.
+fn host_pages(vm: &Vm) -> String {
+    let mut out = String::from(
+        "Host pages behind each memory slot (/proc/self/smaps, read at report time)
+",
+    );
+    for r in vm.slots().regions() {
+        let pages = kvm_runloop::HostPages::of(r.host_addr, r.size)
+            .map_or_else(|| "pages=unknown".to_string(), |p| p.to_string());
+        let _ = writeln!(
+            out,
+            "  slot {} {:#x}-{:#x} host {:#x} {pages} \"{}\"",
+            r.slot.0,
+            r.guest_addr,
+            r.guest_addr + r.size - 1,
+            r.host_addr,
+            r.name
+        );
     }
     out
 }

@@ -108,7 +108,8 @@ pub struct RunArgs {
     /// Host page size BAR mappings are planned with: 4K, 16K or 64K; default: this host's.
     #[arg(long, value_name = "SIZE")]
     pub page_size: Option<PageSize>,
-    /// At exit, print the flat memory map (`info mtree -f` style) with every device's BAR pages.
+    /// At exit, print the flat memory map (`info mtree -f` style) with every device's BAR pages,
+    /// and the host page size behind each memory slot (from /proc/self/smaps).
     #[arg(long)]
     pub show_mtree: bool,
     /// At exit, print the VM's exits by kind, every trapped range's counters and the memory slots.
