@@ -81,10 +81,10 @@ fn host_pages(vm: &Vm) -> String {
             .map_or_else(|| "pages=unknown".to_string(), |p| p.to_string());
         let _ = writeln!(
             out,
-            "  slot {} {:#x}-{:#x} host {:#x} {pages} \"{}\"",
-            r.slot.0,
+            "  {:#x}-{:#x} in slot {}: host {:#x} {pages} \"{}\"",
             r.guest_addr,
             r.guest_addr + r.size - 1,
+            r.slot.0,
             r.host_addr,
             r.name
         );
