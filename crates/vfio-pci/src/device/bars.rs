@@ -264,10 +264,11 @@ fn map_segment(
     source: crate::backend::MmapSource<'_>,
     host_region_offset: u64,
     len: u64,
+    align: bool,
 ) -> std::io::Result<HostMapping> {
     let file_offset = source.offset + host_region_offset;
     let len_bytes = usize::try_from(len).map_err(std::io::Error::other)?;
-    if let Some(align) = super::bar_mmap::huge_alignment(len) {
+    if let Some(align) = super::bar_mmap::huge_alignment(len).filter(|_| align) {
         // The segment's offset in the BAR is its offset from a size-aligned physical (and
         // guest) address: the mmap takes the same place modulo the alignment.
         let region = super::bar_mmap::mmap_aligned(
@@ -308,9 +309,9 @@ pub struct MmapError {
 }
 
 impl BarState {
-    /// Builds the BAR from its plan: mmaps every mapped segment (once) and prepares a handler
-    /// for every trapped one.
-    pub fn from_plan(shared: &Arc<Shared>, plan: &BarPlan) -> Result<Self, MmapError> {
+    /// Builds the BAR from its plan: mmaps every mapped segment (once; huge page aligned when
+    /// `align` and the segment is large enough) and prepares a handler for every trapped one.
+    pub fn from_plan(shared: &Arc<Shared>, plan: &BarPlan, align: bool) -> Result<Self, MmapError> {
         let name = &shared.name;
         let device: Arc<str> = Arc::from(name.as_str());
         let bar = plan.index();
@@ -330,7 +331,7 @@ impl BarState {
                         .backend
                         .mmap_source(u32::from(bar))
                         .ok_or_else(|| err("the host offers no mmap of this region".into()))?;
-                    let mapping = map_segment(source, host_region_offset, seg.len)
+                    let mapping = map_segment(source, host_region_offset, seg.len, align)
                         .map_err(|e| err(e.to_string()))?;
                     maps.push(MappedSegment {
                         range: BarRange {

@@ -121,6 +121,10 @@ pub struct PassthroughOptions {
     pub name: Option<String>,
     /// Extended capabilities unlinked from the guest's view.
     pub hidden_extended: Vec<ExtCapabilityId>,
+    /// Place the mmap of every mapped segment of 2 MiB or more at a 2 MiB or 1 GiB aligned
+    /// address, so huge pages can back it on the host and in KVM (default). Off: the kernel
+    /// places it (4 KiB aligned), for comparison.
+    pub huge_page_alignment: bool,
 }
 
 /// Extended capabilities a guest must not drive on an assigned function, as QEMU hides them:
@@ -144,6 +148,7 @@ impl Default for PassthroughOptions {
             policy: Policy::default(),
             name: None,
             hidden_extended: DEFAULT_HIDDEN_EXTENDED.to_vec(),
+            huge_page_alignment: true,
         }
     }
 }
@@ -387,7 +392,11 @@ impl PassthroughDevice {
         });
         let mut bars = Vec::new();
         for bar in plan.bars() {
-            bars.push(BarState::from_plan(&shared, bar)?);
+            bars.push(BarState::from_plan(
+                &shared,
+                bar,
+                options.huge_page_alignment,
+            )?);
         }
         if let Some(rom) = config.model().rom() {
             bars.push(BarState::rom(&shared, u64::from(rom.size)));
