@@ -224,6 +224,7 @@ impl RegisterFile {
     }
 
     /// Raw little-endian read of up to 4 bytes for internal decoding; out-of-range bytes read 0.
+    #[inline]
     pub(crate) fn get(&self, offset: usize, len: usize) -> u32 {
         if matches!(len, 1 | 2 | 4) && offset + len <= self.data.len() {
             return load_le(&self.data, offset, len);

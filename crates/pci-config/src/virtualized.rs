@@ -220,12 +220,12 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     }
 
     /// Hides the capability at `offset` from the guest: unlinks it in the model (see
-    /// [`ConfigSpace::hide_capability`]) and emulates its bytes and the rewritten pointers, so
-    /// the guest reads zeros there and its writes never reach the device.
+    /// [`ConfigSpace::hide_capability`]) and emulates all its bytes
+    /// ([`HiddenCapability::len`]) and the rewritten pointers, so the guest reads zeros there
+    /// and its writes never reach the device.
     pub fn hide_capability(&mut self, offset: u16) -> Result<HiddenCapability, CapabilityError> {
         let hidden = self.model.hide_capability(offset)?;
-        let c = hidden.capability;
-        self.emulate_range(c.offset, c.len as usize);
+        self.emulate_range(hidden.capability.offset, hidden.len as usize);
         for &(o, l) in &hidden.patched {
             self.emulate_range(o, l as usize);
         }

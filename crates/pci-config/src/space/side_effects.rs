@@ -26,6 +26,7 @@ pub(super) struct Written {
 impl Written {
     /// `v`, one of this access's values, moved to the byte positions of the 4 bytes starting at
     /// `reg`, with the mask of those bytes that the access covers (0 when it covers none).
+    #[inline]
     fn at(&self, v: u32, reg: usize) -> (u32, u32) {
         let mask = lanes(self.len);
         if self.start >= reg {
@@ -44,18 +45,21 @@ impl Written {
     }
 
     /// The bits of the `width`-byte register at `reg` (width at most 4) that the write changed.
+    #[inline]
     fn changed_in(&self, reg: usize, width: usize) -> u32 {
         self.at(self.changed, reg).0 & lanes(width)
     }
 
     /// The dword at `reg` as the guest wrote it (written bytes from the guest, the others from
     /// `current`), or `None` when the write did not touch it.
+    #[inline]
     fn written_dword(&self, reg: usize, current: u32) -> Option<u32> {
         let (v, mask) = self.at(self.data, reg);
         (mask != 0).then_some((current & !mask) | (v & mask))
     }
 
     /// True when the write changed a bit of the `len` bytes at `start`.
+    #[inline]
     fn changed_within(&self, start: usize, len: usize) -> bool {
         let first = start.saturating_sub(self.start).min(self.len);
         let end = (start + len).saturating_sub(self.start).min(self.len);
@@ -86,6 +90,15 @@ impl ConfigSpace {
         write: &Written,
         on_event: &mut impl FnMut(ConfigEvent),
     ) {
+        // Nearly every access touches one register: all its watched lanes carry the same id.
+        let first = watched >> (8 * (watched.trailing_zeros() / 8)) & 0xff;
+        if (0..4).all(|lane| {
+            matches!(watched >> (8 * lane) & 0xff, 0) || watched >> (8 * lane) & 0xff == first
+        }) {
+            let watch = self.watches[first as usize - 1];
+            self.react(watch, write, on_event);
+            return;
+        }
         let mut rest = watched;
         while rest != 0 {
             let id = rest as u8;
@@ -197,6 +210,7 @@ impl ConfigSpace {
         self.rebuild_watches();
     }
 
+    #[inline]
     fn bar_register_address(&self, index: usize, kind: BarKind) -> u64 {
         let reg = (offset::BAR0 as usize) + 4 * index;
         let lo = self.regs.get(reg, 4);
@@ -209,6 +223,7 @@ impl ConfigSpace {
         }
     }
 
+    #[inline]
     fn react(&mut self, w: Watch, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
         match w.kind {
             WatchKind::Command => {
@@ -259,34 +274,41 @@ impl ConfigSpace {
         }
     }
 
+    #[inline]
     fn react_bar(&mut self, index: usize, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
-        let Some(mut slot) = self.bars[index] else {
+        let Some(slot) = self.bars.get(index).copied().flatten() else {
             return;
         };
-        let halves = if slot.def.kind == BarKind::Memory64 {
-            2
-        } else {
-            1
-        };
-        for half in 0..halves {
-            let reg = offset::BAR0 as usize + 4 * (index + half);
-            if let Some(written) = write.written_dword(reg, self.regs.get(reg, 4)) {
-                let field = probe_field(Some(slot.def.kind), half == 1);
-                slot.probing[half] = written & field == field;
+        let reg = offset::BAR0 as usize + 4 * index;
+        let is64 = slot.def.kind == BarKind::Memory64;
+        let lo = self.regs.load(reg, 4);
+        let hi = if is64 { self.regs.load(reg + 4, 4) } else { 0 };
+        let mut probing = slot.probing;
+        if let Some(written) = write.written_dword(reg, lo) {
+            let field = probe_field(Some(slot.def.kind), false);
+            probing[0] = written & field == field;
+        }
+        if is64 {
+            if let Some(written) = write.written_dword(reg + 4, hi) {
+                probing[1] = written == u32::MAX;
             }
         }
-        if !slot.probing.iter().any(|&p| p) {
-            let new = self.bar_register_address(index, slot.def.kind);
-            if new != slot.def.address {
+        let mut address = slot.def.address;
+        if !probing[0] && !probing[1] {
+            let new = (hi as u64) << 32 | (lo & probe_field(Some(slot.def.kind), false)) as u64;
+            if new != address {
                 ev(ConfigEvent::BarMoved {
                     bar: index as u8,
-                    old: slot.def.address,
+                    old: address,
                     new,
                 });
-                slot.def.address = new;
+                address = new;
             }
         }
-        self.bars[index] = Some(slot);
+        if let Some(Some(s)) = self.bars.get_mut(index) {
+            s.probing = probing;
+            s.def.address = address;
+        }
     }
 
     fn react_rom(&mut self, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
