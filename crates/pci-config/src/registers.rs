@@ -175,8 +175,13 @@ impl RegisterFile {
             buf.fill(0xff);
             return Err(e);
         }
-        let len = buf.len();
-        store_le(buf, 0, len, load_le(&self.data, offset as usize, len));
+        let at = offset as usize;
+        // One dispatch on the width, then a load and a store of that width.
+        match buf.len() {
+            1 => store_le(buf, 0, 1, load_le(&self.data, at, 1)),
+            2 => store_le(buf, 0, 2, load_le(&self.data, at, 2)),
+            _ => store_le(buf, 0, 4, load_le(&self.data, at, 4)),
+        }
         Ok(())
     }
 

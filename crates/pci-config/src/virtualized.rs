@@ -236,15 +236,25 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     #[inline]
     pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
         self.model.read(offset, buf)?;
-        let len = buf.len();
+        // One dispatch on the width (see `ConfigSpace::write_with`).
+        match buf.len() {
+            1 => self.merge_device(offset, buf, 1),
+            2 => self.merge_device(offset, buf, 2),
+            _ => self.merge_device(offset, buf, 4),
+        }
+        Ok(())
+    }
+
+    /// Replaces the passthrough bits of the model's `len` bytes in `buf` with the device's.
+    #[inline(always)]
+    fn merge_device(&self, offset: u16, buf: &mut [u8], len: usize) {
         let emulated = load_le(&self.emulated, offset as usize, len);
         if emulated == lanes(len) {
-            return Ok(());
+            return;
         }
         let device = self.read_device(offset, len);
         let model = load_le(buf, 0, len);
         store_le(buf, 0, len, (model & emulated) | (device & !emulated));
-        Ok(())
     }
 
     /// Reads the `len` device bytes of an access; failed pieces read as all-ones.
@@ -300,13 +310,21 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
         on_event: impl FnMut(ConfigEvent),
     ) -> Result<(), AccessError> {
         self.model.write_with(offset, data, on_event)?;
-        let len = data.len();
-        let emulated = load_le(&self.emulated, offset as usize, len);
-        if emulated == lanes(len) {
-            return Ok(());
+        match data.len() {
+            1 => self.forward_passthrough(offset, data, 1),
+            2 => self.forward_passthrough(offset, data, 2),
+            _ => self.forward_passthrough(offset, data, 4),
         }
-        self.forward(offset, load_le(data, 0, len), len, emulated);
         Ok(())
+    }
+
+    /// Forwards what the guest wrote, `len` bytes, unless every bit of it is emulated.
+    #[inline(always)]
+    fn forward_passthrough(&self, offset: u16, data: &[u8], len: usize) {
+        let emulated = load_le(&self.emulated, offset as usize, len);
+        if emulated != lanes(len) {
+            self.forward(offset, load_le(data, 0, len), len, emulated);
+        }
     }
 
     /// Forwards the bytes of a guest write (`value`, `len` bytes at `offset`) that hold

@@ -288,11 +288,30 @@ impl ConfigSpace {
         mut on_event: impl FnMut(ConfigEvent),
     ) -> Result<(), AccessError> {
         check_access(offset, data.len(), self.regs.len())?;
-        let (start, len) = (offset as usize, data.len());
+        // One dispatch on the width, so that the path below works on a width known at compile
+        // time: single loads and stores, no run-time-length copies.
+        match data.len() {
+            1 => self.write_checked(offset, data, 1, &mut on_event),
+            2 => self.write_checked(offset, data, 2, &mut on_event),
+            _ => self.write_checked(offset, data, 4, &mut on_event),
+        }
+        Ok(())
+    }
+
+    /// [`write_with`](Self::write_with) of `len` bytes, after the access check.
+    #[inline(always)]
+    fn write_checked(
+        &mut self,
+        offset: u16,
+        data: &[u8],
+        len: usize,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        let start = offset as usize;
         let watched = self.watches_at(start, len);
         if watched == 0 {
             self.regs.apply_write(offset, data);
-            return Ok(());
+            return;
         }
         let before = self.regs.load(start, len);
         self.regs.apply_write(offset, data);
@@ -302,8 +321,7 @@ impl ConfigSpace {
             data: load_le(data, 0, len),
             changed: before ^ self.regs.load(start, len),
         };
-        self.react_all(watched, &write, &mut on_event);
-        Ok(())
+        self.react_all(watched, &write, on_event);
     }
 
     /// Guest byte write.

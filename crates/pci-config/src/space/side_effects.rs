@@ -84,6 +84,7 @@ impl ConfigSpace {
 
     /// Runs the side-effect rules of each register the write touched (`watched`, from
     /// [`watches_at`](Self::watches_at)), once each, in address order.
+    #[inline(always)]
     pub(super) fn react_all(
         &mut self,
         watched: u32,
@@ -276,38 +277,36 @@ impl ConfigSpace {
 
     #[inline]
     fn react_bar(&mut self, index: usize, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
-        let Some(slot) = self.bars.get(index).copied().flatten() else {
+        // The slot is updated in place, field by field: no copy of it on every write.
+        let Some(Some(slot)) = self.bars.get_mut(index) else {
             return;
         };
         let reg = offset::BAR0 as usize + 4 * index;
-        let is64 = slot.def.kind == BarKind::Memory64;
+        let kind = slot.def.kind;
+        let field = probe_field(Some(kind), false);
         let lo = self.regs.load(reg, 4);
-        let hi = if is64 { self.regs.load(reg + 4, 4) } else { 0 };
-        let mut probing = slot.probing;
         if let Some(written) = write.written_dword(reg, lo) {
-            let field = probe_field(Some(slot.def.kind), false);
-            probing[0] = written & field == field;
+            slot.probing[0] = written & field == field;
         }
-        if is64 {
+        let mut hi = 0;
+        if kind == BarKind::Memory64 {
+            hi = self.regs.load(reg + 4, 4);
             if let Some(written) = write.written_dword(reg + 4, hi) {
-                probing[1] = written == u32::MAX;
+                slot.probing[1] = written == u32::MAX;
             }
         }
-        let mut address = slot.def.address;
-        if !probing[0] && !probing[1] {
-            let new = (hi as u64) << 32 | (lo & probe_field(Some(slot.def.kind), false)) as u64;
-            if new != address {
-                ev(ConfigEvent::BarMoved {
-                    bar: index as u8,
-                    old: address,
-                    new,
-                });
-                address = new;
-            }
+        if slot.probing[0] || slot.probing[1] {
+            return;
         }
-        if let Some(Some(s)) = self.bars.get_mut(index) {
-            s.probing = probing;
-            s.def.address = address;
+        let new = (hi as u64) << 32 | (lo & field) as u64;
+        let old = slot.def.address;
+        if new != old {
+            slot.def.address = new;
+            ev(ConfigEvent::BarMoved {
+                bar: index as u8,
+                old,
+                new,
+            });
         }
     }
 
