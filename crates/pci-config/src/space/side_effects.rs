@@ -26,7 +26,7 @@ pub(super) struct Written {
 impl Written {
     /// `v`, one of this access's values, moved to the byte positions of the 4 bytes starting at
     /// `reg`, with the mask of those bytes that the access covers (0 when it covers none).
-    #[inline]
+    #[inline(always)]
     fn at(&self, v: u32, reg: usize) -> (u32, u32) {
         let mask = lanes(self.len);
         if self.start >= reg {
@@ -45,14 +45,14 @@ impl Written {
     }
 
     /// The bits of the `width`-byte register at `reg` (width at most 4) that the write changed.
-    #[inline]
+    #[inline(always)]
     fn changed_in(&self, reg: usize, width: usize) -> u32 {
         self.at(self.changed, reg).0 & lanes(width)
     }
 
     /// The dword at `reg` as the guest wrote it (written bytes from the guest, the others from
     /// `current`), or `None` when the write did not touch it.
-    #[inline]
+    #[inline(always)]
     fn written_dword(&self, reg: usize, current: u32) -> Option<u32> {
         let (v, mask) = self.at(self.data, reg);
         (mask != 0).then_some((current & !mask) | (v & mask))
@@ -224,7 +224,7 @@ impl ConfigSpace {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn react(&mut self, w: Watch, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
         match w.kind {
             WatchKind::Command => {
@@ -275,7 +275,7 @@ impl ConfigSpace {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn react_bar(&mut self, index: usize, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
         // The slot is updated in place, field by field: no copy of it on every write.
         let Some(Some(slot)) = self.bars.get_mut(index) else {
