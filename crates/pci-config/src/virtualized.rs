@@ -7,7 +7,7 @@
 //! - **Reads** merge: emulated bits come from the model, the others from the backend.
 //!   The backend is not called when every byte of the access is fully emulated.
 //! - **Writes** always go through the model first, so its masks apply and its
-//!   [`ConfigEvent`](crate::ConfigEvent)s are produced for every bit (for passthrough bits
+//!   [`ConfigEvent`]s are produced for every bit (for passthrough bits
 //!   the model is a shadow: it tracks, say, Command.Memory so that `DecodeChanged` is reported,
 //!   while the guest reads the device's value). Then the bytes holding passthrough bits are
 //!   forwarded to the backend. Emulated bits never reach the device: in a byte that mixes both,
