@@ -93,9 +93,11 @@ impl ConfigSpace {
     ) {
         // Nearly every access touches one register: all its watched lanes carry the same id.
         let first = watched >> (8 * (watched.trailing_zeros() / 8)) & 0xff;
-        if (0..4).all(|lane| {
-            matches!(watched >> (8 * lane) & 0xff, 0) || watched >> (8 * lane) & 0xff == first
-        }) {
+        let single = (0..4).all(|lane| {
+            let id = watched >> (8 * lane) & 0xff;
+            id == 0 || id == first
+        });
+        if single {
             let watch = self.watches[first as usize - 1];
             self.react(watch, write, on_event);
             return;
