@@ -180,3 +180,131 @@ fn dsdt() -> Sdt {
     sdt.update_checksum();
     sdt
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+    }
+
+    /// The table at guest address `addr`: checked to lie inside the blob, with a sane length and
+    /// a zero checksum.
+    fn table(t: &AcpiTables, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
+        let at = (addr - ACPI_TABLES) as usize;
+        assert_eq!(&t.bytes[at..at + 4], signature, "table at {addr:#x}");
+        let len = u32_at(&t.bytes, at + 4) as usize;
+        assert!(
+            len >= 36 && at + len <= t.bytes.len(),
+            "{signature:?} length {len}"
+        );
+        let b = t.bytes[at..at + len].to_vec();
+        assert_eq!(sum(&b), 0, "{signature:?} checksum");
+        b
+    }
+
+    #[test]
+    fn every_pointer_resolves_and_every_checksum_holds() {
+        let t = AcpiTables::build(2);
+        let rsdp = &t.bytes[..36];
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(sum(&rsdp[..20]), 0, "ACPI 1.0 checksum");
+        assert_eq!(sum(rsdp), 0, "extended checksum");
+        assert_eq!(rsdp[15], 2, "revision 2: XSDT");
+        let xsdt = table(&t, u64_at(rsdp, 24), b"XSDT");
+        let entries: Vec<u64> = (36..xsdt.len())
+            .step_by(8)
+            .map(|o| u64_at(&xsdt, o))
+            .collect();
+        assert_eq!(entries.len(), 3);
+        let fadt = table(&t, entries[0], b"FACP");
+        table(&t, entries[1], b"APIC");
+        table(&t, entries[2], b"MCFG");
+        table(&t, u64_at(&fadt, 140), b"DSDT");
+        assert_eq!(u32_at(&fadt, 40), 0, "the 32-bit DSDT pointer is unused");
+        // Everything fits in the reserved BIOS area the e820 map keeps from Linux.
+        assert!(ACPI_TABLES + t.bytes.len() as u64 <= super::super::HIGHMEM_START);
+        let listed: Vec<&[u8; 4]> = t.addresses.iter().map(|(s, _)| s).collect();
+        assert_eq!(
+            listed,
+            [b"RSD ", b"DSDT", b"FACP", b"APIC", b"MCFG", b"XSDT"]
+        );
+    }
+
+    #[test]
+    fn fadt_is_hardware_reduced_with_sleep_and_reset_registers() {
+        let t = AcpiTables::build(1);
+        let fadt = table(&t, t.addresses[2].1, b"FACP");
+        assert_eq!(fadt.len(), 276, "ACPI 6.5 FADT");
+        let flags = u32_at(&fadt, 112);
+        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+        assert_eq!(
+            u16::from_le_bytes([fadt[109], fadt[110]]),
+            0x34,
+            "IAPC_BOOT_ARCH"
+        );
+        // Generic address structures: system I/O, 8 bits, offset 0, byte access, the port.
+        let gas = |at: usize| (fadt[at..at + 4].to_vec(), u64_at(&fadt, at + 4));
+        assert_eq!(gas(116), (vec![1, 8, 0, 1], 0x602), "RESET_REG");
+        assert_eq!(fadt[128], RESET_VALUE);
+        assert_eq!(gas(244), (vec![1, 8, 0, 1], 0x600), "SLEEP_CONTROL_REG");
+        assert_eq!(gas(256), (vec![1, 8, 0, 1], 0x601), "SLEEP_STATUS_REG");
+    }
+
+    #[test]
+    fn madt_golden_bytes() {
+        let t = AcpiTables::build(2);
+        let madt = table(&t, t.addresses[3].1, b"APIC");
+        assert_eq!(u32_at(&madt, 36), LAPIC_BASE);
+        assert_eq!(
+            &madt[44..],
+            &[
+                0, 8, 0, 0, 1, 0, 0, 0, // local APIC: UID 0, APIC ID 0, enabled
+                0, 8, 1, 1, 1, 0, 0, 0, // local APIC: UID 1, APIC ID 1, enabled
+                1, 12, 0, 0, 0x00, 0x00, 0xc0, 0xfe, 0, 0, 0,
+                0, // IOAPIC 0 at 0xfec00000, GSI 0
+            ]
+        );
+    }
+
+    #[test]
+    fn mcfg_names_the_ecam_window() {
+        let t = AcpiTables::build(1);
+        let mcfg = table(&t, t.addresses[4].1, b"MCFG");
+        assert_eq!(mcfg.len(), 44 + 16);
+        assert_eq!(u64_at(&mcfg, 44), ECAM_BASE);
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 255], "segment 0, buses 0-255");
+    }
+
+    #[test]
+    fn dsdt_has_the_root_bridge_its_windows_and_s5() {
+        let t = AcpiTables::build(1);
+        let dsdt = table(&t, t.addresses[1].1, b"DSDT");
+        let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        // Name(_S5_, Package(2) { 5, 5 }).
+        assert!(has(&[
+            0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, 5, 0x0a, 5
+        ]));
+        assert!(has(b"PCI0"));
+        // _HID EISAID("PNP0A08"), _CID EISAID("PNP0A03") as DWords.
+        assert!(has(&[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x08]));
+        assert!(has(&[b'_', b'C', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03]));
+        // The 32-bit window: DWord memory descriptor's min and max.
+        let mut mem32 = (MEM32_WINDOW.0 as u32).to_le_bytes().to_vec();
+        mem32.extend_from_slice(&((MEM32_WINDOW.1 - 1) as u32).to_le_bytes());
+        assert!(has(&mem32));
+        let mut mem64 = MEM64_WINDOW.0.to_le_bytes().to_vec();
+        mem64.extend_from_slice(&(MEM64_WINDOW.1 - 1).to_le_bytes());
+        assert!(has(&mem64));
+        // The I/O window refvmm places I/O BARs in lies in the high I/O range.
+        assert!(has(&[0x00, 0x0d, 0xff, 0xff]), "WordIO 0x0d00-0xffff");
+    }
+}

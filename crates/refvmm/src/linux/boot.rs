@@ -238,13 +238,15 @@ fn load_initramfs(
 /// The zero page for `kernel`: its setup header (with the loader's fields filled in), the e820
 /// map and the RSDP address.
 pub fn zero_page(kernel: &LoadedKernel, map: &[E820Entry], rsdp: u64) -> boot_params {
-    let mut params = boot_params::default();
-    params.hdr = kernel.header;
+    let mut params = boot_params {
+        hdr: kernel.header,
+        // Boot protocol 2.14: where the RSDP is, so Linux need not scan the BIOS area for it.
+        acpi_rsdp_addr: rsdp,
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_UNDEFINED;
     params.hdr.boot_flag = BOOT_FLAG;
     params.hdr.header = HDRS_MAGIC;
-    // Boot protocol 2.14: where the RSDP is, so Linux need not scan the BIOS area for it.
-    params.acpi_rsdp_addr = rsdp;
     for (slot, e) in params.e820_table.iter_mut().zip(map) {
         *slot = boot_e820_entry {
             addr: e.addr,
@@ -269,4 +271,106 @@ pub fn write_zero_page(
         vm.memory(),
     )
     .map_err(LinuxError::ZeroPage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linux::e820::memory_map;
+    use crate::run::ram_layout;
+
+    /// A bzImage setup header (boot protocol 2.15, 64-bit, relocatable to 16 MiB, 32 MiB
+    /// `init_size`) and a 512-byte protected-mode part of 0xCC.
+    fn fake_bzimage() -> Vec<u8> {
+        let mut f = vec![0u8; 1024];
+        f[0x1f1] = 1;
+        f[0x1fe..0x200].copy_from_slice(&BOOT_FLAG.to_le_bytes());
+        f[0x202..0x206].copy_from_slice(&HDRS_MAGIC.to_le_bytes());
+        f[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        f[0x211] = 1;
+        f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        f[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        f[0x234] = 1;
+        f[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
+        f[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
+        f[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        f[0x260..0x264].copy_from_slice(&(32u32 << 20).to_le_bytes());
+        f.extend_from_slice(&[0xcc; 512]);
+        f
+    }
+
+    #[test]
+    fn bzimage_initramfs_and_cmdline_land_where_the_zero_page_says() {
+        let Some(_kvm) = kvm_runloop::testing::kvm_or_skip() else {
+            return;
+        };
+        let ram = ram_layout(64 << 20);
+        let vm = Vm::new(&kvm_runloop::VmConfig {
+            ram: ram.iter().map(|&(b, s)| (b, s as usize)).collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        let dir = std::env::temp_dir();
+        let kernel = dir.join(format!("refvmm-boot-test-bz-{}", std::process::id()));
+        let initramfs = dir.join(format!("refvmm-boot-test-initrd-{}", std::process::id()));
+        std::fs::write(&kernel, fake_bzimage()).unwrap();
+        std::fs::write(&initramfs, vec![0x5a; 5000]).unwrap();
+        let spec = LinuxSpec {
+            kernel: kernel.clone(),
+            initramfs: Some(initramfs.clone()),
+            cmdline: "console=ttyS0 panic=-1".into(),
+            cpus: 1,
+        };
+        let loaded = load(&vm, &spec, &ram);
+        std::fs::remove_file(&kernel).ok();
+        std::fs::remove_file(&initramfs).ok();
+        let loaded = loaded.unwrap();
+
+        // The protected-mode part at 1 MiB, entered at startup_64 (+0x200).
+        assert_eq!(loaded.entry, 0x10_0200);
+        let mut byte = [0u8; 1];
+        vm.read_memory(0x10_0000, &mut byte).unwrap();
+        assert_eq!(byte[0], 0xcc);
+        // Room for decompression: pref_address + init_size.
+        assert_eq!(loaded.end, 0x100_0000 + (32 << 20));
+        // The initramfs at the top of RAM, page aligned.
+        let h = loaded.header;
+        assert_eq!({ h.ramdisk_size }, 5000);
+        assert_eq!(u64::from(h.ramdisk_image), ((64 << 20) - 5000) & !0xfff);
+        vm.read_memory(u64::from(h.ramdisk_image) + 4999, &mut byte)
+            .unwrap();
+        assert_eq!(byte[0], 0x5a);
+        // The command line, NUL-terminated.
+        assert_eq!(u64::from(h.cmd_line_ptr), CMDLINE_ADDR);
+        let mut cmdline = [0u8; 23];
+        vm.read_memory(CMDLINE_ADDR, &mut cmdline).unwrap();
+        assert_eq!(&cmdline, b"console=ttyS0 panic=-1\0");
+
+        let map = memory_map(&ram);
+        let zp = zero_page(&loaded, &map, 0xe_0000);
+        assert_eq!(zp.hdr.type_of_loader, LOADER_UNDEFINED);
+        assert_eq!({ zp.hdr.boot_flag }, BOOT_FLAG);
+        assert_eq!({ zp.hdr.header }, HDRS_MAGIC);
+        assert_eq!(
+            { zp.hdr.version },
+            0x20f,
+            "the kernel's own header is passed on"
+        );
+        assert_eq!({ zp.hdr.ramdisk_image }, { h.ramdisk_image });
+        assert_eq!({ zp.acpi_rsdp_addr }, 0xe_0000);
+        assert_eq!(zp.e820_entries as usize, map.len());
+        for (e, want) in zp.e820_table.iter().zip(&map) {
+            assert_eq!(
+                ({ e.addr }, { e.size }, { e.r#type }),
+                (want.addr, want.size, want.kind as u32)
+            );
+        }
+        // Written by linux-loader's configurator at the zero page address.
+        write_zero_page(&vm, &loaded, &map, 0xe_0000).unwrap();
+        let mut magic = [0u8; 4];
+        vm.read_memory(ZERO_PAGE + 0x202, &mut magic).unwrap();
+        assert_eq!(&magic, b"HdrS");
+        vm.read_memory(ZERO_PAGE + 0x1e8, &mut byte).unwrap();
+        assert_eq!(byte[0] as usize, map.len(), "e820_entries");
+    }
 }
