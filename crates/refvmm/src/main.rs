@@ -4,11 +4,13 @@
 //! dispatches, and prints errors with their causes.
 
 mod builtin_guest;
+mod console_input;
 mod demo;
 mod devices;
 mod exit_port;
 mod guest_loader;
 mod host;
+mod linux;
 mod pci;
 mod plan;
 mod report;
@@ -40,8 +42,8 @@ enum Command {
     Unbind(host::UnbindArgs),
     /// Say whether a host device can be passed through, and if not, why and what to do.
     Check(host::CheckArgs),
-    /// Boot a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and devices; report
-    /// how it ended.
+    /// Boot Linux (--kernel) or a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and
+    /// devices; report how it ended.
     Run(run::RunArgs),
 }
 
