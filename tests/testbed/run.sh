@@ -451,20 +451,24 @@ copy_modules() {
     cp "$KMODS"/modules.builtin "$KMODS"/modules.order "$st/lib/modules/$KVER/" 2>/dev/null || true
     "$BUSYBOX" depmod -b "$st" "$KVER"
 }
-# newc_console_node: a cpio (newc) archive holding only the character device dev/console (5:1), written by hand
-# because making the node with mknod needs root (and CAP_MKNOD). Appended to an initramfs whose own archive has
-# dev/, it lets the kernel open the console for /init before /init runs a single command.
+# newc_console_node: a cpio (newc) archive holding only the character devices dev/console (5:1) and dev/kmsg
+# (1:11), written by hand because making nodes with mknod needs root (and CAP_MKNOD). Appended to an initramfs
+# whose own archive has dev/, it lets the kernel open the console for /init, and /init write to the kernel log,
+# before /init runs a single command.
 newc_console_node() {
     # newc_entry NAME MODE RDEVMAJOR RDEVMINOR NLINK: a header (magic, then 13 hex fields: ino mode uid gid nlink
     # mtime filesize devmajor devminor rdevmajor rdevminor namesize check) and the name with its NUL, padded
     # to a multiple of 4 bytes (no file data follows: size 0).
     newc_entry() {
         local n=$(( ${#1} + 1 ))
-        printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' 1 "$2" 0 0 "$5" 0 0 0 0 "$3" "$4" "$n" 0
+        ino=$((ino + 1))
+        printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' "$ino" "$2" 0 0 "$5" 0 0 0 0 "$3" "$4" "$n" 0
         printf '%s\0' "$1"
         head -c $(((4 - (110 + n) % 4) % 4)) /dev/zero
     }
+    local ino=0
     newc_entry dev/console $((0020600)) 5 1 1 # S_IFCHR | 0600
+    newc_entry dev/kmsg $((0020644)) 1 11 1
     newc_entry 'TRAILER!!!' 0 0 0 1
 }
 

@@ -79,7 +79,8 @@ net() {
 
 # run_vmm VMM CMD...: starts the VMM under `timeout`, and reads its console line by line. Each line goes to the
 # console (indented, `  VMM| `) and, timestamped with L2's uptime, to /tmp/l3linux-VMM.log; the guest's marks
-# trigger the snapshots. Sets RC (the VMM's exit status; 137 when timeout killed it) and T_START.
+# trigger the snapshots. The guest's lines come through its kernel log, behind a timestamp: the reader starts
+# each such line at its "L3: ". Sets RC (the VMM's exit status; 137 when timeout killed it) and T_START.
 run_vmm() {
     _vmm=$1
     shift
@@ -103,11 +104,11 @@ run_vmm() {
     } | while IFS= read -r _line; do
         read -r _now _ </proc/uptime
         _line=${_line%"$CR"}
-        # The guest's lines start with "L3: ", but firmware output before /init (SeaBIOS clears the screen with
-        # escape sequences and no newline) can share the first one: start such a line at the marker.
+        echo "  $_vmm| $_line"
+        # The guest's lines come behind the kernel's timestamp, and firmware output (SeaBIOS clears the screen with
+        # escape sequences and no newline) can share a line with the first: start such a line at its marker.
         case $_line in ?*"L3: "*) _line="L3: ${_line#*L3: }" ;; esac
         echo "$_now $_line" >>"$_log"
-        echo "  $_vmm| $_line"
         case $_line in
         "L3: INIT"*) echo "$_now" >"/tmp/l3linux-$_vmm.t-init" ;;
         "L3: MARK idle"*) snapshot "$_vmm" idle ;;
@@ -147,6 +148,16 @@ check_pass() {
         step "$_v-boot" FAIL "no 'L3: INIT' from the guest (VMM exit $RC); its console is above (TESTBED_L3_APPEND=loglevel=8 for the whole kernel log)"
     else
         step "$_v-boot" OK "the guest's /init ran $(printf '%.2f' "$_init")s after the VMM started"
+    fi
+    # The tty: the guest's two writes to /dev/console. Linux's 8250 driver sends them on the UART's transmit
+    # interrupt (printk, which carries every other line, polls), so this is the path a shell on the console needs.
+    _tty=$(grep -o 'L3: TTY [a-z]*' "$_log" | sort -u | wc -l)
+    if [ "$_tty" -eq 2 ]; then
+        step "$_v-console" OK "the guest's two writes to /dev/console (the tty, sent on the 16550's transmit interrupt) arrived"
+    elif [ -n "$_init" ]; then
+        step "$_v-console" FAIL "$_tty of the guest's 2 writes to /dev/console arrived, while its kernel-log lines did: Linux's 8250 driver sends tty output on the UART's transmit interrupt (printk polls the UART), so that interrupt does not reach the guest or the UART never raises it"
+    else
+        step "$_v-console" FAIL "$_tty of the guest's 2 writes to /dev/console arrived (and no kernel-log line from /init)"
     fi
     if [ -n "$_done" ] && [ "$RC" = 0 ]; then
         step "$_v-poweroff" OK "the guest powered off (${_done%% *}) and the VMM exited 0"
