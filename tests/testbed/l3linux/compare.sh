@@ -69,7 +69,8 @@ for v in qemu refvmm; do
     V[$v.rss]=$(num $v rss-kib)
     V[$v.hwm]=$(num $v hwm-kib)
     V[$v.ram]=$(num $v ram-mib)
-    V[$v.mibps]=$(calc '"%.1f", a * 4 / 1024 / b' "${V[$v.ios]}" "${V[$v.gsec]}")
+    V[$v.mibps]=$(calc '"%.1f", a * 4 / 1024 / b' "${V[$v.ios]}" "${V[$v.l2sec]}")
+    V[$v.pre]=$(calc '"%.2f", a - b' "${V[$v.init]}" "${V[$v.up]}")
     V[$v.perio]=$(calc '"%.2f", a / b' "${V[$v.net]}" "${V[$v.ios]}")
     V[$v.rssx]=$(mib_beyond "${V[$v.rss]}" "${V[$v.ram]}")
     V[$v.hwmx]=$(mib_beyond "${V[$v.hwm]}" "${V[$v.ram]}")
@@ -98,9 +99,9 @@ printf '  %-50s %16s %16s\n' "" "QEMU 7.2" "refvmm"
 row "functional checks (steps of the pass)" "${V[qemu.verdict]}" "${V[refvmm.verdict]}"
 row "VMM start to the guest's /init (L2 clock, s)" "${V[qemu.init]}" "${V[refvmm.init]}"
 row "  guest uptime at /init (guest clock, s)" "${V[qemu.up]}" "${V[refvmm.up]}"
-row "read workload: ${V[qemu.ios]:-${V[refvmm.ios]:-?}} x 4 KiB direct, guest clock (s)" "${V[qemu.gsec]}" "${V[refvmm.gsec]}"
-row "  same, L2 clock between the marks (s)" "${V[qemu.l2sec]}" "${V[refvmm.l2sec]}"
-row "  throughput (MiB/s, guest clock)" "${V[qemu.mibps]}" "${V[refvmm.mibps]}"
+row "read workload: ${V[qemu.ios]:-${V[refvmm.ios]:-?}} x 4 KiB direct, L2 clock (s)" "${V[qemu.l2sec]}" "${V[refvmm.l2sec]}"
+row "  same, by the guest's own clock (s)" "${V[qemu.gsec]}" "${V[refvmm.gsec]}"
+row "  throughput (MiB/s, L2 clock)" "${V[qemu.mibps]}" "${V[refvmm.mibps]}"
 row "KVM exits during the workload (window - idle)" "${V[qemu.net]}" "${V[refvmm.net]}"
 row "  window (1 s idle + workload) / idle (1 s)" "$(show "${V[qemu.win]}")/$(show "${V[qemu.idle]}")" "$(show "${V[refvmm.win]}")/$(show "${V[refvmm.idle]}")"
 row "  exits per I/O" "${V[qemu.perio]}" "${V[refvmm.perio]}"
@@ -118,7 +119,8 @@ row "  peak (VmHWM - RAM)" "${V[qemu.hwmx]}" "${V[refvmm.hwmx]}"
 cat <<'EOF'
   (window: KVM's counters from the guest's "ready" mark to its "end" mark, one second of sleep then the reads;
    idle: the second of sleep just before, measured the same way; every per-I/O figure is window - idle.
-   The marks' console lines are in both.
+   The two marks' kernel-log lines, printed by polling the 16550, are in both. The workload's L2 time runs from
+   the "begin" line to the "end" line; the guests' own clocks drift under nested TCG, so L2's is the meter.
    Resident memory: VFIO pins all guest RAM, so it is all resident, and VmRSS - RAM is the VMM's own share.
    L2 runs under TCG, so absolute times are emulation speed; differences under ~10% are noise on a busy machine.)
 EOF
@@ -133,15 +135,20 @@ else
     echo "differences (more than 10%), and why:"
     n=0
     if differs "${V[qemu.init]}" "${V[refvmm.init]}"; then
-        echo "- time to /init: QEMU ${V[qemu.init]}s, refvmm ${V[refvmm.init]}s. QEMU starts L3 in SeaBIOS, which scans PCI, sets up ACPI and loads the kernel through the linuxboot_dma option ROM (real-mode firmware, each port access an exit under nested KVM); refvmm loads the kernel itself and enters it in 64-bit mode. The guest's own uptime at /init (${V[qemu.up]}s vs ${V[refvmm.up]}s) is the part after firmware."
+        echo "- time to /init: QEMU ${V[qemu.init]}s, refvmm ${V[refvmm.init]}s. The guest's own uptime at /init (${V[qemu.up]}s vs ${V[refvmm.up]}s, by clocks that drift under nested TCG) is the kernel's part; the rest (about ${V[qemu.pre]:-?}s vs ${V[refvmm.pre]:-?}s) is the VMM's set-up (VFIO, pinning and mapping 512 MiB through L2's emulated IOMMU), firmware and the kernel's decompression. QEMU starts L3 in SeaBIOS, which loads the kernel through its linuxboot_dma option ROM; refvmm loads the kernel itself and enters it in 64-bit mode."
         n=$((n + 1))
     fi
-    if differs "${V[qemu.gsec]}" "${V[refvmm.gsec]}"; then
-        echo "- workload time: QEMU ${V[qemu.gsec]}s, refvmm ${V[refvmm.gsec]}s. Both map the doorbells and deliver MSI-X by irqfd, so the I/O path is KVM's and the device's in both; the difference follows the exits per I/O below (each costs tens of microseconds in L2) and the machine's load."
+    if differs "${V[qemu.l2sec]}" "${V[refvmm.l2sec]}"; then
+        echo "- workload time (L2 clock): QEMU ${V[qemu.l2sec]}s, refvmm ${V[refvmm.l2sec]}s. Both map the doorbells and deliver MSI-X by irqfd, so the I/O path is KVM's and the device's in both; the difference follows the exits per I/O below (each costs tens of microseconds in L2) and the machine's load."
         n=$((n + 1))
     fi
     if differs "${V[qemu.perio]}" "${V[refvmm.perio]}"; then
         echo "- exits per I/O: QEMU ${V[qemu.perio]}, refvmm ${V[refvmm.perio]} (by kind above). Halt and interrupt exits follow the guest's idle loop between completions; port I/O and MMIO exits go to the VMM's own devices (QEMU's q35 has more of them)."
+        n=$((n + 1))
+    fi
+    if differs "${V[qemu.total]}" "${V[refvmm.total]}"; then
+        own=$(num refvmm own-pio-exits)
+        echo "- KVM exits from VM creation to the workload's end: QEMU ${V[qemu.total]}, refvmm ${V[refvmm.total]}. These include boot.$([ -n "$own" ] && echo " refvmm's own counters at the end mark: $own port I/O exits to refvmm, $(num refvmm own-conf1-exits) of them on pci-conf1 (0xcf8-0xcff: Linux reads the first 256 bytes of config space through conf1 even with ECAM, 'PCI: Using configuration type 1 for base access') and $(num refvmm own-com1-exits) on COM1.") QEMU keeps no such counters, so its share per kind is not shown."
         n=$((n + 1))
     fi
     if differs "${V[qemu.rssx]% MiB}" "${V[refvmm.rssx]% MiB}"; then
@@ -161,7 +168,7 @@ goal() { # goal TEXT CONDITION-AWK a b
 }
 echo
 goal "refvmm no slower to /init than QEMU" "b <= a" "${V[qemu.init]}" "${V[refvmm.init]}"
-goal "refvmm at least as fast on the read workload" "b <= a" "${V[qemu.gsec]}" "${V[refvmm.gsec]}"
+goal "refvmm at least as fast on the read workload" "b <= a" "${V[qemu.l2sec]}" "${V[refvmm.l2sec]}"
 goal "refvmm no more exits per I/O than QEMU" "b <= a" "${V[qemu.perio]}" "${V[refvmm.perio]}"
 echo "(the goal is reported, not a pass/fail of the bed; the functional checks above are)"
 [ "$fails" -eq 0 ] || { echo "l3linux: $fails check(s) failed"; exit 1; }

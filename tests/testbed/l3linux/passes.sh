@@ -206,7 +206,15 @@ check_pass() {
     if [ "$_ok" -eq 0 ]; then step "$_v-irqfd" OK "$_irqfd_detail"; else step "$_v-irqfd" FAIL "$_irqfd_detail"; fi
 
     _rss=$(stat_of "$_v" end VmRSS) _hwm=$(stat_of "$_v" end VmHWM)
-    echo "TESTBED: L3LINUX $_v rc=$RC fails=$(grep -c '^[0-9.]* L3: STEP [^ ]* FAIL' "$_log") init=${_init:-?} guest-uptime-at-init=$(result_of "$_v" uptime-at-init) ios=$_ios guest-seconds=$(result_of "$_v" guest-seconds) l2-seconds=$(elapsed "/tmp/l3linux-$_v.t-begin" "/tmp/l3linux-$_v.t-end") io-irqs=${_irqs:-?} io-queues=$(result_of "$_v" io-queues) exits-total=$(stat_of "$_v" end exits) exits-window=$_win exits-idle=$_idle exits-net=$_net io-exits=$(net "$_v" io_exits) mmio-exits=$(net "$_v" mmio_exits) halt-exits=$(net "$_v" halt_exits) irq-exits=$(net "$_v" irq_exits) irq-window-exits=$(net "$_v" irq_window_exits) irq-injections=$(net "$_v" irq_injections) insn-emulation=$(net "$_v" insn_emulation) rss-kib=${_rss:-?} hwm-kib=${_hwm:-?} ram-mib=$L3_MEM_MIB"
+    # refvmm's own view of its exits to userspace up to the end mark (its SIGUSR1 report), for compare.sh's "why".
+    _own=""
+    if [ "$_v" = refvmm ]; then
+        _own=$(awk '$2 == "exit" && $3 ~ /^pio-(in|out)$/ && !seen[$3]++ { pio += $4 }
+            $2 == "PIO" && ($NF == "\"pci-conf1\"" || $NF == "\"com1\"") && !seen[$NF]++ {
+                for (i = 3; i <= NF; i++) if ($i ~ /^(reads|writes)=/) { split($i, kv, "="); n[$NF] += kv[2] } }
+            END { printf " own-pio-exits=%d own-conf1-exits=%d own-com1-exits=%d", pio, n["\"pci-conf1\""], n["\"com1\""] }' "$_log")
+    fi
+    echo "TESTBED: L3LINUX $_v rc=$RC fails=$(grep -c '^[0-9.]* L3: STEP [^ ]* FAIL' "$_log") init=${_init:-?} guest-uptime-at-init=$(result_of "$_v" uptime-at-init) ios=$_ios guest-seconds=$(result_of "$_v" guest-seconds) l2-seconds=$(elapsed "/tmp/l3linux-$_v.t-begin" "/tmp/l3linux-$_v.t-end") io-irqs=${_irqs:-?} io-queues=$(result_of "$_v" io-queues) exits-total=$(stat_of "$_v" end exits) exits-window=$_win exits-idle=$_idle exits-net=$_net io-exits=$(net "$_v" io_exits) mmio-exits=$(net "$_v" mmio_exits) halt-exits=$(net "$_v" halt_exits) irq-exits=$(net "$_v" irq_exits) irq-window-exits=$(net "$_v" irq_window_exits) irq-injections=$(net "$_v" irq_injections) insn-emulation=$(net "$_v" insn_emulation) rss-kib=${_rss:-?} hwm-kib=${_hwm:-?} ram-mib=$L3_MEM_MIB$_own"
 }
 
 # ---- set-up -------------------------------------------------------------------------------------------------
