@@ -131,7 +131,7 @@ heartbeat() {
     while sleep "$HEARTBEAT"; do
         src=$log
         [ -s "$RUN/.progress" ] && src=$(cat "$RUN/.progress")
-        line=$(tr -d '\r' <"$src" 2>/dev/null | grep -av '^ *$' | tail -n 1 | cut -c1-110)
+        line=$(tr -d '\r' <"$src" 2>/dev/null | grep -av '^ *$' | tail -n 1 | cut -c1-110) || true
         printf '    ... %ss: %s\n' "$(since "$t0")" "${line:-(no output yet)}" >&3
     done
 }
