@@ -2,7 +2,9 @@
 # The nested VFIO test bed (issue 7): Linux (L2) under QEMU TCG with an emulated Intel IOMMU and an emulated NVMe,
 # where vfio-pci, the type1 IOMMU and KVM all work. One command fetches what it needs (Debian packages, unpacked
 # into a cache; nothing is installed into /), builds a static refvmm, packs an initramfs, boots L2 under `timeout`
-# and checks the markers its /init prints. See tests/testbed/README.md for the knobs and how to read the output.
+# and checks the markers its /init prints. Inside L2, after the host-side steps and the payload, Linux boots as L3
+# under QEMU and under refvmm with the NVMe passed through (issue 10, l3linux/), and the verdict prints the two
+# side by side. See tests/testbed/README.md for the knobs and how to read the output.
 #
 #   tests/testbed/run.sh            # exit 0: every step passed; otherwise non-zero with a pointer to the log
 # shellcheck disable=SC2086 # lists of .deb names and module paths are word-split on purpose (no spaces in them)

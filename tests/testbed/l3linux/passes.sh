@@ -128,7 +128,7 @@ run_vmm() {
 }
 
 # ---- the checks of one pass ---------------------------------------------------------------------------------
-# guest_line KEY: the value of KEY=... in the guest's RESULT line.
+# result_of VMM KEY: the value of KEY=... in the guest's RESULT line.
 result_of() { sed -n 's/^[0-9.]* L3: RESULT //p' "/tmp/l3linux-$1.log" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 elapsed() { # elapsed FROM-FILE TO-FILE: seconds between two L2 timestamps, or ?
     if [ -s "$1" ] && [ -s "$2" ]; then awk -v a="$(cat "$1")" -v b="$(cat "$2")" 'BEGIN { printf "%.2f", b - a }'; else echo "?"; fi
