@@ -228,8 +228,14 @@ note "L3 Linux passes: $L3_PASSES; $(du -k "$KERNEL" | cut -f1) KiB kernel, $(du
 PREV=""
 
 for VMM in $L3_PASSES; do
-    # Between passes: the device must be back on vfio-pci with its group free (the previous VMM released it and
-    # reset the function when it exited).
+    # Between passes: the device must be on vfio-pci (the previous VMM released its group and reset the function
+    # when it exited, or died with it); bind it again if something moved it.
+    if [ "$(driver_of "$NVME_BDF")" != vfio-pci ]; then
+        note "$NVME_BDF is on '$(driver_of "$NVME_BDF")' before the $VMM pass: binding it to vfio-pci again"
+        echo vfio-pci >"/sys/bus/pci/devices/$NVME_BDF/driver_override"
+        [ -e "/sys/bus/pci/devices/$NVME_BDF/driver" ] && echo "$NVME_BDF" >"/sys/bus/pci/devices/$NVME_BDF/driver/unbind"
+        echo "$NVME_BDF" >/sys/bus/pci/drivers_probe
+    fi
     if [ "$(driver_of "$NVME_BDF")" != vfio-pci ]; then
         step "$VMM-device" FAIL "$NVME_BDF is on '$(driver_of "$NVME_BDF")', not vfio-pci, before the $VMM pass"
         continue
