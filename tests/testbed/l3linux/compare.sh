@@ -143,7 +143,7 @@ else
         n=$((n + 1))
     fi
     if differs "${V[qemu.perio]}" "${V[refvmm.perio]}"; then
-        echo "- exits per I/O: QEMU ${V[qemu.perio]}, refvmm ${V[refvmm.perio]} (by kind above). Halt and interrupt exits follow the guest's idle loop between completions; port I/O and MMIO exits go to the VMM's own devices (QEMU's q35 has more of them)."
+        echo "- exits per I/O: QEMU ${V[qemu.perio]}, refvmm ${V[refvmm.perio]} (by kind above). Halt, interrupt-window and injection counts follow the guest's idle loop and its interrupt handling between completions, which depend on the CPU features and clock each VMM gives the guest; port I/O and MMIO exits are exits to the VMM's own devices (the 16550 that prints the marks' lines is one)."
         n=$((n + 1))
     fi
     if differs "${V[qemu.total]}" "${V[refvmm.total]}"; then
