@@ -14,13 +14,12 @@
 //! | RSDP | the XSDT (also in the zero page's `acpi_rsdp_addr`) |
 //! | XSDT | FADT, MADT, MCFG |
 //! | FADT | hardware-reduced ACPI (no PM1 blocks, SCI, PM timer or legacy PIC: Linux then skips the PIT and 8259, `acpi_generic_reduced_hw_init`), the sleep control/status registers, the reset register, no 8042, VGA or CMOS RTC |
-//! | DSDT | `\_SB.PCI0` (PNP0A08, bus 0-255, its I/O and memory windows: the windows refvmm places BARs in, so Linux claims those BARs as they are and does not move them), and `\_S5` |
+//! | DSDT | `\_SB.PCI0` (PNP0A08, bus 0-255, its I/O and memory windows: the windows refvmm places BARs in, so Linux claims those BARs as they are and does not move them), `\_SB.COM1` (PNP0501 with its port and IRQ 4), and `\_S5` |
 //! | MADT | one local APIC per vCPU (APIC ID = vCPU id), the IOAPIC at 0xFEC0_0000 with GSIs 0-23; no overrides: KVM's default routing sends ISA IRQ n to IOAPIC pin n, which is also Linux's default |
 //! | MCFG | ECAM at [`ECAM_BASE`] for bus 0-255 (reserved in e820, so Linux uses it) |
 
-use acpi_tables::Aml;
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Name, Package, Path,
+    AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt, Name, Package, Path,
     ResourceTemplate,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -32,8 +31,10 @@ use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::{Aml, AmlSink};
 
 use crate::pci::{CONF1_PORT, ECAM_BASE, IO_WINDOW, MEM32_WINDOW, MEM64_WINDOW};
+use crate::serial::{COM1_GSI, COM1_PORT};
 
 use super::ACPI_TABLES;
 use super::power::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLP_TYP_S5};
@@ -135,7 +136,25 @@ fn madt(cpus: u32) -> MADT {
     madt
 }
 
-/// The DSDT's AML: `\_SB.PCI0` and `\_S5`.
+/// COM1 as an ACPI device. Hardware-reduced ACPI has no legacy PIC, and Linux then sets up no
+/// ISA IRQ by itself (`mp_config_acpi_legacy_irqs` covers `nr_legacy_irqs()`, which is 0 without
+/// the PIC): IRQ 4 reaches the IOAPIC only when a device's `_CRS` names it, as here (what
+/// cloud-hypervisor does too). Without it the 8250 driver's transmit interrupt never comes and
+/// everything written to the console through the tty layer (all of user space) stalls; only
+/// printk's polled writes get out.
+fn com1(sink: &mut dyn AmlSink) {
+    let hid = EISAName::new("PNP0501");
+    let zero = 0u8;
+    let irq = Interrupt::new(true, true, false, false, COM1_GSI);
+    let ports = IO::new(COM1_PORT, COM1_PORT, 0, 8);
+    let crs = ResourceTemplate::new(vec![&irq, &ports]);
+    let hid = Name::new("_HID".into(), &hid);
+    let uid = Name::new("_UID".into(), &zero);
+    let crs = Name::new("_CRS".into(), &crs);
+    Device::new(Path::new("_SB_.COM1"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+}
+
+/// The DSDT's AML: `\_SB.PCI0`, `\_SB.COM1` and `\_S5`.
 fn dsdt() -> Sdt {
     let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // The root bridge's windows: bus numbers, the conf1 ports it decodes, I/O below and above
@@ -174,6 +193,7 @@ fn dsdt() -> Sdt {
         vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs],
     )
     .to_aml_bytes(&mut sdt);
+    com1(&mut sdt);
     // \_S5: SLP_TYPa, SLP_TYPb (ACPI 6.5, 7.4.2 "\_Sx (System States)").
     let slp_typ = SLP_TYP_S5;
     Name::new("_S5_".into(), &Package::new(vec![&slp_typ, &slp_typ])).to_aml_bytes(&mut sdt);
@@ -294,6 +314,12 @@ mod tests {
             0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, 5, 0x0a, 5
         ]));
         assert!(has(b"PCI0"));
+        // COM1: _HID EISAID("PNP0501"); Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) {4};
+        // IO(Decode16, 0x3F8, 0x3F8, 0, 8).
+        assert!(has(&[b'C', b'O', b'M', b'1']));
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x05, 0x01]));
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]));
+        assert!(has(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x00, 0x08]));
         // _HID EISAID("PNP0A08"), _CID EISAID("PNP0A03") as DWords.
         assert!(has(&[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x08]));
         assert!(has(&[b'_', b'C', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03]));
