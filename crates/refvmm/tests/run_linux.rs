@@ -253,7 +253,7 @@ fn sigterm_stops_the_guest_and_says_so() {
     };
     // A kernel that spins (`jmp .`), on 2 vCPUs, with console input from a pipe.
     let kernel = tmp_file("vmlinux-spin", &tiny_vmlinux(&[0xeb, 0xfe]));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_refvmm"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_refvmm"))
         .args([
             "run",
             "--kernel",

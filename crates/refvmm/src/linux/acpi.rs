@@ -316,7 +316,7 @@ mod tests {
         assert!(has(b"PCI0"));
         // COM1: _HID EISAID("PNP0501"); Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) {4};
         // IO(Decode16, 0x3F8, 0x3F8, 0, 8).
-        assert!(has(&[b'C', b'O', b'M', b'1']));
+        assert!(has(b"COM1"));
         assert!(has(&[0x0c, 0x41, 0xd0, 0x05, 0x01]));
         assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]));
         assert!(has(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x00, 0x08]));
