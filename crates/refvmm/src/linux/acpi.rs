@@ -16,7 +16,7 @@
 //! | FADT | hardware-reduced ACPI (no PM1 blocks, SCI, PM timer or legacy PIC: Linux then skips the PIT and 8259, `acpi_generic_reduced_hw_init`), the sleep control/status registers, the reset register, no 8042, VGA or CMOS RTC |
 //! | DSDT | `\_SB.PCI0` (PNP0A08, bus 0-255, its I/O and memory windows: the windows refvmm places BARs in, so Linux claims those BARs as they are and does not move them), `\_SB.COM1` (PNP0501 with its port and IRQ 4), and `\_S5` |
 //! | MADT | one local APIC per vCPU (APIC ID = vCPU id), the IOAPIC at 0xFEC0_0000 with GSIs 0-23; no overrides: KVM's default routing sends ISA IRQ n to IOAPIC pin n, which is also Linux's default |
-//! | MCFG | ECAM at [`ECAM_BASE`] for bus 0-255 (reserved in e820, so Linux uses it) |
+//! | MCFG | ECAM at [`ECAM_BASE`] for bus 0-255, reserved in e820 so Linux accepts it. Linux then reads and writes the first 256 bytes of each function through conf1 (arch/x86/pci/common.c: type 1 is preferred for the base space when it works) and the extended space through ECAM; without the MCFG it would have no extended space |
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt, Name, Package, Path,
