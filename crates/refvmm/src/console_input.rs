@@ -86,8 +86,14 @@ fn feed(com1: Arc<Mutex<Com1<ConsoleOut>>>) {
     let mut buf = [0u8; 256];
     loop {
         let n = match stdin.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => n,
+            // A signal for the process (SIGUSR1 asks for the reports) may land on this thread.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("console input ends: reading stdin: {e}");
+                return;
+            }
         };
         let mut rest = &buf[..n];
         while !rest.is_empty() {

@@ -245,3 +245,38 @@ fn a_bare_metal_guest_runs_with_extra_vcpus_that_stop_with_it() {
     assert_eq!(r.code, 0, "{}", r.all());
     r.stdout_has("00:01.0");
 }
+
+#[test]
+fn sigterm_stops_the_guest_and_says_so() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    // A kernel that spins (`jmp .`), on 2 vCPUs, with console input from a pipe.
+    let kernel = tmp_file("vmlinux-spin", &tiny_vmlinux(&[0xeb, 0xfe]));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_refvmm"))
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--cpus",
+            "2",
+        ])
+        .args(["--timeout", "30"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(
+        stderr.contains("got signal 15; the guest was stopped"),
+        "{stderr}"
+    );
+}

@@ -14,13 +14,12 @@
 //! | RSDP | the XSDT (also in the zero page's `acpi_rsdp_addr`) |
 //! | XSDT | FADT, MADT, MCFG |
 //! | FADT | hardware-reduced ACPI (no PM1 blocks, SCI, PM timer or legacy PIC: Linux then skips the PIT and 8259, `acpi_generic_reduced_hw_init`), the sleep control/status registers, the reset register, no 8042, VGA or CMOS RTC |
-//! | DSDT | `\_SB.PCI0` (PNP0A08, bus 0-255, its I/O and memory windows: the windows refvmm places BARs in, so Linux claims those BARs as they are and does not move them), and `\_S5` |
+//! | DSDT | `\_SB.PCI0` (PNP0A08, bus 0-255, its I/O and memory windows: the windows refvmm places BARs in, so Linux claims those BARs as they are and does not move them; `_PRT`: the INTx wiring), `\_SB.COM1` (PNP0501 with its port and IRQ 4), and `\_S5` |
 //! | MADT | one local APIC per vCPU (APIC ID = vCPU id), the IOAPIC at 0xFEC0_0000 with GSIs 0-23; no overrides: KVM's default routing sends ISA IRQ n to IOAPIC pin n, which is also Linux's default |
-//! | MCFG | ECAM at [`ECAM_BASE`] for bus 0-255 (reserved in e820, so Linux uses it) |
+//! | MCFG | ECAM at [`ECAM_BASE`] for bus 0-255, reserved in e820 so Linux accepts it. Linux then reads and writes the first 256 bytes of each function through conf1 (arch/x86/pci/common.c: type 1 is preferred for the base space when it works) and the extended space through ECAM; without the MCFG it would have no extended space |
 
-use acpi_tables::Aml;
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Name, Package, Path,
+    AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt, Name, Package, Path,
     ResourceTemplate,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -32,8 +31,10 @@ use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::{Aml, AmlSink};
 
 use crate::pci::{CONF1_PORT, ECAM_BASE, IO_WINDOW, MEM32_WINDOW, MEM64_WINDOW};
+use crate::serial::{COM1_GSI, COM1_PORT};
 
 use super::ACPI_TABLES;
 use super::power::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLP_TYP_S5};
@@ -135,7 +136,42 @@ fn madt(cpus: u32) -> MADT {
     madt
 }
 
-/// The DSDT's AML: `\_SB.PCI0` and `\_S5`.
+/// The first GSI of PCI INTx: the IOAPIC pins above the 16 ISA ones.
+const FIRST_PCI_GSI: u32 = 16;
+
+/// `_PRT` entries (ACPI 6.5, 6.2.13 "_PRT (PCI Routing Table)"): (address `slot << 16 | 0xFFFF`,
+/// pin 0-3 for INTA-INTD, source 0 = a GSI, the GSI). refvmm wires the INTx of the device in
+/// slot d to GSI 16 + d % 4 whatever pin it uses (devices.rs, `intx_gsi`); the table says the
+/// same for every pin of slots 1-31, so Linux routes an INTx-only device (with MSI or MSI-X it
+/// needs none). Direct GSIs are level-triggered and active-low by the spec; KVM's IOAPIC takes
+/// the line level as it is raised, whatever polarity the guest programs.
+fn prt_entries() -> Vec<(u32, u8, u8, u32)> {
+    (1u32..32)
+        .flat_map(|slot| {
+            (0u8..4).map(move |pin| (slot << 16 | 0xffff, pin, 0u8, FIRST_PCI_GSI + slot % 4))
+        })
+        .collect()
+}
+
+/// COM1 as an ACPI device. Hardware-reduced ACPI has no legacy PIC, and Linux then sets up no
+/// ISA IRQ by itself (`mp_config_acpi_legacy_irqs` covers `nr_legacy_irqs()`, which is 0 without
+/// the PIC): IRQ 4 reaches the IOAPIC only when a device's `_CRS` names it, as here (what
+/// cloud-hypervisor does too). Without it the 8250 driver's transmit interrupt never comes and
+/// everything written to the console through the tty layer (all of user space) stalls; only
+/// printk's polled writes get out.
+fn com1(sink: &mut dyn AmlSink) {
+    let hid = EISAName::new("PNP0501");
+    let zero = 0u8;
+    let irq = Interrupt::new(true, true, false, false, COM1_GSI);
+    let ports = IO::new(COM1_PORT, COM1_PORT, 0, 8);
+    let crs = ResourceTemplate::new(vec![&irq, &ports]);
+    let hid = Name::new("_HID".into(), &hid);
+    let uid = Name::new("_UID".into(), &zero);
+    let crs = Name::new("_CRS".into(), &crs);
+    Device::new(Path::new("_SB_.COM1"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+}
+
+/// The DSDT's AML: `\_SB.PCI0`, `\_SB.COM1` and `\_S5`.
 fn dsdt() -> Sdt {
     let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // The root bridge's windows: bus numbers, the conf1 ports it decodes, I/O below and above
@@ -169,11 +205,19 @@ fn dsdt() -> Sdt {
     let uid = Name::new("_UID".into(), &zero);
     let bbn = Name::new("_BBN".into(), &zero);
     let crs = Name::new("_CRS".into(), &crs);
+    let prt_entries = prt_entries();
+    let prt_packages: Vec<Package> = prt_entries
+        .iter()
+        .map(|(addr, pin, source, gsi)| Package::new(vec![addr, pin, source, gsi]))
+        .collect();
+    let prt = Package::new(prt_packages.iter().map(|p| p as &dyn Aml).collect());
+    let prt = Name::new("_PRT".into(), &prt);
     Device::new(
         Path::new("_SB_.PCI0"),
-        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs],
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &prt],
     )
     .to_aml_bytes(&mut sdt);
+    com1(&mut sdt);
     // \_S5: SLP_TYPa, SLP_TYPb (ACPI 6.5, 7.4.2 "\_Sx (System States)").
     let slp_typ = SLP_TYP_S5;
     Name::new("_S5_".into(), &Package::new(vec![&slp_typ, &slp_typ])).to_aml_bytes(&mut sdt);
@@ -294,6 +338,21 @@ mod tests {
             0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, 5, 0x0a, 5
         ]));
         assert!(has(b"PCI0"));
+        // _PRT: slot 1 INTA on GSI 17 (DWord address 0x1FFFF, Zero pin, Zero source, BytePrefix
+        // 17), slot 31 INTD on GSI 19.
+        assert!(has(b"_PRT"));
+        assert!(has(&[
+            0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x0a, 17
+        ]));
+        assert!(has(&[
+            0x12, 0x0c, 0x04, 0x0c, 0xff, 0xff, 0x1f, 0x00, 0x0a, 3, 0x00, 0x0a, 19
+        ]));
+        // COM1: _HID EISAID("PNP0501"); Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) {4};
+        // IO(Decode16, 0x3F8, 0x3F8, 0, 8).
+        assert!(has(b"COM1"));
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x05, 0x01]));
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]));
+        assert!(has(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x00, 0x08]));
         // _HID EISAID("PNP0A08"), _CID EISAID("PNP0A03") as DWords.
         assert!(has(&[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x08]));
         assert!(has(&[b'_', b'C', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03]));

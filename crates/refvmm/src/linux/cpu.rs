@@ -14,7 +14,7 @@ use super::{LinuxError, STACK_TOP, TABLES_ADDR};
 
 /// CPUID.1:ECX bit 31, "hypervisor present".
 const CPUID1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// CPUID.1:EDX bit 28, HTT: EBX[23:16] holds the number of logical processors in the package.
+/// CPUID.1:EDX bit 28, HTT: EBX bits 23:16 holds the number of logical processors in the package.
 const CPUID1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 0xB/0x1F level types (SDM vol. 2A, CPUID leaf 0BH).
 const LEVEL_SMT: u32 = 1;
