@@ -59,7 +59,48 @@ pub enum BitKind {
     Reserved,
 }
 
+/// The byte lanes of a `len`-byte access (1, 2 or 4) in a little-endian `u32`.
+#[inline(always)]
+pub(crate) const fn lanes(len: usize) -> u32 {
+    if len >= 4 {
+        u32::MAX
+    } else {
+        (1 << (8 * len)) - 1
+    }
+}
+
+/// The `len` bytes (1, 2 or 4) of `bytes` at `at`, little-endian, read with one load of that
+/// width. The access paths use these instead of copying a run-time number of bytes: a copy of
+/// unknown length is a `memcpy` call, and bytes stored one by one then read back as a word stall
+/// the load on store forwarding. The caller has checked the range.
+#[inline(always)]
+pub(crate) fn load_le(bytes: &[u8], at: usize, len: usize) -> u32 {
+    match len {
+        1 => bytes[at] as u32,
+        2 => {
+            let b = &bytes[at..at + 2];
+            u16::from_le_bytes([b[0], b[1]]) as u32
+        }
+        _ => {
+            let b = &bytes[at..at + 4];
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+    }
+}
+
+/// Stores the low `len` bytes (1, 2 or 4) of `v` at `at`, little-endian, with one store of that
+/// width (see [`load_le`]).
+#[inline(always)]
+pub(crate) fn store_le(bytes: &mut [u8], at: usize, len: usize, v: u32) {
+    match len {
+        1 => bytes[at] = v as u8,
+        2 => bytes[at..at + 2].copy_from_slice(&(v as u16).to_le_bytes()),
+        _ => bytes[at..at + 4].copy_from_slice(&v.to_le_bytes()),
+    }
+}
+
 /// Checks that an access of `len` bytes at `offset` is valid for a space of `size` bytes.
+#[inline(always)]
 pub(crate) fn check_access(offset: u16, len: usize, size: usize) -> Result<(), AccessError> {
     if !matches!(len, 1 | 2 | 4) {
         return Err(AccessError::BadWidth { offset, len });
@@ -128,14 +169,27 @@ impl RegisterFile {
     /// Guest read: copies `buf.len()` bytes from `offset`.
     ///
     /// On error `buf` is filled with `0xff`.
+    #[inline]
     pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
         if let Err(e) = check_access(offset, buf.len(), self.len()) {
             buf.fill(0xff);
             return Err(e);
         }
-        let start = offset as usize;
-        buf.copy_from_slice(&self.data[start..start + buf.len()]);
+        let at = offset as usize;
+        // One dispatch on the width, then a load and a store of that width.
+        match buf.len() {
+            1 => store_le(buf, 0, 1, load_le(&self.data, at, 1)),
+            2 => store_le(buf, 0, 2, load_le(&self.data, at, 2)),
+            _ => store_le(buf, 0, 4, load_le(&self.data, at, 4)),
+        }
         Ok(())
+    }
+
+    /// The `len` (1, 2 or 4) register bytes at `offset` as a little-endian number; the range has
+    /// been checked.
+    #[inline(always)]
+    pub(crate) fn load(&self, offset: usize, len: usize) -> u32 {
+        load_le(&self.data, offset, len)
     }
 
     /// Guest write through the masks.
@@ -145,17 +199,22 @@ impl RegisterFile {
         Ok(())
     }
 
-    /// Applies a write that has already been range-checked.
+    /// Applies a write that has already been checked (1, 2 or 4 bytes, in range). Every bit
+    /// goes through its own masks, so doing all the bytes at once in one word is the same as
+    /// doing them one by one: each byte is affected only where it is written.
+    #[inline(always)]
     pub(crate) fn apply_write(&mut self, offset: u16, buf: &[u8]) {
-        let start = offset as usize;
-        for (i, &val) in buf.iter().enumerate() {
-            let at = start + i;
-            let w = self.wmask[at];
-            let c = self.w1cmask[at];
-            let old = self.data[at];
-            self.data[at] = (old & !w) | (val & w);
-            self.data[at] &= !(val & c);
-        }
+        let (at, len) = (offset as usize, buf.len());
+        let val = load_le(buf, 0, len);
+        let w = load_le(&self.wmask, at, len);
+        let c = load_le(&self.w1cmask, at, len);
+        let old = load_le(&self.data, at, len);
+        store_le(
+            &mut self.data,
+            at,
+            len,
+            ((old & !w) | (val & w)) & !(val & c),
+        );
     }
 
     /// Device-side store that bypasses the masks (what the hardware itself does when it sets a
@@ -170,7 +229,11 @@ impl RegisterFile {
     }
 
     /// Raw little-endian read of up to 4 bytes for internal decoding; out-of-range bytes read 0.
+    #[inline]
     pub(crate) fn get(&self, offset: usize, len: usize) -> u32 {
+        if matches!(len, 1 | 2 | 4) && offset + len <= self.data.len() {
+            return load_le(&self.data, offset, len);
+        }
         let mut v = 0u32;
         for i in 0..len.min(4) {
             let b = self.data.get(offset + i).copied().unwrap_or(0);

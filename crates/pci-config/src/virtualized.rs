@@ -7,7 +7,7 @@
 //! - **Reads** merge: emulated bits come from the model, the others from the backend.
 //!   The backend is not called when every byte of the access is fully emulated.
 //! - **Writes** always go through the model first, so its masks apply and its
-//!   [`ConfigEvent`](crate::ConfigEvent)s are produced for every bit (for passthrough bits
+//!   [`ConfigEvent`]s are produced for every bit (for passthrough bits
 //!   the model is a shadow: it tracks, say, Command.Memory so that `DecodeChanged` is reported,
 //!   while the guest reads the device's value). Then the bytes holding passthrough bits are
 //!   forwarded to the backend. Emulated bits never reach the device: in a byte that mixes both,
@@ -42,9 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::capability::{self, CapId, CapabilityError, CapabilityId, HiddenCapability};
 use crate::error::AccessError;
-use crate::events::ConfigEvents;
+use crate::events::{ConfigEvent, ConfigEvents};
 use crate::header::{Status, offset};
-use crate::registers::check_access;
+use crate::registers::{lanes, load_le, store_le};
 use crate::space::ConfigSpace;
 
 /// The device behind a [`VirtualizedConfig`]: its configuration space, e.g. the VFIO config
@@ -219,23 +219,13 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
         log::warn!("pci-config: backend {what} of {len} bytes at {offset:#x} failed: {e}");
     }
 
-    /// Reads the device bytes of an access; failed pieces read as all-ones.
-    fn read_device(&self, offset: u16, dev: &mut [u8]) {
-        aligned_pieces(offset, dev.len(), |at, r| {
-            if let Err(e) = self.backend.read(at, &mut dev[r.clone()]) {
-                self.backend_failed("read", at, r.len(), &e);
-                dev[r].fill(0xff);
-            }
-        });
-    }
-
     /// Hides the capability at `offset` from the guest: unlinks it in the model (see
-    /// [`ConfigSpace::hide_capability`]) and emulates its bytes and the rewritten pointers, so
-    /// the guest reads zeros there and its writes never reach the device.
+    /// [`ConfigSpace::hide_capability`]) and emulates all its bytes
+    /// ([`HiddenCapability::len`]) and the rewritten pointers, so the guest reads zeros there
+    /// and its writes never reach the device.
     pub fn hide_capability(&mut self, offset: u16) -> Result<HiddenCapability, CapabilityError> {
         let hidden = self.model.hide_capability(offset)?;
-        let c = hidden.capability;
-        self.emulate_range(c.offset, c.len as usize);
+        self.emulate_range(hidden.capability.offset, hidden.len as usize);
         for &(o, l) in &hidden.patched {
             self.emulate_range(o, l as usize);
         }
@@ -243,20 +233,49 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     }
 
     /// Guest read of 1, 2 or 4 bytes. On an access error `buf` is all-ones.
+    #[inline]
     pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
         self.model.read(offset, buf)?;
-        let o = offset as usize;
-        let emu = &self.emulated[o..o + buf.len()];
-        if emu.iter().all(|&m| m == 0xff) {
-            return Ok(());
-        }
-        let mut dev = [0u8; 4];
-        let dev = &mut dev[..buf.len()];
-        self.read_device(offset, dev);
-        for i in 0..buf.len() {
-            buf[i] = (buf[i] & emu[i]) | (dev[i] & !emu[i]);
+        // One dispatch on the width (see `ConfigSpace::write_with`).
+        match buf.len() {
+            1 => self.merge_device(offset, buf, 1),
+            2 => self.merge_device(offset, buf, 2),
+            _ => self.merge_device(offset, buf, 4),
         }
         Ok(())
+    }
+
+    /// Replaces the passthrough bits of the model's `len` bytes in `buf` with the device's.
+    #[inline(always)]
+    fn merge_device(&self, offset: u16, buf: &mut [u8], len: usize) {
+        let emulated = load_le(&self.emulated, offset as usize, len);
+        if emulated == lanes(len) {
+            return;
+        }
+        let device = self.read_device(offset, len);
+        let model = load_le(buf, 0, len);
+        store_le(buf, 0, len, (model & emulated) | (device & !emulated));
+    }
+
+    /// Reads the `len` device bytes of an access; failed pieces read as all-ones.
+    fn read_device(&self, offset: u16, len: usize) -> u32 {
+        let mut dev = [0u8; 4];
+        if offset as usize % len == 0 {
+            // One naturally aligned access: what a guest makes nearly always.
+            let piece = &mut dev[..len];
+            if let Err(e) = self.backend.read(offset, piece) {
+                self.backend_failed("read", offset, len, &e);
+                return u32::MAX;
+            }
+        } else {
+            aligned_pieces(offset, len, |at, r| {
+                if let Err(e) = self.backend.read(at, &mut dev[r.clone()]) {
+                    self.backend_failed("read", at, r.len(), &e);
+                    dev[r].fill(0xff);
+                }
+            });
+        }
+        load_le(&dev, 0, len)
     }
 
     /// Guest dword read.
@@ -273,18 +292,48 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
 
     /// Guest write of 1, 2 or 4 bytes; returns the model's events (see the
     /// [module docs](self) for how the write is split).
+    ///
+    /// [`write_with`](Self::write_with) is the same write handing each event to a closure.
     pub fn write(&mut self, offset: u16, data: &[u8]) -> Result<ConfigEvents, AccessError> {
-        check_access(offset, data.len(), self.model.len())?;
-        let events = self.model.write(offset, data)?;
-        let o = offset as usize;
-        let len = data.len();
-        let emu = &self.emulated[o..o + len];
-        if emu.iter().all(|&m| m == 0xff) {
-            return Ok(events);
+        let mut events = ConfigEvents::new();
+        self.write_with(offset, data, |e| events.push(e))?;
+        Ok(events)
+    }
+
+    /// Guest write of 1, 2 or 4 bytes; calls `on_event` with each of the model's events, in
+    /// order (see the [module docs](self) for how the write is split).
+    #[inline]
+    pub fn write_with(
+        &mut self,
+        offset: u16,
+        data: &[u8],
+        on_event: impl FnMut(ConfigEvent),
+    ) -> Result<(), AccessError> {
+        self.model.write_with(offset, data, on_event)?;
+        match data.len() {
+            1 => self.forward_passthrough(offset, data, 1),
+            2 => self.forward_passthrough(offset, data, 2),
+            _ => self.forward_passthrough(offset, data, 4),
         }
-        let mut value = [0u8; 4];
-        value[..len].copy_from_slice(data);
-        if emu.iter().any(|&m| m != 0 && m != 0xff) {
+        Ok(())
+    }
+
+    /// Forwards what the guest wrote, `len` bytes, unless every bit of it is emulated.
+    #[inline(always)]
+    fn forward_passthrough(&self, offset: u16, data: &[u8], len: usize) {
+        let emulated = load_le(&self.emulated, offset as usize, len);
+        if emulated != lanes(len) {
+            self.forward(offset, load_le(data, 0, len), len, emulated);
+        }
+    }
+
+    /// Forwards the bytes of a guest write (`value`, `len` bytes at `offset`) that hold
+    /// passthrough bits (`emulated` is the access's emulation mask).
+    fn forward(&self, offset: u16, mut value: u32, len: usize, emulated: u32) {
+        let bytes = (0..len).map(|i| (emulated >> (8 * i)) as u8);
+        if bytes.clone().any(|m| m != 0 && m != 0xff) {
+            // A byte mixes both kinds: its emulated positions carry the device's value, except
+            // write-1-to-clear ones, which carry 0.
             let mut dev = [0u8; 4];
             let mut failed = false;
             aligned_pieces(offset, len, |at, r| {
@@ -294,33 +343,37 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
                 }
             });
             if failed {
-                return Ok(events);
+                return;
             }
-            let w1c = &self.model.registers().w1cmask()[o..o + len];
-            for i in 0..len {
-                value[i] = (data[i] & !emu[i]) | (dev[i] & emu[i] & !w1c[i]);
+            let w1c = load_le(self.model.registers().w1cmask(), offset as usize, len);
+            value = (value & !emulated) | (load_le(&dev, 0, len) & emulated & !w1c);
+        }
+        let value = value.to_le_bytes();
+        if emulated == 0 && offset as usize % len == 0 {
+            // One naturally aligned access, all passed through: forward it as it is.
+            if let Err(e) = self.backend.write(offset, &value[..len]) {
+                self.backend_failed("write", offset, len, &e);
             }
+            return;
         }
         // Forward each run of bytes that holds passthrough bits.
         let mut i = 0;
         while i < len {
-            if emu[i] == 0xff {
+            if (emulated >> (8 * i)) as u8 == 0xff {
                 i += 1;
                 continue;
             }
             let run_start = i;
-            while i < len && emu[i] != 0xff {
+            while i < len && (emulated >> (8 * i)) as u8 != 0xff {
                 i += 1;
             }
-            let run = run_start..i;
-            aligned_pieces(offset + run_start as u16, run.len(), |at, r| {
+            aligned_pieces(offset + run_start as u16, i - run_start, |at, r| {
                 let r = r.start + run_start..r.end + run_start;
                 if let Err(e) = self.backend.write(at, &value[r.clone()]) {
                     self.backend_failed("write", at, r.len(), &e);
                 }
             });
         }
-        Ok(events)
     }
 
     /// Guest dword write.

@@ -6,8 +6,8 @@ use common::{MockDevice, msix_in_bar0, passthrough_view as view};
 use pci_config::capability::{CapabilityId, MsiCapability, PowerManagement};
 use pci_config::header::offset;
 use pci_config::{
-    BarDef, Command, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, HeaderType, Status,
-    VirtualizedConfig,
+    BarDef, Command, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, ExtCapabilityId, HeaderType,
+    Status, VirtualizedConfig,
 };
 
 /// A "real" device: 64-bit BAR0 at 0xfebd0000 (16K), PM, MSI, MSI-X, multi-function bit set.
@@ -208,6 +208,76 @@ fn hidden_capability_is_gone_for_the_guest() {
     );
     // the device's own chain is untouched
     assert_eq!(dev.regs.borrow()[0x34], pm as u8);
+}
+
+/// Issue 12 item 5: a hidden extended capability is hidden whole, not only its header: VF
+/// Resizable BAR (its layout now known), an ID whose layout this crate does not know (hidden up
+/// to the next capability), and an unknown one at the end of the chain (hidden up to the end
+/// of the space). The capability after them stays the device's.
+#[test]
+fn hidden_extended_capabilities_are_hidden_whole() {
+    let ids = DeviceIds {
+        vendor_id: 0x15b3,
+        device_id: 0x101b,
+        class_code: 0x020000,
+        ..Default::default()
+    };
+    let real = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Extended, ids);
+    // The extended chain as the device has it, every byte after 0x100 non-zero.
+    let (vf_rebar, multicast, dsn, last) = (0x140u16, 0x160u16, 0x1a0u16, 0x1b0u16);
+    let mut bytes = real.bytes().to_vec();
+    for (i, b) in bytes[0x100..].iter_mut().enumerate() {
+        *b = 0xa0 | (i % 16) as u8;
+    }
+    for (at, id, next) in [
+        (0x100, ExtCapabilityId::AER.0, vf_rebar),
+        (vf_rebar, ExtCapabilityId::VF_RESIZABLE_BAR.0, multicast),
+        (multicast, 0x0012, dsn),
+        (dsn, ExtCapabilityId::DEVICE_SERIAL_NUMBER.0, last),
+        (last, 0x0029, 0),
+    ] {
+        let header = id as u32 | 1 << 16 | (next as u32) << 20;
+        bytes[at as usize..at as usize + 4].copy_from_slice(&header.to_le_bytes());
+    }
+    // VF Resizable BAR with two entries: Control bits 7:5 of the first entry.
+    bytes[vf_rebar as usize + 8] = 2 << 5;
+    let dev = MockDevice::new(&bytes);
+    let mut v = view(&dev);
+    let hidden = [
+        (vf_rebar, 20usize),
+        (multicast, (dsn - multicast) as usize),
+        (last, 4096 - last as usize),
+    ];
+    for (at, len) in hidden {
+        assert_eq!(v.hide_capability(at).unwrap().len as usize, len, "{at:#x}");
+    }
+    dev.take_log();
+    for (at, len) in hidden {
+        for o in (at..at + len as u16).step_by(4) {
+            assert_eq!(v.read_u32(o).unwrap(), 0, "hidden byte at {o:#x} reads");
+            v.write_u32(o, 0xffff_ffff).unwrap();
+            assert_eq!(
+                v.read_u32(o).unwrap(),
+                0,
+                "hidden byte at {o:#x} took a write"
+            );
+        }
+    }
+    assert_eq!(
+        dev.writes(),
+        [],
+        "writes to a hidden capability never reach the device"
+    );
+    // The guest's chain: AER, DSN; DSN's registers are still the device's.
+    let mut seen = Vec::new();
+    let mut at = 0x100u16;
+    while at != 0 {
+        let header = v.read_u32(at).unwrap();
+        seen.push((at, header as u16));
+        at = (header >> 20) as u16 & !3;
+    }
+    assert_eq!(seen, [(0x100, 0x0001), (dsn, 0x0003)]);
+    assert_eq!(v.read_u32(dsn + 4).unwrap(), 0xa7a6_a5a4);
 }
 
 #[test]

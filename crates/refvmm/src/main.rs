@@ -6,12 +6,14 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod builtin_guest;
+mod console_input;
 mod demo;
 mod devices;
 mod exit_port;
 mod explain;
 mod guest_loader;
 mod host;
+mod linux;
 mod pci;
 mod pci_names;
 mod plan;
@@ -50,8 +52,8 @@ enum Command {
     /// Name a device register (bar0+0x1018 or nvme:SQ3TDBL), say how the plan treats it and
     /// what to check when a write to it does nothing.
     Explain(explain::ExplainArgs),
-    /// Boot a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and devices; report
-    /// how it ended.
+    /// Boot Linux (--kernel) or a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and
+    /// devices; report how it ended.
     Run(run::RunArgs),
 }
 

@@ -1,5 +1,6 @@
-//! `refvmm run`: boot a bare-metal ELF guest (or the built-in bus lister) on one vCPU with a PCI bus, COM1 and an exit-status
-//! port, optionally with devices on the bus, and report how it ended.
+//! `refvmm run`: boot a Linux kernel (`--kernel`, see [`crate::linux`]) or a bare-metal ELF guest
+//! (or the built-in bus lister) with a PCI bus, COM1 and an exit-status port, optionally with
+//! devices on the bus, and report how it ended.
 //!
 //! Exit status of `refvmm run`:
 //!
@@ -7,24 +8,29 @@
 //! |---|---|
 //! | N | the guest wrote N to port 0x501 (the test guests: 0 pass, 1 fail, 2 crash) |
 //! | 124 | `--timeout` ran out and the guest was stopped |
-//! | 125 | refvmm could not start the guest, or the guest stopped without writing a status (triple fault, KVM internal error) |
+//! | 125 | refvmm could not start the guest, or the guest stopped without writing a status (bare-metal triple fault, KVM internal error) |
+//! | 0 | Linux powered the machine off (ACPI S5: `poweroff`) |
+//! | 123 | Linux reset the machine: `reboot`, or a panic with `panic=-1` (ACPI reset register, 8042 reset line, or a triple fault) |
+//! | 128+N | refvmm got signal N (SIGINT: 130, SIGTERM: 143), stopped the guest and released its devices |
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use kvm_runloop::reexports::vmm_sys_util::eventfd::EventFd;
-use kvm_runloop::{VcpuStop, Vm, VmConfig};
+use kvm_runloop::{Vcpu, VcpuStop, Vm, VmConfig};
 use pci_config::Bdf;
 use trap_map::{MsixRelocation, PageSize, Policy};
 use vfio_pci::ReservedRange;
 
+use crate::console_input::ConsoleInput;
 use crate::devices::{self, Attached, DeviceSpec, PassthroughKnobs};
 use crate::exit_port::{EXIT_PORT, ExitPort};
 use crate::guest_loader;
+use crate::linux::{self, LinuxSpec, PowerEvent, PowerRegisters};
 use crate::pci::{
     BarAllocator, CONF1_PORT, Conf1, ECAM_BASE, ECAM_SIZE, Ecam, HostBridge, LOW_RAM_END,
     MEM64_WINDOW, PciBus,
@@ -40,6 +46,10 @@ use crate::trace::spec::TraceFilter;
 pub const EXIT_TIMEOUT: u8 = 124;
 /// Exit status when refvmm failed or the guest ended without a status.
 pub const EXIT_VMM: u8 = 125;
+/// Exit status when Linux powered the machine off.
+pub const EXIT_POWEROFF: u8 = 0;
+/// Exit status when Linux reset the machine (reboot, or a panic with `panic=-1`).
+pub const EXIT_RESET: u8 = 123;
 
 /// Where RAM above the ECAM/PCI hole starts.
 const HIGH_RAM_BASE: u64 = 1 << 32;
@@ -54,21 +64,37 @@ const KVM_TSS: (u64, u64) = (0xfffb_c000, 0xfffc_0000);
 #[derive(Args, Debug)]
 #[command(after_help = "\
 Examples:
+  refvmm run --kernel /boot/vmlinuz-$(uname -r) --initramfs initrd.img --memory 512M --cpus 2 \\
+      --cmdline 'console=ttyS0 panic=-1' --device 0000:01:00.0
   refvmm run --device sim                list PCI bus 0 with the built-in guest
   tests/guests/build.sh /tmp/g
   refvmm run --guest /tmp/g/pci_probe.elf --device test --show-counters
   refvmm run --guest /tmp/g/pci_probe.elf --cmdline 'page=0:0x1000 trap=0:0' --device test --timeout 10
   refvmm run --guest /tmp/g/nvme_e2e.elf --device 0000:01:00.0 --show-mtree
 
-The guest must follow tests/guests/README.md's boot contract (64-bit ELF at or above 1 MiB; COM1
-output; status byte on port 0x501). Exit status: the guest's byte; 124 on --timeout; 125 when
-refvmm fails or the guest stops without a status. Needs /dev/kvm.")]
+A --guest must follow tests/guests/README.md's boot contract (64-bit ELF at or above 1 MiB; COM1
+output; status byte on port 0x501). A --kernel boots by the Linux x86 64-bit boot protocol with
+ACPI tables; its console is COM1 (console=ttyS0), wired to stdout and, when stdin is a terminal
+or a pipe, to stdin (Ctrl-C ends refvmm). Exit status: the guest's byte; for Linux 0 on poweroff,
+123 on reboot or a panic with panic=-1; 124 on --timeout; 125 when refvmm fails or the guest
+stops without a status; 128+N on signal N. Needs /dev/kvm.")]
 pub struct RunArgs {
     /// The guest: a 64-bit ELF image (see tests/guests/README.md for the boot contract).
     /// Without it, refvmm runs its built-in guest, which lists PCI bus 0 on COM1.
-    #[arg(long, value_name = "ELF")]
+    #[arg(long, value_name = "ELF", conflicts_with = "kernel")]
     pub guest: Option<PathBuf>,
-    /// The guest's command line, placed in guest RAM with its address in RDI (at most 1023 bytes).
+    /// A Linux kernel to boot: a bzImage (/boot/vmlinuz-*) or an uncompressed ELF vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// The initramfs for --kernel (a cpio archive, compressed or not).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initramfs: Option<PathBuf>,
+    /// Number of vCPUs, each on its own thread. Linux starts the others itself (INIT/SIPI); a
+    /// bare-metal guest runs on vCPU 0 and the others wait for a SIPI it never sends.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
+    pub cpus: u32,
+    /// The kernel command line (--kernel), or the guest's, placed in guest RAM with its address
+    /// in RDI (--guest: at most 1023 bytes).
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
     /// Guest RAM, in bytes or with a K, M, G or T suffix (binary units). Up to 2816M sits below
@@ -157,6 +183,16 @@ pub fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if (0.0..=365.0 * 86400.0).contains(&v) => Ok(v),
         _ => Err(format!("{s:?}: give seconds, e.g. 10 or 0.5 (0: no limit)")),
+    }
+}
+
+/// Parses `--cpus`: at least 1; the upper limit is KVM's, checked when the VM exists.
+pub fn parse_cpus(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?}: give the number of vCPUs, at least 1 (at most what KVM allows, KVM_CAP_MAX_VCPUS)"
+        )),
     }
 }
 
@@ -310,6 +346,13 @@ extern "C" fn on_sigusr1(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::
     REPORT_REQUESTED.store(true, Ordering::Relaxed);
 }
 
+/// Set by SIGINT or SIGTERM to the signal's number: stop the guest and release the devices.
+static TERMINATE_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_terminate(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TERMINATE_SIGNAL.store(signo, Ordering::Relaxed);
+}
+
 /// The command: returns the exit status described in the module docs.
 pub fn main(args: RunArgs) -> ExitCode {
     match run(&args) {
@@ -321,8 +364,9 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-/// How the vCPU thread ended.
+/// How a vCPU thread ended.
 struct VcpuEnd {
+    id: u32,
     stop: Result<VcpuStop, kvm_runloop::Error>,
     rip: Option<u64>,
     interrupts_enabled: Option<bool>,
@@ -338,6 +382,16 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     ) {
         log::warn!("SIGUSR1 reports unavailable: {e}");
     }
+    // Ctrl-C or `kill` stops the guest and detaches the devices (reset, DMA unmapped) instead
+    // of leaving them to process exit.
+    for signo in [libc::SIGINT, libc::SIGTERM] {
+        if let Err(e) = kvm_runloop::reexports::vmm_sys_util::signal::register_signal_handler(
+            signo,
+            on_terminate,
+        ) {
+            log::warn!("signal {signo} would end refvmm without detaching devices: {e}");
+        }
+    }
 
     warn_if_more_than_host(args.memory);
     let ram = ram_layout(args.memory);
@@ -352,7 +406,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     let com1_irq = EventFd::new(libc::EFD_NONBLOCK)?;
     vm.interrupts()?.register_irqfd(&com1_irq, COM1_GSI)?;
     let com1 = Arc::new(Mutex::new(Com1::new(com1_irq.try_clone()?, ConsoleOut)));
-    vm.bus().register_pio("com1", COM1_PORT, 8, com1)?;
+    vm.bus().register_pio("com1", COM1_PORT, 8, com1.clone())?;
 
     let exit_port = Arc::new(ExitPort::new(vm.stop_handle()));
     vm.bus()
@@ -411,36 +465,57 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
         attached.push(dev);
     }
 
-    let guest = match &args.guest {
-        Some(path) => guest_loader::load(&vm, path, &args.cmdline, ram[0].1)?,
-        None => guest_loader::load_builtin(&vm, &args.cmdline)?,
-    };
-    let mut vcpu = vm.create_vcpu(0)?;
-    guest_loader::start_vcpu(&vm, &vcpu, &guest)?;
+    let (vcpus, power) = start_guest(&vm, args, &ram)?;
+    let console_input = ConsoleInput::start(com1.clone());
 
     if let Some(t) = &knobs.tracer {
         t.lock().unwrap_or_else(|p| p.into_inner()).start();
     }
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("vcpu0".into())
-        .spawn(move || {
-            let stop = vcpu.run();
-            let regs = vcpu.regs().ok();
-            let _ = tx.send(VcpuEnd {
-                stop,
-                rip: regs.map(|r| r.rip),
-                interrupts_enabled: regs.map(|r| r.rflags & (1 << 9) != 0),
-            });
-        })?;
+    let mut threads = Vec::new();
+    for mut vcpu in vcpus {
+        let tx = tx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.id()))
+                .spawn(move || {
+                    let stop = vcpu.run();
+                    let regs = vcpu.regs().ok();
+                    let _ = tx.send(VcpuEnd {
+                        id: vcpu.id(),
+                        stop,
+                        rip: regs.map(|r| r.rip),
+                        interrupts_enabled: regs.map(|r| r.rflags & (1 << 9) != 0),
+                    });
+                })?,
+        );
+    }
+    drop(tx);
     let deadline = (args.timeout > 0.0).then(|| started + Duration::from_secs_f64(args.timeout));
     let mut timed_out = false;
-    let end = loop {
+    let mut signalled = 0;
+    // The first vCPU to end for a reason of its own (not a stop request) tells how the run
+    // ended, and the others are stopped then.
+    let mut first: Option<VcpuEnd> = None;
+    let mut ended = 0;
+    while ended < threads.len() {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(end) => break end,
+            Ok(end) => {
+                ended += 1;
+                let own_reason = !matches!(end.stop, Ok(VcpuStop::Stopped));
+                let first_was_stopped = first
+                    .as_ref()
+                    .is_none_or(|f| matches!(f.stop, Ok(VcpuStop::Stopped)));
+                if first.is_none() || (own_reason && first_was_stopped) {
+                    if own_reason {
+                        vm.stop_handle().stop();
+                    }
+                    first = Some(end);
+                }
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err("the vCPU thread ended without a result (it panicked)".into());
+                return Err("a vCPU thread ended without a result (it panicked)".into());
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if REPORT_REQUESTED.swap(false, Ordering::Relaxed) {
@@ -450,10 +525,19 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
                     timed_out = true;
                     vm.stop_handle().stop();
                 }
+                let signo = TERMINATE_SIGNAL.load(Ordering::Relaxed);
+                if signalled == 0 && signo != 0 {
+                    signalled = signo;
+                    vm.stop_handle().stop();
+                }
             }
         }
-    };
-    let _ = thread.join();
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    drop(console_input);
+    let end = first.ok_or("no vCPU ran")?;
     let elapsed = started.elapsed();
     // The guest's last line, if it did not end it (COM1 leaves flushing to the line buffer).
     let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -482,7 +566,34 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     }
 
     let stop = end.stop?;
-    if args.guest.is_none() && args.devices.is_empty() {
+    let secs = elapsed.as_secs_f64();
+    match power.as_ref().and_then(|p| p.event()) {
+        Some(PowerEvent::PowerOff) => {
+            eprintln!("refvmm: the guest powered off (ACPI S5) after {secs:.3}s");
+            return Ok(EXIT_POWEROFF);
+        }
+        Some(PowerEvent::Reset { via }) => {
+            eprintln!(
+                "refvmm: the guest reset the machine through {via} after {secs:.3}s (reboot, or a panic with panic=-1)"
+            );
+            return Ok(EXIT_RESET);
+        }
+        None => {}
+    }
+    if power.is_some() && stop == VcpuStop::Shutdown {
+        // Linux's last way to reboot (arch/x86/kernel/reboot.c, BOOT_TRIPLE): an empty IDT and
+        // an int3.
+        eprintln!(
+            "refvmm: the guest reset the machine by a triple fault on vCPU {} after {secs:.3}s (reboot, or a panic with panic=-1)",
+            end.id
+        );
+        return Ok(EXIT_RESET);
+    }
+    if signalled != 0 && !timed_out {
+        eprintln!("refvmm: got signal {signalled}; the guest was stopped after {secs:.3}s");
+        return Ok(128u8.saturating_add(signalled as u8));
+    }
+    if args.kernel.is_none() && args.guest.is_none() && args.devices.is_empty() {
         eprintln!(
             "refvmm: the bus held only the host bridge; next, put a device on it: `refvmm run \
              --device sim --show-mtree` (a simulated passthrough NVMe: which of its pages map, \
@@ -517,8 +628,8 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
         return Ok(EXIT_TIMEOUT);
     }
     eprintln!(
-        "refvmm: the guest stopped without writing a status to port {EXIT_PORT:#x}: {stop} (RIP {rip}, after {:.3}s)",
-        elapsed.as_secs_f64()
+        "refvmm: the guest stopped without writing a status to port {EXIT_PORT:#x}: {stop} (vCPU {}, RIP {rip}, after {secs:.3}s)",
+        end.id
     );
     Ok(EXIT_VMM)
 }
@@ -534,6 +645,48 @@ fn finish_trace(tracer: &SharedTracer, counters: bool) {
         println!("Traced registers:");
         print!("{}", t.summary());
     }
+}
+
+/// Loads the guest and creates its vCPUs: the Linux machine for `--kernel`, else the bare-metal
+/// guest on vCPU 0 with the other vCPUs waiting for a SIPI. The power registers for Linux.
+type StartedGuest = (Vec<Vcpu>, Option<Arc<PowerRegisters>>);
+
+fn start_guest(
+    vm: &Vm,
+    args: &RunArgs,
+    ram: &[(u64, u64)],
+) -> Result<StartedGuest, Box<dyn std::error::Error>> {
+    if let Some(kernel) = &args.kernel {
+        let spec = LinuxSpec {
+            kernel: kernel.clone(),
+            initramfs: args.initramfs.clone(),
+            cmdline: args.cmdline.clone(),
+            cpus: args.cpus,
+        };
+        let machine = linux::setup(vm, &spec, ram)?;
+        return Ok((machine.vcpus, Some(machine.power)));
+    }
+    let max = vm.kvm().get_max_vcpus() as u32;
+    if args.cpus > max {
+        return Err(format!(
+            "--cpus {}: this host's KVM allows at most {max} vCPUs per VM (KVM_CAP_MAX_VCPUS); give a smaller number",
+            args.cpus
+        )
+        .into());
+    }
+    let guest = match &args.guest {
+        Some(path) => guest_loader::load(vm, path, &args.cmdline, ram[0].1)?,
+        None => guest_loader::load_builtin(vm, &args.cmdline)?,
+    };
+    let vcpu = vm.create_vcpu(0)?;
+    guest_loader::start_vcpu(vm, &vcpu, &guest)?;
+    let mut vcpus = vec![vcpu];
+    for id in 1..args.cpus {
+        let ap = vm.create_vcpu(id)?;
+        linux::wait_for_sipi(&ap)?;
+        vcpus.push(ap);
+    }
+    Ok((vcpus, None))
 }
 
 fn print_reports(vm: &Vm, pci: &PciBus, attached: &[Attached], mtree: bool, counters: bool) {

@@ -41,6 +41,14 @@ impl<W: Write + Send> Com1<W> {
     }
 }
 
+impl<W: Write + Send> Com1<W> {
+    /// Queues bytes the console typed for the guest to read (raising the receive interrupt if
+    /// the guest enabled it); how many fit in the 64-byte receive FIFO.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+}
+
 impl<W: Write + Send> MutDevicePio for Com1<W> {
     fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         // Registers are bytes; a wider read returns the register in the low byte.
@@ -97,5 +105,19 @@ mod tests {
         com.pio_read(PioAddress(COM1_PORT), 5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty");
         assert_eq!(com.serial.writer(), b"hi\n");
+    }
+
+    #[test]
+    fn input_is_read_from_rbr_up_to_the_fifo_size() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut com = Com1::new(irq, Vec::new());
+        assert_eq!(com.enqueue_input(&[b'x'; 100]), 64);
+        assert_eq!(com.enqueue_input(b"y"), 0, "the FIFO is full");
+        let mut lsr = [0u8];
+        com.pio_read(PioAddress(COM1_PORT), 5, &mut lsr);
+        assert_ne!(lsr[0] & 1, 0, "data ready");
+        let mut rbr = [0u8];
+        com.pio_read(PioAddress(COM1_PORT), 0, &mut rbr);
+        assert_eq!(rbr[0], b'x');
     }
 }

@@ -2,7 +2,8 @@
 # Payload post-check (host side, run by tests/testbed/run.sh after a passing boot): the block the L3 guest wrote
 # through passthrough is in the disk image file, and the L3 runs' summaries (`TESTBED: L3 name key=value...`,
 # printed by run-l3.sh in L2) make the comparison table. Environment from run.sh: TESTBED_DISK, TESTBED_LOG,
-# TESTBED_SERIAL, TESTBED_PATTERN_LBA. Exit non-zero on any failure.
+# TESTBED_SERIAL, TESTBED_PATTERN_LBA, TESTBED_OTHER_LBAS (blocks others in the bed write, checked by them: the
+# L3 Linux passes'). Exit non-zero on any failure.
 set -euo pipefail
 : "${TESTBED_DISK:?run by tests/testbed/run.sh}" "${TESTBED_LOG:?}"
 lba=${TESTBED_PATTERN_LBA:-100}
@@ -27,8 +28,12 @@ size=$(stat -c %s "$TESTBED_DISK")
 truncate -s "$size" "$tmp/expected.img"
 dd if="$tmp/pattern.bin" of="$tmp/expected.img" bs=512 seek="$lba" conv=notrunc status=none
 dd if="$tmp/written.bin" of="$tmp/expected.img" bs=512 seek="$write_lba" conv=notrunc status=none
+# The other writers' blocks: copied from the image into the expected one, so they are left out of this check.
+for other in ${TESTBED_OTHER_LBAS:-}; do
+    dd if="$TESTBED_DISK" of="$tmp/expected.img" bs=512 skip="$other" seek="$other" count=1 conv=notrunc status=none
+done
 if cmp -s "$TESTBED_DISK" "$tmp/expected.img"; then
-    ok disk-other "nothing else in the $((size >> 20)) MiB image changed (pattern block at LBA $lba intact)"
+    ok disk-other "nothing else in the $((size >> 20)) MiB image changed (pattern block at LBA $lba intact${TESTBED_OTHER_LBAS:+; LBAs $TESTBED_OTHER_LBAS left to the L3 Linux passes})"
 else
     bad disk-other "the image differs from the prepared one plus the written block: $(cmp "$TESTBED_DISK" "$tmp/expected.img" 2>&1 | head -n 1)"
 fi

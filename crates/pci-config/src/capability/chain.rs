@@ -43,9 +43,16 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u16_at(b, at) as u32 | (u16_at(b, at + 2) as u32) << 16
 }
 
-/// Length of a standard capability's structure. Reads the control fields that size it (MSI
-/// flags, vendor length, Express version); `Err(needed)` when those fields are themselves cut off.
+/// Length of a standard capability's structure: [`standard_layout_len`], or the 2-byte header
+/// alone for an ID whose layout this crate does not know.
 pub(crate) fn standard_len(b: &[u8], at: usize, id: CapabilityId) -> Result<u16, u16> {
+    Ok(standard_layout_len(b, at, id)?.unwrap_or(2))
+}
+
+/// Length of a standard capability's structure when this crate knows its layout (`None` when it
+/// does not). Reads the control fields that size it (MSI flags, vendor length, Express
+/// version); `Err(needed)` when those fields are themselves cut off.
+fn standard_layout_len(b: &[u8], at: usize, id: CapabilityId) -> Result<Option<u16>, u16> {
     let need = |n: usize| {
         if at + n > b.len() {
             Err(n as u16)
@@ -53,7 +60,7 @@ pub(crate) fn standard_len(b: &[u8], at: usize, id: CapabilityId) -> Result<u16,
             Ok(())
         }
     };
-    Ok(match id {
+    Ok(Some(match id {
         CapabilityId::POWER_MANAGEMENT => 8,
         CapabilityId::MSI => {
             need(4)?;
@@ -78,12 +85,19 @@ pub(crate) fn standard_len(b: &[u8], at: usize, id: CapabilityId) -> Result<u16,
         CapabilityId::ADVANCED_FEATURES => 6,
         CapabilityId::SLOT_ID | CapabilityId::DEBUG_PORT | CapabilityId::HYPERTRANSPORT => 4,
         CapabilityId::ENHANCED_ALLOCATION => 4,
-        _ => 2,
-    })
+        _ => return Ok(None),
+    }))
 }
 
-/// Length of an extended capability's structure (minimum register layout for recognised IDs).
+/// Length of an extended capability's structure: [`extended_layout_len`], or the 4-byte header
+/// alone for an ID whose layout this crate does not know.
 pub(crate) fn extended_len(b: &[u8], at: usize, id: ExtCapabilityId) -> Result<u16, u16> {
+    Ok(extended_layout_len(b, at, id)?.unwrap_or(4))
+}
+
+/// Length of an extended capability's structure (minimum register layout) when this crate
+/// knows the ID (`None` when it does not).
+fn extended_layout_len(b: &[u8], at: usize, id: ExtCapabilityId) -> Result<Option<u16>, u16> {
     let need = |n: usize| {
         if at + n > b.len() {
             Err(n as u16)
@@ -91,7 +105,7 @@ pub(crate) fn extended_len(b: &[u8], at: usize, id: ExtCapabilityId) -> Result<u
             Ok(())
         }
     };
-    Ok(match id {
+    Ok(Some(match id {
         // header, uncorrectable status/mask/severity, correctable status/mask, caps, header log
         ExtCapabilityId::AER => 0x2c,
         ExtCapabilityId::DEVICE_SERIAL_NUMBER => 0x0c,
@@ -104,7 +118,9 @@ pub(crate) fn extended_len(b: &[u8], at: usize, id: ExtCapabilityId) -> Result<u
         ExtCapabilityId::SRIOV => 0x40,
         ExtCapabilityId::PRI | ExtCapabilityId::L1_PM_SUBSTATES => 0x10,
         ExtCapabilityId::PTM | ExtCapabilityId::SECONDARY_PCIE | ExtCapabilityId::DPC => 0x0c,
-        ExtCapabilityId::RESIZABLE_BAR => {
+        // The VF Resizable BAR capability has the Resizable BAR layout, for the VF BARs
+        // (PCIe 4.0 §9.3.7.5).
+        ExtCapabilityId::RESIZABLE_BAR | ExtCapabilityId::VF_RESIZABLE_BAR => {
             need(12)?;
             // Control register of the first entry, bits 7:5: number of resizable BARs (1..6).
             let n = ((u32_at(b, at + 8) >> 5) & 0x7).clamp(1, 6) as u16;
@@ -115,8 +131,18 @@ pub(crate) fn extended_len(b: &[u8], at: usize, id: ExtCapabilityId) -> Result<u
             ((u32_at(b, at + 4) >> 20) as u16).max(8)
         }
         ExtCapabilityId::VIRTUAL_CHANNEL => 0x10,
-        _ => 4,
-    })
+        _ => return Ok(None),
+    }))
+}
+
+/// True when this crate knows the register layout of `cap` (in `config`), so that
+/// [`Capability::len`] is its whole structure and not just its header.
+pub(crate) fn layout_known(config: &[u8], cap: &Capability) -> bool {
+    let at = cap.offset as usize;
+    match cap.id {
+        CapId::Standard(id) => matches!(standard_layout_len(config, at, id), Ok(Some(_))),
+        CapId::Extended(id) => matches!(extended_layout_len(config, at, id), Ok(Some(_))),
+    }
 }
 
 fn check_overlap(found: &[Capability], new: &Capability) -> Result<(), CapabilityError> {

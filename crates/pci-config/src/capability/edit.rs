@@ -2,7 +2,7 @@
 //! by rewriting next pointers (what passthrough does to keep a guest away from a capability the
 //! VMM cannot or will not virtualize, as QEMU's vfio does for e.g. SR-IOV or vendor caps).
 
-use super::chain::{Capability, capabilities_lenient};
+use super::chain::{Capability, capabilities_lenient, layout_known};
 use super::error::CapabilityError;
 use crate::header::{Status, offset};
 
@@ -11,6 +11,13 @@ use crate::header::{Status, offset};
 pub struct HiddenCapability {
     /// The capability that is no longer reachable.
     pub capability: Capability,
+    /// Bytes from `capability.offset` that belong to it and must be hidden with it: its
+    /// structure when this crate knows the ID's layout ([`Capability::len`]); otherwise
+    /// everything up to the next capability in address order, or to the end of the area
+    /// (0x100 for the standard chain, the end of the space for the extended one) when it is the
+    /// last. Without the layout that is the only bound that keeps the guest off every register
+    /// of the capability.
+    pub len: u16,
     /// Byte ranges `(offset, len)` that were rewritten to unlink it.
     pub patched: Vec<(u16, u16)>,
 }
@@ -35,6 +42,7 @@ pub fn hide_capability(
         return Err(CapabilityError::NotFound { offset });
     };
     let cap = caps[idx];
+    let len = hidden_len(config, &caps, &cap);
     let chain: Vec<&Capability> = caps
         .iter()
         .filter(|c| c.id.is_extended() == cap.id.is_extended())
@@ -73,8 +81,28 @@ pub fn hide_capability(
     }
     Ok(HiddenCapability {
         capability: cap,
+        len,
         patched,
     })
+}
+
+/// See [`HiddenCapability::len`]. `caps` are the capabilities of `config`, `cap` one of them.
+fn hidden_len(config: &[u8], caps: &[Capability], cap: &Capability) -> u16 {
+    if layout_known(config, cap) {
+        return cap.len;
+    }
+    let area_end = if cap.id.is_extended() {
+        config.len().min(4096)
+    } else {
+        config.len().min(0x100)
+    } as u16;
+    let end = caps
+        .iter()
+        .filter(|c| c.id.is_extended() == cap.id.is_extended() && c.offset > cap.offset)
+        .map(|c| c.offset)
+        .min()
+        .unwrap_or(area_end);
+    end.saturating_sub(cap.offset).max(cap.len)
 }
 
 /// First dword-aligned offset where `len` bytes fit without overlapping `caps` (and, for the

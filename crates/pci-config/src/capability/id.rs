@@ -135,6 +135,8 @@ impl ExtCapabilityId {
     pub const PTM: Self = Self(0x001f);
     /// Designated Vendor-Specific Extended Capability.
     pub const DVSEC: Self = Self(0x0023);
+    /// VF Resizable BAR: the Resizable BAR capability for the VF BARs of an SR-IOV function.
+    pub const VF_RESIZABLE_BAR: Self = Self(0x0024);
 
     /// The name lspci gives this capability, if the ID is assigned.
     pub fn name(self) -> Option<&'static str> {

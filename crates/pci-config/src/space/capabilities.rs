@@ -135,13 +135,14 @@ impl ConfigSpace {
 
     /// Hides the capability at `offset`: unlinks it from its chain (see
     /// [`capability::hide_capability`]) and blanks its bytes to read-only zero so a guest that
-    /// scans for it finds nothing and cannot write it. The blanked range is the structure this
-    /// crate knows ([`Capability::len`]); for an unrecognised ID that is only its header.
+    /// scans for it finds nothing and cannot write it. The blanked range is the whole
+    /// capability ([`HiddenCapability::len`]): its structure when this crate knows the ID, up
+    /// to the next capability (or the end of the space) when it does not.
     pub fn hide_capability(&mut self, offset: u16) -> Result<HiddenCapability, CapabilityError> {
         let mut copy = self.bytes().to_vec();
         let hidden = capability::hide_capability(&mut copy, offset)?;
-        let cap = hidden.capability;
-        self.regs.blank(cap.offset as usize, cap.len as usize);
+        self.regs
+            .blank(hidden.capability.offset as usize, hidden.len as usize);
         for &(o, l) in &hidden.patched {
             let _ = self.regs.set(o, &copy[o as usize..(o + l) as usize]);
         }

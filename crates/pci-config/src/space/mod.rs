@@ -11,9 +11,10 @@ mod side_effects;
 use crate::bar::{BarDef, BarKind};
 use crate::capability;
 use crate::error::{AccessError, ConfigError};
-use crate::events::{BridgeWindow, ConfigEvents};
+use crate::events::{BridgeWindow, ConfigEvent, ConfigEvents};
 use crate::header::{Command, DeviceIds, HeaderType, Status, install_default_masks, offset};
-use crate::registers::{BitKind, ConfigSize, RegisterFile, check_access};
+use crate::registers::{BitKind, ConfigSize, RegisterFile, check_access, load_le};
+use side_effects::Written;
 
 /// A BAR as the VMM sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -242,6 +243,7 @@ impl ConfigSpace {
 
     /// Guest read of 1, 2 or 4 bytes at any offset (see the [crate docs](crate) for the
     /// semantics of unaligned accesses). On error `buf` is filled with `0xff`.
+    #[inline]
     pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
         self.regs.read(offset, buf)
     }
@@ -266,28 +268,60 @@ impl ConfigSpace {
 
     /// Guest write of 1, 2 or 4 bytes at any offset, through the masks; returns its side
     /// effects (see [Events](Self#events)). A refused access changes nothing.
+    ///
+    /// [`write_with`](Self::write_with) is the same write handing each event to a closure,
+    /// which saves building and copying the [`ConfigEvents`] array on every access.
     pub fn write(&mut self, offset: u16, data: &[u8]) -> Result<ConfigEvents, AccessError> {
-        check_access(offset, data.len(), self.regs.len())?;
-        let start = offset as usize;
-        let len = data.len();
-        let mut touched = [0u8; 4];
-        let mut n = 0;
-        for at in start..(start + len).min(256) {
-            let w = self.watch_at[at];
-            if w != 0 && !touched[..n].contains(&w) {
-                touched[n] = w;
-                n += 1;
-            }
-        }
-        let mut before = [0u8; 4];
-        before[..len].copy_from_slice(&self.regs.bytes()[start..start + len]);
-        self.regs.apply_write(offset, data);
         let mut events = ConfigEvents::new();
-        for &w in &touched[..n] {
-            let watch = self.watches[w as usize - 1];
-            self.react(watch, start, data, &before[..len], &mut events);
-        }
+        self.write_with(offset, data, |e| events.push(e))?;
         Ok(events)
+    }
+
+    /// Guest write of 1, 2 or 4 bytes at any offset, through the masks; calls `on_event` with
+    /// each side effect, in order (see [Events](Self#events)). A refused access changes nothing
+    /// and reports nothing.
+    #[inline]
+    pub fn write_with(
+        &mut self,
+        offset: u16,
+        data: &[u8],
+        mut on_event: impl FnMut(ConfigEvent),
+    ) -> Result<(), AccessError> {
+        check_access(offset, data.len(), self.regs.len())?;
+        // One dispatch on the width, so that the path below works on a width known at compile
+        // time: single loads and stores, no run-time-length copies.
+        match data.len() {
+            1 => self.write_checked(offset, data, 1, &mut on_event),
+            2 => self.write_checked(offset, data, 2, &mut on_event),
+            _ => self.write_checked(offset, data, 4, &mut on_event),
+        }
+        Ok(())
+    }
+
+    /// [`write_with`](Self::write_with) of `len` bytes, after the access check.
+    #[inline(always)]
+    fn write_checked(
+        &mut self,
+        offset: u16,
+        data: &[u8],
+        len: usize,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        let start = offset as usize;
+        let watched = self.watches_at(start, len);
+        if watched == 0 {
+            self.regs.apply_write(offset, data);
+            return;
+        }
+        let before = self.regs.load(start, len);
+        self.regs.apply_write(offset, data);
+        let write = Written {
+            start,
+            len,
+            data: load_le(data, 0, len),
+            changed: before ^ self.regs.load(start, len),
+        };
+        self.react_all(watched, &write, on_event);
     }
 
     /// Guest byte write.

@@ -5,10 +5,121 @@
 use super::{ConfigSpace, Watch, WatchKind};
 use crate::bar::{BarKind, flags, probe_field};
 use crate::capability::{self, CapId, CapabilityId, MsixCapability};
-use crate::events::{BridgeWindow, ConfigEvent, ConfigEvents};
+use crate::events::{BridgeWindow, ConfigEvent};
 use crate::header::{Command, HeaderType, offset};
+use crate::registers::{lanes, load_le};
+
+/// One guest write of 1, 2 or 4 bytes, as the side-effect rules see it. Values are the access's
+/// bytes as a little-endian number (byte `i` of the access in bits `8i..8i+8`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Written {
+    /// Offset of the first byte.
+    pub(super) start: usize,
+    /// Width in bytes.
+    pub(super) len: usize,
+    /// What the guest wrote.
+    pub(super) data: u32,
+    /// The register bits the write changed (before XOR after, after the masks).
+    pub(super) changed: u32,
+}
+
+impl Written {
+    /// `v`, one of this access's values, moved to the byte positions of the 4 bytes starting at
+    /// `reg`, with the mask of those bytes that the access covers (0 when it covers none).
+    #[inline(always)]
+    fn at(&self, v: u32, reg: usize) -> (u32, u32) {
+        let mask = lanes(self.len);
+        if self.start >= reg {
+            let shift = self.start - reg;
+            if shift >= 4 {
+                return (0, 0);
+            }
+            (v << (8 * shift), mask << (8 * shift))
+        } else {
+            let shift = reg - self.start;
+            if shift >= self.len {
+                return (0, 0);
+            }
+            (v >> (8 * shift), mask >> (8 * shift))
+        }
+    }
+
+    /// The bits of the `width`-byte register at `reg` (width at most 4) that the write changed.
+    #[inline(always)]
+    fn changed_in(&self, reg: usize, width: usize) -> u32 {
+        self.at(self.changed, reg).0 & lanes(width)
+    }
+
+    /// The dword at `reg` as the guest wrote it (written bytes from the guest, the others from
+    /// `current`), or `None` when the write did not touch it.
+    #[inline(always)]
+    fn written_dword(&self, reg: usize, current: u32) -> Option<u32> {
+        let (v, mask) = self.at(self.data, reg);
+        (mask != 0).then_some((current & !mask) | (v & mask))
+    }
+
+    /// True when the write changed a bit of the `len` bytes at `start`.
+    #[inline]
+    fn changed_within(&self, start: usize, len: usize) -> bool {
+        let first = start.saturating_sub(self.start).min(self.len);
+        let end = (start + len).saturating_sub(self.start).min(self.len);
+        self.changed & lanes(end) & !lanes(first) != 0
+    }
+}
 
 impl ConfigSpace {
+    /// The watch ids of the `len` bytes at `start`, one per byte lane (0 where no register with
+    /// side effects lives).
+    #[inline(always)]
+    pub(super) fn watches_at(&self, start: usize, len: usize) -> u32 {
+        if start + len <= self.watch_at.len() {
+            return load_le(&self.watch_at[..], start, len);
+        }
+        (start..self.watch_at.len())
+            .enumerate()
+            .fold(0, |ids, (i, at)| {
+                ids | (self.watch_at[at] as u32) << (8 * i)
+            })
+    }
+
+    /// Runs the side-effect rules of each register the write touched (`watched`, from
+    /// [`watches_at`](Self::watches_at)), once each, in address order.
+    #[inline(always)]
+    pub(super) fn react_all(
+        &mut self,
+        watched: u32,
+        write: &Written,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        // Nearly every access touches one register: all its watched lanes carry the same id.
+        let first = watched >> (8 * (watched.trailing_zeros() / 8)) & 0xff;
+        let single = (0..4).all(|lane| {
+            let id = watched >> (8 * lane) & 0xff;
+            id == 0 || id == first
+        });
+        if single {
+            let watch = self.watches[first as usize - 1];
+            self.react(watch, write, on_event);
+            return;
+        }
+        let mut rest = watched;
+        while rest != 0 {
+            let id = rest as u8;
+            rest >>= 8;
+            if id == 0 {
+                continue;
+            }
+            // The other lanes of the same register are handled by this one call.
+            for lane in 0..3 {
+                if (rest >> (8 * lane)) as u8 == id {
+                    rest &= !(0xff << (8 * lane));
+                }
+            }
+            let watch = self.watches[id as usize - 1];
+            self.react(watch, write, on_event);
+        }
+    }
+
     pub(super) fn rebuild_watches(&mut self) {
         self.watches.clear();
         self.watch_at.fill(0);
@@ -102,6 +213,7 @@ impl ConfigSpace {
         self.rebuild_watches();
     }
 
+    #[inline]
     fn bar_register_address(&self, index: usize, kind: BarKind) -> u64 {
         let reg = (offset::BAR0 as usize) + 4 * index;
         let lo = self.regs.get(reg, 4);
@@ -114,102 +226,49 @@ impl ConfigSpace {
         }
     }
 
-    /// Value of the `width`-byte register at `reg` before the write (written bytes taken from
-    /// `before`, the rest unchanged).
-    fn old_value(&self, reg: usize, width: usize, start: usize, before: &[u8]) -> u32 {
-        let mut v = 0u32;
-        for i in 0..width {
-            let at = reg + i;
-            let b = if at >= start && at < start + before.len() {
-                before[at - start]
-            } else {
-                self.regs.bytes()[at]
-            };
-            v |= (b as u32) << (8 * i);
-        }
-        v
-    }
-
-    /// The dword at `reg` as the guest wrote it: written bytes where the access covered the
-    /// dword, current register bytes elsewhere.
-    fn written_dword(&self, reg: usize, start: usize, data: &[u8]) -> Option<u32> {
-        if start + data.len() <= reg || start >= reg + 4 {
-            return None;
-        }
-        let mut v = 0u32;
-        for i in 0..4 {
-            let at = reg + i;
-            let b = if at >= start && at < start + data.len() {
-                data[at - start]
-            } else {
-                self.regs.bytes()[at]
-            };
-            v |= (b as u32) << (8 * i);
-        }
-        Some(v)
-    }
-
-    fn changed(&self, w: &Watch, start: usize, before: &[u8]) -> bool {
-        (0..before.len()).any(|i| {
-            let at = start + i;
-            at >= w.start as usize
-                && at < (w.start + w.len) as usize
-                && before[i] != self.regs.bytes()[at]
-        })
-    }
-
-    pub(super) fn react(
-        &mut self,
-        w: Watch,
-        start: usize,
-        data: &[u8],
-        before: &[u8],
-        ev: &mut ConfigEvents,
-    ) {
+    #[inline(always)]
+    fn react(&mut self, w: Watch, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
         match w.kind {
             WatchKind::Command => {
-                let old =
-                    Command(self.old_value(offset::COMMAND as usize, 2, start, before) as u16);
                 let new = self.command();
-                let diff = old.0 ^ new.0;
+                let diff = write.changed_in(offset::COMMAND as usize, 2) as u16;
                 if diff & (Command::MEMORY | Command::IO) != 0 {
-                    ev.push(ConfigEvent::DecodeChanged {
+                    ev(ConfigEvent::DecodeChanged {
                         memory: new.memory(),
                         io: new.io(),
                     });
                 }
                 if diff & Command::BUS_MASTER != 0 {
-                    ev.push(ConfigEvent::BusMasterChanged {
+                    ev(ConfigEvent::BusMasterChanged {
                         enabled: new.bus_master(),
                     });
                 }
                 if diff & Command::INTX_DISABLE != 0 {
-                    ev.push(ConfigEvent::IntxDisableChanged {
+                    ev(ConfigEvent::IntxDisableChanged {
                         disabled: new.intx_disabled(),
                     });
                 }
             }
-            WatchKind::Bar(i) => self.react_bar(i as usize, start, data, ev),
-            WatchKind::Rom => self.react_rom(start, data, before, ev),
+            WatchKind::Bar(i) => self.react_bar(i as usize, write, ev),
+            WatchKind::Rom => self.react_rom(write, ev),
             WatchKind::Window(window) => {
-                if self.changed(&w, start, before) {
-                    ev.push(ConfigEvent::BridgeWindowChanged { window });
+                if write.changed_within(w.start as usize, w.len as usize) {
+                    ev(ConfigEvent::BridgeWindowChanged { window });
                 }
             }
             WatchKind::Msi => {
-                if self.changed(&w, start, before) {
+                if write.changed_within(w.start as usize, w.len as usize) {
                     let control = self.regs.get(w.start as usize, 2);
-                    ev.push(ConfigEvent::MsiChanged {
+                    ev(ConfigEvent::MsiChanged {
                         enabled: control & 1 != 0,
                     });
                 }
             }
             WatchKind::Msix => {
-                let old = self.old_value(w.start as usize, 2, start, before) as u16;
                 let new = self.regs.get(w.start as usize, 2) as u16;
                 let bits = MsixCapability::ENABLE | MsixCapability::FUNCTION_MASK;
-                if (old ^ new) & bits != 0 {
-                    ev.push(ConfigEvent::MsixChanged {
+                if write.changed_in(w.start as usize, 2) as u16 & bits != 0 {
+                    ev(ConfigEvent::MsixChanged {
                         enabled: new & MsixCapability::ENABLE != 0,
                         function_masked: new & MsixCapability::FUNCTION_MASK != 0,
                     });
@@ -218,57 +277,61 @@ impl ConfigSpace {
         }
     }
 
-    fn react_bar(&mut self, index: usize, start: usize, data: &[u8], ev: &mut ConfigEvents) {
-        let Some(mut slot) = self.bars[index] else {
+    #[inline(always)]
+    fn react_bar(&mut self, index: usize, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
+        // The slot is updated in place, field by field: no copy of it on every write.
+        let Some(Some(slot)) = self.bars.get_mut(index) else {
             return;
         };
-        let halves = if slot.def.kind == BarKind::Memory64 {
-            2
-        } else {
-            1
-        };
-        for half in 0..halves {
-            let reg = offset::BAR0 as usize + 4 * (index + half);
-            if let Some(written) = self.written_dword(reg, start, data) {
-                let field = probe_field(Some(slot.def.kind), half == 1);
-                slot.probing[half] = written & field == field;
+        let reg = offset::BAR0 as usize + 4 * index;
+        let kind = slot.def.kind;
+        let field = probe_field(Some(kind), false);
+        let lo = self.regs.load(reg, 4);
+        if let Some(written) = write.written_dword(reg, lo) {
+            slot.probing[0] = written & field == field;
+        }
+        let mut hi = 0;
+        if kind == BarKind::Memory64 {
+            hi = self.regs.load(reg + 4, 4);
+            if let Some(written) = write.written_dword(reg + 4, hi) {
+                slot.probing[1] = written == u32::MAX;
             }
         }
-        if !slot.probing.iter().any(|&p| p) {
-            let new = self.bar_register_address(index, slot.def.kind);
-            if new != slot.def.address {
-                ev.push(ConfigEvent::BarMoved {
-                    bar: index as u8,
-                    old: slot.def.address,
-                    new,
-                });
-                slot.def.address = new;
-            }
+        if slot.probing[0] || slot.probing[1] {
+            return;
         }
-        self.bars[index] = Some(slot);
+        let new = (hi as u64) << 32 | (lo & field) as u64;
+        let old = slot.def.address;
+        if new != old {
+            slot.def.address = new;
+            ev(ConfigEvent::BarMoved {
+                bar: index as u8,
+                old,
+                new,
+            });
+        }
     }
 
-    fn react_rom(&mut self, start: usize, data: &[u8], before: &[u8], ev: &mut ConfigEvents) {
+    fn react_rom(&mut self, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
         let Some(mut slot) = self.rom else { return };
         let reg = self.header.rom_offset() as usize;
         let now = self.regs.get(reg, 4);
-        if let Some(written) = self.written_dword(reg, start, data) {
+        if let Some(written) = write.written_dword(reg, now) {
             let field = probe_field(None, false);
             slot.probing = written & field == field;
         }
         if !slot.probing {
             let new = now & flags::ROM_ADDRESS_MASK;
             if new != slot.committed {
-                ev.push(ConfigEvent::RomMoved {
+                ev(ConfigEvent::RomMoved {
                     old: slot.committed,
                     new,
                 });
                 slot.committed = new;
             }
         }
-        let old = self.old_value(reg, 4, start, before);
-        if (old ^ now) & flags::ROM_ENABLE != 0 {
-            ev.push(ConfigEvent::RomEnableChanged {
+        if write.changed_in(reg, 4) & flags::ROM_ENABLE != 0 {
+            ev(ConfigEvent::RomEnableChanged {
                 enabled: now & flags::ROM_ENABLE != 0,
             });
         }

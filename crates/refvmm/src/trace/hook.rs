@@ -27,7 +27,17 @@ fn record(tracer: &SharedTracer, device: Bdf, at: Location, kind: AccessKind, da
     bytes[..n].copy_from_slice(&data[..n]);
     let value = u64::from_le_bytes(bytes);
     let mut t = tracer.lock().unwrap_or_else(|p| p.into_inner());
-    t.record(0, device, at, n as u8, kind, value);
+    t.record(current_vcpu(), device, at, n as u8, kind, value);
+}
+
+/// The vCPU whose exit is being handled: refvmm names each vCPU thread `vcpuN` (run.rs), and
+/// trapped handlers run on the thread of the vCPU that exited. 0 on any other thread (tests).
+fn current_vcpu() -> u32 {
+    std::thread::current()
+        .name()
+        .and_then(|n| n.strip_prefix("vcpu"))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A [`TrapPort`] that registers tracing handlers on the port it wraps.
