@@ -168,6 +168,14 @@ impl DeviceHandle {
         }
     }
 
+    /// How long the device's DMA attach took (mapping guest RAM); `None` without DMA.
+    pub fn dma_map_time(&self) -> Option<std::time::Duration> {
+        match self {
+            DeviceHandle::Passthrough(d) => lock(d).dma_map_time(),
+            DeviceHandle::Test(_) => None,
+        }
+    }
+
     /// Device-specific counters, one `name value` pair each.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         match self {

@@ -286,6 +286,28 @@ pub fn ram_layout(size: u64) -> Vec<(u64, u64)> {
     ranges
 }
 
+/// One line on standard error with the start-up's costs, for comparing backings and VMMs (the
+/// test bed reads it): `refvmm: start-up: guest RAM 1024 MiB (thp, 2 prefault threads) 0.412 s,
+/// DMA map 0.120 s, first instruction at 0.611 s`. The guest's first instruction runs right
+/// after it.
+fn print_startup(args: &RunArgs, ram_ready: Duration, attached: &[Attached], total: Duration) {
+    let dma: Duration = attached
+        .iter()
+        .filter_map(|a| a.handle.dma_map_time())
+        .sum();
+    let backing = ram_backing(args);
+    eprintln!(
+        "refvmm: start-up: guest RAM {} MiB ({}, {} prefault threads) {:.3} s, DMA map {:.3} s, \
+         first instruction at {:.3} s",
+        args.memory >> 20,
+        backing.backing,
+        backing.prefault_threads,
+        ram_ready.as_secs_f64(),
+        dma.as_secs_f64(),
+        total.as_secs_f64()
+    );
+}
+
 /// The host CPU's physical address bits (CPUID 0x80000008 EAX[7:0]); 36, the oldest x86-64
 /// width, when the leaf is absent. The 64-bit BAR window ends there.
 fn host_phys_bits() -> u8 {
@@ -394,6 +416,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     }
 
     warn_if_more_than_host(args.memory);
+    let run_start = Instant::now();
     let ram = ram_layout(args.memory);
     let vm = Arc::new(Vm::new(&VmConfig {
         ram: ram.iter().map(|&(b, s)| (b, s as usize)).collect(),
@@ -455,6 +478,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
         kvm_vfio,
         tracer: tracer(args)?,
     };
+    let ram_ready = run_start.elapsed();
     let mut attached: Vec<Attached> = Vec::new();
     for spec in &args.devices {
         let dev = devices::attach(spec, &vm, &pci, &mut bars, &reserved, &knobs)?;
@@ -466,6 +490,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     }
 
     let (vcpus, power) = start_guest(&vm, args, &ram)?;
+    print_startup(args, ram_ready, &attached, run_start.elapsed());
     let console_input = ConsoleInput::start(com1.clone());
 
     if let Some(t) = &knobs.tracer {

@@ -141,6 +141,11 @@ fn memory_backing_errors_name_the_missing_piece() {
     let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
         return;
     };
+    // The chosen backing reaches the VM, and the start-up line says what it cost.
+    let r = refvmm_run(&["--memory-backing", "anon", "--prefault-threads", "2"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    r.stderr_has("start-up: guest RAM 64 MiB (anon, 2 prefault threads)");
+    r.stderr_has("DMA map 0.000 s, first instruction at");
     // 64 MiB is no whole number of 1 GiB pages (checked before the pool is looked at).
     let r = refvmm_run(&["--memory-backing", "hugetlb:1G", "--memory", "64M"]);
     assert_eq!(r.code, 125, "{}", r.all());

@@ -260,6 +260,8 @@ pub struct PassthroughDevice {
     ports: BarPorts,
     reserved: Vec<ReservedRange>,
     dma: Option<DmaAttachment>,
+    /// How long mapping guest RAM for DMA took at attach (pinning every page).
+    dma_map_time: Option<std::time::Duration>,
     msix_cap: Option<u16>,
     detached: bool,
 }
@@ -413,6 +415,7 @@ impl PassthroughDevice {
             },
             reserved: ctx.reserved,
             dma: None,
+            dma_map_time: None,
             msix_cap,
             detached: false,
         };
@@ -431,6 +434,7 @@ impl PassthroughDevice {
             device: name.clone(),
             source,
         };
+        let dma_start = std::time::Instant::now();
         device.dma = match ctx.dma {
             DmaSetup::None => None,
             DmaSetup::GuestMemory(memory) => {
@@ -446,7 +450,16 @@ impl PassthroughDevice {
             }
             DmaSetup::Shared(dma) => Some(dma.attach_device(&name).map_err(dma_err)?),
         };
+        if device.dma.is_some() {
+            device.dma_map_time = Some(dma_start.elapsed());
+        }
         Ok(device)
+    }
+
+    /// How long attaching to DMA took (mapping and pinning guest RAM when this device was the
+    /// first of its IOMMU domain; sharing the mappings otherwise); `None` without DMA.
+    pub fn dma_map_time(&self) -> Option<std::time::Duration> {
+        self.dma_map_time
     }
 
     /// The device's name (host BDF unless set in the options).
