@@ -5,8 +5,9 @@
 //!
 //! One sample: attach, place the BAR (mmap + KVM slot), and, for `+populate`, fault every page
 //! of the mapping in for writing (`MADV_POPULATE_WRITE`, what the guest's first pass over the
-//! BAR makes the host do); detaching is not timed. The memfd's pages exist after the first
-//! sample, so later ones time page-table work, not zeroing.
+//! BAR makes the host do); detaching is not timed. Attaching resets the device, which frees
+//! the memfd's pages (a hole punched over the BAR), so every `+populate` sample includes the
+//! kernel zeroing 1 GiB of fresh pages, as a new ivshmem memory backend would.
 //!
 //! What this host can show: huge pages for a memfd need shmem THP
 //! (/sys/kernel/mm/transparent_hugepage/shmem_enabled), printed at start; with `never`, both
