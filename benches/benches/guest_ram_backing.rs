@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kvm_runloop::{
-    GuestRamBacking, HUGEPAGES_SYSFS, HugePagePool, HugePageSize, RamBacking, Vm, VmConfig,
+    GuestRamBacking, HUGEPAGES_SYSFS, HostPages, HugePagePool, HugePageSize, RamBacking, Vm,
+    VmConfig,
 };
 
 const MIB: u64 = 1 << 20;
 const SIZES: [u64; 3] = [256 * MIB, 1024 * MIB, 2048 * MIB];
 
-fn create(size: u64, backing: RamBacking, threads: usize) -> Duration {
+/// One sample: the time, and what backs the RAM (`/proc/self/smaps`, read after the timing).
+fn create(size: u64, backing: RamBacking, threads: usize) -> (Duration, Option<HostPages>) {
     let start = Instant::now();
     let vm = Vm::new(&VmConfig {
         ram: vec![(0, size as usize)],
@@ -33,8 +35,13 @@ fn create(size: u64, backing: RamBacking, threads: usize) -> Duration {
     })
     .unwrap_or_else(|e| panic!("guest RAM {size:#x} backing {backing}: {e}"));
     let took = start.elapsed();
+    let pages = vm
+        .slots()
+        .regions()
+        .first()
+        .and_then(|r| HostPages::of(r.host_addr, r.size));
     drop(vm);
-    took
+    (took, pages)
 }
 
 /// Why `hugetlb:2M` cannot run for `size` bytes here, if it cannot.
@@ -85,12 +92,14 @@ fn guest_ram(c: &mut Criterion) {
             format!("{}M", size / MIB),
         );
         let mut samples = Vec::new();
+        let mut pages = None;
         g.bench_function(id, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let t = create(size, backing, threads);
+                    let (t, p) = create(size, backing, threads);
                     samples.push(t);
+                    pages = p;
                     total += t;
                 }
                 total
@@ -99,9 +108,10 @@ fn guest_ram(c: &mut Criterion) {
         samples.sort();
         let median = samples[samples.len() / 2].as_secs_f64();
         println!(
-            "guest_ram/{backing}/{threads}thr/{}M: median {median:.3} s = {:.3} s/GiB",
+            "guest_ram/{backing}/{threads}thr/{}M: median {median:.3} s = {:.3} s/GiB; {}",
             size / MIB,
-            median / (size as f64 / (1024.0 * MIB as f64))
+            median / (size as f64 / (1024.0 * MIB as f64)),
+            pages.map_or("pages=unknown".into(), |p| p.to_string())
         );
     }
     g.finish();
