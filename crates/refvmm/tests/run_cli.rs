@@ -145,7 +145,7 @@ fn memory_backing_errors_name_the_missing_piece() {
     let r = refvmm_run(&["--memory-backing", "anon", "--prefault-threads", "2"]);
     assert_eq!(r.code, 0, "{}", r.all());
     r.stderr_has("start-up: guest RAM 64 MiB (anon, 2 prefault threads)");
-    r.stderr_has("DMA map 0.000 s, first instruction at");
+    r.stderr_has("(DMA map 0.000 s), first instruction at");
     // 64 MiB is no whole number of 1 GiB pages (checked before the pool is looked at).
     let r = refvmm_run(&["--memory-backing", "hugetlb:1G", "--memory", "64M"]);
     assert_eq!(r.code, 125, "{}", r.all());
