@@ -14,6 +14,7 @@
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
 //! | `open_iommufd.rs` | [`OpenedIommufdDevice`]: `/dev/iommu` + device cdev; [`IommuBackendChoice`] and [`OpenedVfio`] pick and open either |
+//! | `handed_fd.rs` | [`claim_inherited_fd`], [`check_device_cdev_fd`], [`check_iommufd_fd`]: fds a launcher handed in, and what they are |
 //! | `info.rs` | [`DeviceInfo`]: regions (sparse mmap, MSI-X mappable) and IRQs as plain data |
 //! | `fake.rs` | `fake::FakeHost`, `fake::FakeKernel`: a fake tree for tests (feature `sim`) |
 
@@ -22,6 +23,7 @@ mod bind;
 mod check;
 #[cfg(feature = "sim")]
 pub mod fake;
+mod handed_fd;
 mod info;
 mod limits;
 mod open;
@@ -32,6 +34,10 @@ mod sysfs;
 pub use address::{AddressError, PciAddress};
 pub use bind::{BindError, BindMethod, BindRecord, BindStep, Binder, KernelSysfs, SysfsWriter};
 pub use check::{CheckItem, CheckKind, CheckOptions, MEMLOCK_WARN_BELOW, Readiness, Status};
+pub use handed_fd::{
+    FdIdentity, FdRole, HandedFdError, check_device_cdev_fd, check_iommufd_fd, claim_inherited_fd,
+    identify_fd,
+};
 pub use info::{
     DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, RegionInfo, RegionKind, SparseArea,
 };

@@ -19,15 +19,18 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use iommu_dma::iommufd::open_iommufd_at;
 use iommu_dma::{DmaError, DmaMapper, IommufdMapper, VfioType1Mapper};
+use iommufd_ioctls::IommuFd;
 use thiserror::Error;
 use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioError, VfioIommufd};
 
+use super::handed_fd::{HandedFdError, check_device_cdev_fd, check_iommufd_fd};
 use super::info::DeviceInfo;
 use super::open::{OpenError, OpenedDevice};
 use super::sysfs::{HostDevice, SysfsError};
@@ -427,6 +430,15 @@ pub enum IommufdOpenError {
         #[source]
         source: Box<VfioError>,
     },
+    /// A handed-in fd is not what it was handed in as.
+    #[error("{address}: {source}")]
+    HandedFd {
+        /// The device.
+        address: PciAddress,
+        /// Which fd and what it is (boxed: it is large and this error is returned often).
+        #[source]
+        source: Box<HandedFdError>,
+    },
     /// Setting up the DMA mapper over the IOAS failed.
     #[error("{address}: cannot set up DMA mapping through its iommufd IOAS: {source}")]
     Dma {
@@ -584,6 +596,76 @@ impl OpenedIommufdDevice {
         Self::finish(address, pre, iommufd)
     }
 
+    /// Builds the device from file descriptors a privileged launcher opened and handed in:
+    /// `device` is the cdev of `address` (`/dev/vfio/devices/vfioN`) and `iommufd` is
+    /// `/dev/iommu`, both read-write. This process needs no access to either node, only to
+    /// sysfs (to check the fds) and enough `RLIMIT_MEMLOCK` for guest RAM. Like QEMU's
+    /// `-device vfio-pci,fd=N` with `-object iommufd,fd=M`.
+    ///
+    /// Each fd is checked before any ioctl ([`check_device_cdev_fd`], [`check_iommufd_fd`]):
+    /// a closed number, a pipe, `/dev/null`, or the cdev of another device gives an error
+    /// naming the fd and what it is. Then a new IOAS is allocated on the iommufd and the device
+    /// bound and attached as in [`open`](Self::open).
+    pub fn from_fds(
+        paths: &HostPaths,
+        address: PciAddress,
+        device: OwnedFd,
+        iommufd: OwnedFd,
+        kvm_device: Option<Arc<VfioDeviceFd>>,
+    ) -> Result<Self, IommufdOpenError> {
+        let handed = |source| IommufdOpenError::HandedFd {
+            address,
+            source: Box::new(source),
+        };
+        check_device_cdev_fd(paths, address, &device).map_err(handed)?;
+        check_iommufd_fd(paths, &iommufd).map_err(handed)?;
+        let iommufd_node = handed_fd_path(paths, &iommufd);
+        let vfio = VfioIommufd::new(
+            Arc::new(IommuFd::new_from_fd(File::from(iommufd))),
+            None,
+            kvm_device,
+        )
+        .map_err(|source| IommufdOpenError::Ioas {
+            address,
+            node: iommufd_node.clone(),
+            source: Box::new(source),
+        })?;
+        let pre = Preflight {
+            group: HostDevice::read(paths, address)
+                .map_err(IommuChoiceError::from)?
+                .iommu_group,
+            cdev_node: handed_fd_path(paths, &device),
+            iommufd_node,
+        };
+        Self::attach(address, pre, File::from(device), Arc::new(vfio))
+    }
+
+    /// Like [`from_fds`](Self::from_fds) for a device whose cdev was handed in, attached to an
+    /// existing iommufd and IOAS (another device's [`iommufd`](Self::iommufd), itself handed in
+    /// or opened), so guest RAM is mapped once for all devices.
+    pub fn from_fd_in(
+        paths: &HostPaths,
+        address: PciAddress,
+        device: OwnedFd,
+        iommufd: Arc<VfioIommufd>,
+    ) -> Result<Self, IommufdOpenError> {
+        check_device_cdev_fd(paths, address, &device).map_err(|source| {
+            IommufdOpenError::HandedFd {
+                address,
+                source: Box::new(source),
+            }
+        })?;
+        let shared = iommufd.iommufd().as_raw_fd();
+        let pre = Preflight {
+            group: HostDevice::read(paths, address)
+                .map_err(IommuChoiceError::from)?
+                .iommu_group,
+            cdev_node: handed_fd_path(paths, &device),
+            iommufd_node: paths.proc.join(format!("self/fd/{shared}")),
+        };
+        Self::attach(address, pre, File::from(device), iommufd)
+    }
+
     fn finish(
         address: PciAddress,
         pre: Preflight,
@@ -599,6 +681,15 @@ impl OpenedIommufdDevice {
                 hint: cdev_open_hint(address, &pre.cdev_node, &source),
                 source,
             })?;
+        Self::attach(address, pre, file, iommufd)
+    }
+
+    fn attach(
+        address: PciAddress,
+        pre: Preflight,
+        file: File,
+        iommufd: Arc<VfioIommufd>,
+    ) -> Result<Self, IommufdOpenError> {
         // Binds the cdev to the iommufd (VFIO_DEVICE_BIND_IOMMUFD), attaches it to the IOAS
         // (VFIO_DEVICE_ATTACH_IOMMUFD_PT) and reads its regions and IRQs.
         let device = VfioDevice::new_from_fd(file, iommufd.clone(), true).map_err(|source| {
@@ -645,12 +736,13 @@ impl OpenedIommufdDevice {
         self.group
     }
 
-    /// `/dev/vfio/devices/vfioN`.
+    /// `/dev/vfio/devices/vfioN`, or `/proc/self/fd/N` for a handed-in cdev.
     pub fn cdev_node(&self) -> &std::path::Path {
         &self.cdev_node
     }
 
-    /// `/dev/iommu` (the node this device's iommufd was opened from, for messages).
+    /// `/dev/iommu` (the node this device's iommufd was opened from, for messages), or
+    /// `/proc/self/fd/N` for a handed-in iommufd.
     pub fn iommufd_node(&self) -> &std::path::Path {
         &self.iommufd_node
     }
@@ -669,6 +761,11 @@ impl OpenedIommufdDevice {
     pub fn iommufd(&self) -> &Arc<VfioIommufd> {
         &self.iommufd
     }
+}
+
+/// How messages name a handed-in fd: its `/proc/self/fd/N` path (which `ls -l` resolves).
+fn handed_fd_path(paths: &HostPaths, fd: &OwnedFd) -> PathBuf {
+    paths.proc.join(format!("self/fd/{}", fd.as_raw_fd()))
 }
 
 /// A host device opened through either IOMMU backend.
@@ -786,5 +883,56 @@ impl From<OpenedDevice> for OpenedVfio {
 impl From<OpenedIommufdDevice> for OpenedVfio {
     fn from(device: OpenedIommufdDevice) -> Self {
         OpenedVfio::Iommufd(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    #[test]
+    fn handed_in_fds_that_are_not_vfio_fail_before_any_ioctl() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two fds pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe(2) just created both fds and nothing else owns them.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let address: PciAddress = "0000:00:01.0".parse().unwrap();
+        let err =
+            OpenedIommufdDevice::from_fds(&HostPaths::default(), address, r, w, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, IommufdOpenError::HandedFd { source, .. }
+                if matches!(**source, HandedFdError::WrongKind { .. })),
+            "{msg}"
+        );
+        assert!(msg.starts_with("0000:00:01.0: fd "), "{msg}");
+        assert!(msg.contains("pipe:["), "{msg}");
+
+        // The device fd passes only as a VFIO cdev: /dev/null as the cdev names /dev/null.
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let iommu = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let err = OpenedIommufdDevice::from_fds(
+            &HostPaths::default(),
+            address,
+            null.into(),
+            iommu.into(),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is /dev/null (character device 1:3)"),
+            "{err}"
+        );
     }
 }
