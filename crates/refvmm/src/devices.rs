@@ -3,6 +3,7 @@
 //! | SPEC | what |
 //! |---|---|
 //! | `BDF` (`0000:01:00.0`, `01:00.0`) or a sysfs path | a host device passed through with VFIO (vfio-pci's `PassthroughDevice` over `VfioBackend`) |
+//! | `BDF,fd=N,iommufd-fd=M` | the same, with the device's VFIO cdev and an iommufd opened by a launcher ([`crate::handed_in`]) |
 //! | `sim`, `sim:nvme`, `sim:nic` | the same passthrough device over vfio-pci's simulated backend: a **test aid** (memfd BARs, eventfd interrupts; cargo feature `sim`) |
 //! | `test` | refvmm's own emulated test function ([`crate::test_function`]), a test aid for the bus |
 //!
@@ -24,6 +25,7 @@ use vfio_pci::{
     PassthroughOptions, ReservedRange, VfioBackend, VfioDeviceFd,
 };
 
+use crate::handed_in::{HandedInDevice, HandedInError};
 use crate::pci::{AssignedBar, BarAllocator, PciBus};
 use crate::test_function::{TestFunction, TestHandle};
 
@@ -41,6 +43,8 @@ pub enum SimPreset {
 pub enum DeviceSpec {
     /// A host PCI device, through VFIO.
     Host(PciAddress),
+    /// A host PCI device through iommufd, its fds handed in by a launcher.
+    HandedIn(HandedInDevice),
     /// The passthrough device over the simulated backend.
     Sim(SimPreset),
     /// The emulated test function.
@@ -55,6 +59,7 @@ impl FromStr for DeviceSpec {
             "test" => Ok(DeviceSpec::Test),
             "sim" | "sim:nvme" => Ok(DeviceSpec::Sim(SimPreset::Nvme)),
             "sim:nic" => Ok(DeviceSpec::Sim(SimPreset::Nic)),
+            _ if s.contains(',') => HandedInDevice::parse(s).map(DeviceSpec::HandedIn),
             _ if s.starts_with("sim:") => Err(format!(
                 "{s:?}: unknown simulated device; the presets are sim:nvme (the default for `sim`) and sim:nic"
             )),
@@ -71,6 +76,7 @@ impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DeviceSpec::Host(a) => write!(f, "{a}"),
+            DeviceSpec::HandedIn(h) => write!(f, "{h}"),
             DeviceSpec::Sim(SimPreset::Nvme) => f.write_str("sim:nvme"),
             DeviceSpec::Sim(SimPreset::Nic) => f.write_str("sim:nic"),
             DeviceSpec::Test => f.write_str("test"),
@@ -205,6 +211,9 @@ pub enum AttachError {
         #[source]
         source: vfio_pci::VfioBackendError,
     },
+    /// A handed-in device could not be opened (the message names the fd and what it is).
+    #[error(transparent)]
+    HandedIn(#[from] HandedInError),
     /// The simulated device could not be created.
     #[error("--device {spec}: cannot create the simulated device")]
     Sim {
@@ -310,6 +319,19 @@ pub fn attach(
             })?;
             eprintln!(
                 "refvmm: {address} opened through {}",
+                backend.opened().describe()
+            );
+            let dev = passthrough(backend, spec, bdf, vm, reserved, knobs)?;
+            (
+                Box::new(SharedPassthrough(dev.clone())),
+                DeviceHandle::Passthrough(dev),
+            )
+        }
+        DeviceSpec::HandedIn(handed) => {
+            let backend = handed.open(knobs.kvm_vfio.clone())?;
+            eprintln!(
+                "refvmm: {} opened through {} (handed in)",
+                handed.address,
                 backend.opened().describe()
             );
             let dev = passthrough(backend, spec, bdf, vm, reserved, knobs)?;

@@ -8,6 +8,7 @@ mod demo;
 mod devices;
 mod exit_port;
 mod guest_loader;
+mod handed_in;
 mod host;
 mod pci;
 mod plan;

@@ -431,13 +431,14 @@ pub enum IommufdOpenError {
         source: Box<VfioError>,
     },
     /// A handed-in fd is not what it was handed in as.
-    #[error("{address}: {source}")]
+    /// (The message has all of it: `fd_error` is not a `source`, so a cause chain does not
+    /// print it twice.)
+    #[error("{address}: {fd_error}")]
     HandedFd {
         /// The device.
         address: PciAddress,
         /// Which fd and what it is (boxed: it is large and this error is returned often).
-        #[source]
-        source: Box<HandedFdError>,
+        fd_error: Box<HandedFdError>,
     },
     /// Setting up the DMA mapper over the IOAS failed.
     #[error("{address}: cannot set up DMA mapping through its iommufd IOAS: {source}")]
@@ -613,9 +614,9 @@ impl OpenedIommufdDevice {
         iommufd: OwnedFd,
         kvm_device: Option<Arc<VfioDeviceFd>>,
     ) -> Result<Self, IommufdOpenError> {
-        let handed = |source| IommufdOpenError::HandedFd {
+        let handed = |e| IommufdOpenError::HandedFd {
             address,
-            source: Box::new(source),
+            fd_error: Box::new(e),
         };
         check_device_cdev_fd(paths, address, &device).map_err(handed)?;
         check_iommufd_fd(paths, &iommufd).map_err(handed)?;
@@ -649,11 +650,9 @@ impl OpenedIommufdDevice {
         device: OwnedFd,
         iommufd: Arc<VfioIommufd>,
     ) -> Result<Self, IommufdOpenError> {
-        check_device_cdev_fd(paths, address, &device).map_err(|source| {
-            IommufdOpenError::HandedFd {
-                address,
-                source: Box::new(source),
-            }
+        check_device_cdev_fd(paths, address, &device).map_err(|e| IommufdOpenError::HandedFd {
+            address,
+            fd_error: Box::new(e),
         })?;
         let shared = iommufd.iommufd().as_raw_fd();
         let pre = Preflight {
@@ -903,8 +902,8 @@ mod tests {
             OpenedIommufdDevice::from_fds(&HostPaths::default(), address, r, w, None).unwrap_err();
         let msg = err.to_string();
         assert!(
-            matches!(&err, IommufdOpenError::HandedFd { source, .. }
-                if matches!(**source, HandedFdError::WrongKind { .. })),
+            matches!(&err, IommufdOpenError::HandedFd { fd_error, .. }
+                if matches!(**fd_error, HandedFdError::WrongKind { .. })),
             "{msg}"
         );
         assert!(msg.starts_with("0000:00:01.0: fd "), "{msg}");
