@@ -11,6 +11,7 @@
 //! | `sysfs.rs` | [`HostDevice`], [`IommuGroup`], [`IommuStatus`]: what the kernel says |
 //! | `bind.rs` | [`Binder`]: to vfio-pci and back, through a [`SysfsWriter`] |
 //! | `check.rs` | [`Readiness`]: the passthrough checklist |
+//! | `launcher_grants.rs` | what a launcher must grant an unprivileged VMM on iommufd (added to `check`'s iommufd item) |
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
 //! | `open_iommufd.rs` | [`OpenedIommufdDevice`]: `/dev/iommu` + device cdev; [`IommuBackendChoice`] and [`OpenedVfio`] pick and open either |
@@ -25,6 +26,7 @@ mod check;
 pub mod fake;
 mod handed_fd;
 mod info;
+mod launcher_grants;
 mod limits;
 mod open;
 mod open_iommufd;
