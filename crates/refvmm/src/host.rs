@@ -90,7 +90,8 @@ enum CheckError {
     NotReady { address: PciAddress, count: usize },
 }
 
-fn parse_device(arg: &str) -> Result<PciAddress, String> {
+/// Parses a `DEVICE` argument: a PCI address or a sysfs path.
+pub fn parse_device(arg: &str) -> Result<PciAddress, String> {
     PciAddress::from_arg(arg).map_err(|e| e.to_string())
 }
 

@@ -10,6 +10,7 @@ mod exit_port;
 mod guest_loader;
 mod handed_in;
 mod host;
+mod launch;
 mod pci;
 mod plan;
 mod report;
@@ -41,6 +42,9 @@ enum Command {
     Unbind(host::UnbindArgs),
     /// Say whether a host device can be passed through, and if not, why and what to do.
     Check(host::CheckArgs),
+    /// As root: open devices' VFIO cdevs and /dev/iommu, raise RLIMIT_MEMLOCK, drop to an
+    /// unprivileged user and exec a command (e.g. `refvmm run`) with the fds handed in.
+    Launch(launch::LaunchArgs),
     /// Boot a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and devices; report
     /// how it ended.
     Run(run::RunArgs),
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Bind(args) => host::bind(args),
         Command::Unbind(args) => host::unbind(args),
         Command::Check(args) => host::check(args),
+        Command::Launch(args) => launch::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
