@@ -14,7 +14,7 @@
 # downloaded and unpacked, never installed. Run as root on Debian bookworm (amd64), like run.sh.
 #
 # Knobs: TESTBED_CACHE (as run.sh), TESTBED_KERNEL_SOURCE_PKG (default linux-source-6.12),
-# TESTBED_KERNEL_JOBS (default: the number of CPUs), TESTBED_KERNEL_NICE (default 10).
+# TESTBED_KERNEL_JOBS (default: the number of CPUs), TESTBED_KERNEL_NICE (the niceness of the build, default 10).
 set -euo pipefail
 export LC_ALL=C
 
@@ -110,7 +110,11 @@ OBJ=$ROOT/obj-$KEY
 mkdir -p "$OBJ"
 LOG=$ROOT/build-$KEY.log
 : >"$LOG"
-make_() { nice -n "$NICE" make -C "$SRC" O="$OBJ" ARCH=x86_64 "$@" >>"$LOG" 2>&1; }
+# TESTBED_KERNEL_NICE is the niceness make runs at, not an increment: a caller that is niced already is not
+# niced again (two increments of 10 would be 19, and the build would get almost no CPU on a busy machine).
+NICE_BY=$((NICE - $(nice)))
+[ "$NICE_BY" -ge 0 ] || NICE_BY=0
+make_() { nice -n "$NICE_BY" make -C "$SRC" O="$OBJ" ARCH=x86_64 "$@" >>"$LOG" 2>&1; }
 say "configuring: tinyconfig + $(grep -c '^CONFIG_' "$FRAGMENT") options from l2.config"
 make_ tinyconfig || die "make tinyconfig failed; see $LOG"
 (cd "$OBJ" && "$SRC/scripts/kconfig/merge_config.sh" -m -O "$OBJ" .config "$FRAGMENT") >>"$LOG" 2>&1 ||
