@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck disable=SC2012 # sysfs and /dev names have no spaces (as in init.sh.in)
 # Issue 13, in L2 (busybox sh): the L3 passthrough run by an UNPRIVILEGED refvmm, with the NVMe's VFIO cdev and
 # /dev/iommu opened by root and handed in (`refvmm launch`), and the proof that the same user could not have opened
 # the device itself. Needs the bed's own kernel (tests/testbed/kernel: CONFIG_IOMMUFD, CONFIG_VFIO_DEVICE_CDEV) and

@@ -15,6 +15,7 @@
 #
 # Knobs: TESTBED_CACHE (as run.sh), TESTBED_KERNEL_SOURCE_PKG (default linux-source-6.12),
 # TESTBED_KERNEL_JOBS (default: the number of CPUs), TESTBED_KERNEL_NICE (the niceness of the build, default 10).
+# shellcheck disable=SC2086 # $missing is a list of package names, word-split on purpose
 set -euo pipefail
 export LC_ALL=C
 
