@@ -3,6 +3,7 @@
 #![warn(missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod address_map;
 pub mod asm;
 mod bus;
 mod cpu_mode;
@@ -10,13 +11,13 @@ mod error;
 mod exit;
 mod irq;
 mod kick;
-mod ratelimit;
 mod slots;
 mod stats;
 pub mod testing;
 mod vcpu;
 mod vm;
 
+pub use address_map::{AddressMap, Claim, Holder, Space};
 pub use bus::{
     BusCounts, BusKind, DeviceBus, DeviceCounts, DeviceError, FallibleMmio, FalliblePio,
 };

@@ -19,11 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{debug, warn};
+use log_limit::LogLimiter;
 use pci_config::capability::MsiCapability;
 use trap_map::{FireOutcome, MsixEvent, MsixTable};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use super::guest_log::guest_warn;
 use crate::backend::DeviceBackend;
 use crate::host::IrqKind;
 use crate::ports::{InterruptPort, MsiMessage, MsiWindow};
@@ -104,6 +106,8 @@ pub(crate) struct IrqState {
     msi: MsiState,
     intx: Option<IntxState>,
     pub counters: Arc<IrqCounters>,
+    /// The device's limit on guest-triggered log lines.
+    log: Arc<LogLimiter>,
 }
 
 impl IrqState {
@@ -113,6 +117,7 @@ impl IrqState {
         routing: Option<Arc<dyn InterruptPort>>,
         msi_window: MsiWindow,
         msix_entries: Option<u16>,
+        log: Arc<LogLimiter>,
     ) -> Self {
         let msix = msix_entries.and_then(|n| match MsixTable::new(n) {
             Ok(table) => Some(MsixState {
@@ -133,6 +138,7 @@ impl IrqState {
             msi: MsiState::default(),
             intx: None,
             counters: Arc::new(IrqCounters::default()),
+            log,
         }
     }
 
@@ -181,7 +187,7 @@ impl IrqState {
         };
         match result {
             Ok(()) => intx.at_host = on,
-            Err(e) => warn!("{}: INTx: {e}", self.name),
+            Err(e) => guest_warn!(self.log, "{}: INTx: {e}", self.name),
         }
     }
 
@@ -232,13 +238,17 @@ impl IrqState {
         let vectors = match new_vectors(n) {
             Ok(v) => v,
             Err(e) => {
-                warn!("{}: MSI-X: cannot create {n} eventfds: {e}", self.name);
+                guest_warn!(
+                    self.log,
+                    "{}: MSI-X: cannot create {n} eventfds: {e}",
+                    self.name
+                );
                 return;
             }
         };
         let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
         if let Err(e) = self.backend.enable_irqs(IrqKind::Msix, &fds) {
-            warn!("{}: MSI-X: {e}", self.name);
+            guest_warn!(self.log, "{}: MSI-X: {e}", self.name);
         }
         msix.vectors = vectors;
     }
@@ -256,7 +266,7 @@ impl IrqState {
     /// it is closed (the order of QEMU's `vfio_msix_disable`).
     fn release(&self, kind: IrqKind, vectors: Vec<Vector>) {
         if let Err(e) = self.backend.disable_irqs(kind) {
-            warn!("{}: {kind}: {e}", self.name);
+            guest_warn!(self.log, "{}: {kind}: {e}", self.name);
         }
         for v in vectors {
             unwire(&self.name, self.routing.as_deref(), v);
@@ -284,6 +294,7 @@ impl IrqState {
                 port: routing,
                 window: &self.msi_window,
                 counters: &self.counters,
+                log: &self.log,
             },
             v,
             MsiMessage {
@@ -303,7 +314,7 @@ impl IrqState {
         };
         if let (true, Some(gsi)) = (v.irqfd, v.gsi) {
             if let Err(e) = routing.remove_irqfd(gsi, &v.fd) {
-                warn!("{}: MSI-X vector {vector}: {e}", self.name);
+                guest_warn!(self.log, "{}: MSI-X vector {vector}: {e}", self.name);
             }
             v.irqfd = false;
         }
@@ -319,7 +330,7 @@ impl IrqState {
         if let (false, Some(gsi)) = (v.irqfd, v.gsi) {
             match routing.add_irqfd(gsi, &v.fd, None) {
                 Ok(()) => v.irqfd = true,
-                Err(e) => warn!("{}: MSI-X vector {vector}: {e}", self.name),
+                Err(e) => guest_warn!(self.log, "{}: MSI-X vector {vector}: {e}", self.name),
             }
         }
     }
@@ -354,7 +365,8 @@ impl IrqState {
                     .delivered_pending
                     .fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => warn!(
+            Err(e) => guest_warn!(
+                self.log,
                 "{}: MSI-X vector {vector}: pending delivery: {e}",
                 self.name
             ),
@@ -402,7 +414,8 @@ impl IrqState {
         let host = self.backend.irq_count(IrqKind::Msi) as usize;
         if host == 0 {
             if self.msi.vectors.is_empty() {
-                warn!(
+                guest_warn!(
+                    self.log,
                     "{}: MSI enabled by the guest but the host offers no MSI",
                     self.name
                 );
@@ -421,13 +434,17 @@ impl IrqState {
             let vectors = match new_vectors(n) {
                 Ok(v) => v,
                 Err(e) => {
-                    warn!("{}: MSI: cannot create {n} eventfds: {e}", self.name);
+                    guest_warn!(
+                        self.log,
+                        "{}: MSI: cannot create {n} eventfds: {e}",
+                        self.name
+                    );
                     return;
                 }
             };
             let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
             if let Err(e) = self.backend.enable_irqs(IrqKind::Msi, &fds) {
-                warn!("{}: MSI: {e}", self.name);
+                guest_warn!(self.log, "{}: MSI: {e}", self.name);
             }
             self.msi.vectors = vectors;
         }
@@ -449,6 +466,7 @@ impl IrqState {
                     port: routing,
                     window: &self.msi_window,
                     counters: &self.counters,
+                    log: &self.log,
                 },
                 v,
                 MsiMessage {
@@ -501,6 +519,7 @@ struct Router<'a> {
     port: &'a dyn InterruptPort,
     window: &'a MsiWindow,
     counters: &'a IrqCounters,
+    log: &'a LogLimiter,
 }
 
 /// Points `v` at `msg` (a GSI allocated and routed in one step the first time, the route
@@ -518,10 +537,12 @@ fn route_vector(
         port,
         window,
         counters,
+        log,
     } = router;
     if !window.contains(msg.address) {
         if v.refused != Some(msg.address.0) {
-            warn!(
+            guest_warn!(
+                log,
                 "{name}: {what}: the guest programmed MSI address {:#x}, outside the interrupt \
                  window {window}; the vector stays unrouted",
                 msg.address.0
@@ -547,7 +568,7 @@ fn route_vector(
         Ok(gsi) => gsi,
         Err(e) => {
             counters.route_errors.fetch_add(1, Ordering::Relaxed);
-            warn!("{name}: {what}: {e}");
+            guest_warn!(log, "{name}: {what}: {e}");
             return;
         }
     };
@@ -555,7 +576,7 @@ fn route_vector(
     if bind && !v.irqfd {
         match port.add_irqfd(gsi, &v.fd, None) {
             Ok(()) => v.irqfd = true,
-            Err(e) => warn!("{name}: {what}: {e}"),
+            Err(e) => guest_warn!(log, "{name}: {what}: {e}"),
         }
     } else if !bind && v.irqfd {
         let _ = port.remove_irqfd(gsi, &v.fd);

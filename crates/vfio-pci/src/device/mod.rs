@@ -9,6 +9,7 @@
 //! | `view.rs` | the `info mtree -f`-style view and per-range exit counters |
 
 mod bars;
+mod guest_log;
 mod interrupts;
 mod view;
 
@@ -371,6 +372,7 @@ impl PassthroughDevice {
             warn!("{name}: attached without interrupt routing: MSI, MSI-X and INTx stay unwired");
         }
 
+        let log = guest_log::limiter();
         let shared = Arc::new(Shared {
             name: name.clone(),
             backend: backend.clone(),
@@ -380,8 +382,10 @@ impl PassthroughDevice {
                 ctx.interrupts.clone(),
                 ctx.msi_window,
                 plan.msix().map(|m| m.entries),
+                log.clone(),
             )),
             msix: plan.msix().copied(),
+            log,
         });
         let mut bars = Vec::new();
         for bar in plan.bars() {
@@ -565,7 +569,7 @@ impl PassthroughDevice {
         self.detached = true;
         self.shared.irq().teardown();
         for bar in &mut self.bars {
-            bar.remove(&self.ports);
+            bar.remove(&self.ports, &self.shared.log);
         }
         // Quiesce the function before its IOMMU mappings go, so it cannot DMA into guest RAM
         // that is being unmapped (or fault on it): reset it, or at least stop it mastering.
@@ -639,7 +643,13 @@ impl PassthroughDevice {
                 Some((true, false, 0)) => None,
                 Some((true, false, address)) => Some(address),
             };
-            bar.place(&self.name, desired, &self.ports, &self.reserved);
+            bar.place(
+                &self.name,
+                desired,
+                &self.ports,
+                &self.reserved,
+                &self.shared.log,
+            );
         }
     }
 
