@@ -27,7 +27,7 @@ pub use cpu_mode::{
 };
 pub use error::{Error, Result};
 pub use exit::{Access, Exit, ExitKind, VcpuStop};
-pub use irq::{FIRST_MSI_GSI, Interrupts, MsiMessage, Route};
+pub use irq::{FIRST_MSI_GSI, Interrupts, MsiMessage, MsiRouteChange, Route};
 pub use kick::{KICK_SIGNAL_OFFSET, StopHandle};
 pub use kvm_ioctls::IoEventAddress;
 pub use slots::{BackingKind, MemoryAccess, MemorySlots, RegionInfo, SlotId};

@@ -377,6 +377,49 @@ impl SimBackend {
         })
     }
 
+    /// A function with `vectors` MSI-X vectors (up to 2,048, the most PCI allows) and nothing
+    /// else: BAR 0 (64-bit, 64 KiB) holds the table at 0x0 and the PBA at 0x8000. For
+    /// benchmarks and stress tests of interrupt routing.
+    pub fn msix_only(name: &str, vectors: u16) -> io::Result<Self> {
+        let ids = DeviceIds {
+            vendor_id: 0x1af4,
+            device_id: 0x10f0,
+            class_code: 0xff0000,
+            revision: 1,
+            subsystem_vendor_id: 0x1af4,
+            subsystem_id: 0x1100,
+        };
+        let mut config = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Extended, ids);
+        config
+            .add_capability(ExpressCapability::new(PortType::Endpoint))
+            .map_err(io::Error::other)?;
+        config
+            .add_capability(MsixCapability::new(
+                vectors,
+                BarOffset { bir: 0, offset: 0 },
+                BarOffset {
+                    bir: 0,
+                    offset: 0x8000,
+                },
+            ))
+            .map_err(io::Error::other)?;
+        Self::new(SimSpec {
+            name: name.into(),
+            config,
+            bars: vec![SimBar {
+                index: 0,
+                def: BarDef::memory64(0x1_0000).at(0xfe00_0000),
+                sparse: None,
+                msix_mappable: false,
+            }],
+            rom_size: 0,
+            intx: false,
+            msi_vectors: 0,
+            msix_vectors: u32::from(vectors),
+            doorbell: None,
+        })
+    }
+
     /// The spec the device was built from.
     pub fn spec(&self) -> &SimSpec {
         &self.spec

@@ -16,8 +16,8 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    BarMappingPort, BarRange, HostMapping, InterruptPort, MsiMessage, TrapAddress, TrapHandler,
-    TrapPort,
+    BarMappingPort, BarRange, HostMapping, InterruptPort, MsiMessage, RouteChange, TrapAddress,
+    TrapHandler, TrapPort,
 };
 
 /// The ports of one `kvm-runloop` VM (its slots, bus and irqchip). Pass one `Arc` of it as all
@@ -207,6 +207,33 @@ impl InterruptPort for KvmPorts {
         self.interrupts()?
             .remove_route(gsi)
             .map_err(io::Error::other)
+    }
+
+    fn apply_msi_routes(&self, changes: &[RouteChange]) -> Vec<io::Result<u32>> {
+        // One KVM_SET_GSI_ROUTING for all of them, all or nothing.
+        let kvm_changes: Vec<kvm_runloop::MsiRouteChange> = changes
+            .iter()
+            .map(|c| match *c {
+                RouteChange::Add(msg) => kvm_runloop::MsiRouteChange::Add(kvm_msi(msg)),
+                RouteChange::Update(gsi, msg) => {
+                    kvm_runloop::MsiRouteChange::Set(gsi, kvm_msi(msg))
+                }
+                RouteChange::Remove(gsi) => kvm_runloop::MsiRouteChange::Remove(gsi),
+            })
+            .collect();
+        match self
+            .interrupts()
+            .and_then(|irq| irq.apply_msi_routes(&kvm_changes).map_err(io::Error::other))
+        {
+            Ok(gsis) => gsis.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let why = e.to_string();
+                changes
+                    .iter()
+                    .map(|_| Err(io::Error::new(e.kind(), why.clone())))
+                    .collect()
+            }
+        }
     }
 
     fn add_irqfd(&self, gsi: u32, fd: &EventFd, resample: Option<&EventFd>) -> io::Result<()> {
