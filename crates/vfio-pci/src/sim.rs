@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use iommu_dma::{DmaMapper, HostIommuLimits, SoftwareIommu};
@@ -113,6 +113,9 @@ pub struct SimBackend {
     resets: AtomicU64,
     region_writes: AtomicU64,
     intx_unmasks: AtomicU64,
+    /// Set on drop when a mapping of a region is still in this process (see
+    /// [`SimBackend::left_mapped_probe`]).
+    left_mapped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SimBackend {
@@ -236,6 +239,7 @@ impl SimBackend {
             resets: AtomicU64::new(0),
             region_writes: AtomicU64::new(0),
             intx_unmasks: AtomicU64::new(0),
+            left_mapped: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -541,6 +545,31 @@ impl SimBackend {
             ));
         }
         Ok(())
+    }
+}
+
+impl SimBackend {
+    /// A flag the backend sets when it is dropped while an mmap of one of its regions is still
+    /// in this process. On a real VFIO device that is the teardown-order bug that leaves the
+    /// group attached: an mmap keeps the device file open, so when `vfio-ioctls` closes the
+    /// device and takes the group out of its container, `VFIO_GROUP_UNSET_CONTAINER` fails
+    /// with `EBUSY`. Take the flag before handing the backend over.
+    pub fn left_mapped_probe(&self) -> Arc<AtomicBool> {
+        self.left_mapped.clone()
+    }
+
+    /// Whether `/proc/self/maps` shows a mapping of one of this device's region memfds.
+    fn regions_mapped(&self) -> bool {
+        let tag = format!("memfd:sim {} region ", self.spec.name);
+        std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains(&tag))
+    }
+}
+
+impl Drop for SimBackend {
+    fn drop(&mut self) {
+        if self.regions_mapped() {
+            self.left_mapped.store(true, Ordering::Relaxed);
+        }
     }
 }
 

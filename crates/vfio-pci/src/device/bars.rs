@@ -610,6 +610,15 @@ impl BarState {
         self.placed = None;
     }
 
+    /// Drops the device's own references to the BAR's mmaps (detach, after
+    /// [`remove`](Self::remove)): the pages are unmapped once no port holds them either. On
+    /// VFIO an mmap keeps the device file open, and the group cannot leave its container
+    /// (`VFIO_GROUP_UNSET_CONTAINER` says `EBUSY`) while the file is open: every mmap must go
+    /// before the backend does, whichever BAR holds the last reference to it.
+    pub fn release_mappings(&mut self) {
+        self.maps.clear();
+    }
+
     /// Reads `data.len()` bytes at `offset` of the BAR: through the mmap of a mapped part, or
     /// the handler of a trapped one. The access must lie inside one part.
     pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), String> {

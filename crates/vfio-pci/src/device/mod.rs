@@ -556,7 +556,9 @@ impl PassthroughDevice {
     }
 
     /// Unwires interrupts, removes the BARs from the guest, resets the function (or, without a
-    /// reset method, clears its Bus Master Enable) and then unmaps guest RAM from the IOMMU.
+    /// reset method, clears its Bus Master Enable), drops its BAR mmaps and then unmaps guest
+    /// RAM from the IOMMU: when the backend goes after this, nothing holds the host device
+    /// open, so its VFIO group can leave the container and the device can be attached again.
     /// Dropping the device does the same, logging instead of returning the DMA error.
     pub fn detach(mut self) -> Result<(), AttachError> {
         self.teardown()
@@ -580,6 +582,11 @@ impl PassthroughDevice {
                 warn!("{}: reset at detach failed: {e}", self.name);
                 self.stop_bus_master();
             }
+        }
+        // Then the device's BAR mmaps, before anything can drop the backend: the host device
+        // stays open while one of them lives (see `BarState::release_mappings`).
+        for bar in &mut self.bars {
+            bar.release_mappings();
         }
         match self.dma.take() {
             Some(a) => a.detach().map_err(|source| AttachError::Dma {
