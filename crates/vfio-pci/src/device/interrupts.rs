@@ -154,13 +154,22 @@ impl IrqState {
         routing
             .add_irqfd(gsi, &trigger, Some(&resample))
             .map_err(|e| e.to_string())?;
+        // At attach the host must take it: an attach that leaves INTx dead is refused whole.
+        let at_host = self
+            .backend
+            .enable_irqs(IrqKind::Intx, &[&trigger])
+            .and_then(|_| self.backend.set_intx_resample(&resample));
+        if let Err(e) = at_host {
+            let _ = self.backend.disable_irqs(IrqKind::Intx);
+            let _ = routing.remove_irqfd(gsi, &trigger);
+            return Err(e.to_string());
+        }
         self.intx = Some(IntxState {
             trigger,
             resample,
             gsi,
-            at_host: false,
+            at_host: true,
         });
-        self.intx_at_host(true);
         Ok(())
     }
 

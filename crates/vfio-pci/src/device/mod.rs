@@ -333,7 +333,10 @@ impl PassthroughDevice {
         match backend.reset() {
             Ok(true) => debug!("{name}: reset at attach"),
             Ok(false) => info!("{name}: the device has no reset method; attaching it as it is"),
-            Err(e) => warn!("{name}: reset at attach failed: {e}"),
+            Err(e) => warn!(
+                "{name}: reset at attach failed: {e}; attaching it as it is (it may keep state \
+                 from its last user)"
+            ),
         }
         let bytes = read_config(backend.as_ref())?;
         let model = ConfigSpace::from_bytes(&bytes).map_err(|source| AttachError::Config {
