@@ -182,6 +182,9 @@ fn sigusr1_prints_the_reports_while_the_guest_runs() {
     );
     // The signal comes at the guest's first line, before it programs any BAR: the device's
     // section is there, its ranges may not be yet.
-    assert!(stdout[report..result].contains("Device 00:01.0 (sim"), "{stdout}");
+    assert!(
+        stdout[report..result].contains("Device 00:01.0 (sim"),
+        "{stdout}"
+    );
     assert_eq!(status.code(), Some(1), "{stdout}");
 }
