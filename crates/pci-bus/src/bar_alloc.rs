@@ -204,6 +204,12 @@ impl BarAllocator {
         Self::with_windows(layout::MEM32_WINDOW, mem64, layout::IO_WINDOW)
     }
 
+    /// The 64-bit window `[base, end)`: what the guest's firmware tables (ACPI `_CRS`) must
+    /// describe as the host bridge's 64-bit range.
+    pub fn mem64_window(&self) -> (u64, u64) {
+        (self.mem64.base(), self.mem64.end().saturating_add(1))
+    }
+
     /// The part of the 64-bit window the BARs placed so far use, `[base, end)`: what a
     /// firmware would describe to the guest as its 64-bit PCI hole. `None` before any BAR went
     /// there.
@@ -483,6 +489,7 @@ mod tests {
     #[test]
     fn large_prefetchable_bars_are_placed_high_aligned_and_packed() {
         let mut a = BarAllocator::for_guest(64 << 20, 40).unwrap();
+        assert_eq!(a.mem64_window(), (4 << 30, 1 << 40));
         assert_eq!(a.mem64_in_use(), None);
         // A GPU: 16 MiB of registers (64-bit, not prefetchable), 8 GiB of VRAM, 32 MiB more.
         let mut gpu = model(&[

@@ -495,7 +495,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     }
 
     let devices_ready = run_start.elapsed();
-    let (vcpus, power) = start_guest(&vm, args, &ram)?;
+    let (vcpus, power) = start_guest(&vm, args, &ram, bars.mem64_window())?;
     print_startup(
         args,
         [ram_ready, devices_ready, run_start.elapsed()],
@@ -690,6 +690,7 @@ fn start_guest(
     vm: &Vm,
     args: &RunArgs,
     ram: &[(u64, u64)],
+    mem64_window: (u64, u64),
 ) -> Result<StartedGuest, Box<dyn std::error::Error>> {
     if let Some(kernel) = &args.kernel {
         let spec = LinuxSpec {
@@ -697,6 +698,7 @@ fn start_guest(
             initramfs: args.initramfs.clone(),
             cmdline: args.cmdline.clone(),
             cpus: args.cpus,
+            mem64_window,
         };
         let machine = linux::setup(vm, &spec, ram)?;
         return Ok((machine.vcpus, Some(machine.power)));

@@ -33,7 +33,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 
-use crate::pci::{CONF1_PORT, ECAM_BASE, IO_WINDOW, MEM32_WINDOW, MEM64_WINDOW};
+use crate::pci::{CONF1_PORT, ECAM_BASE, IO_WINDOW, MEM32_WINDOW};
 use crate::serial::{COM1_GSI, COM1_PORT};
 
 use super::ACPI_TABLES;
@@ -61,13 +61,14 @@ pub struct AcpiTables {
 }
 
 impl AcpiTables {
-    /// The tables for `cpus` vCPUs with APIC IDs 0..cpus.
-    pub fn build(cpus: u32) -> AcpiTables {
+    /// The tables for `cpus` vCPUs with APIC IDs 0..cpus, and the 64-bit PCI window
+    /// `[base, end)` the BARs are placed in.
+    pub fn build(cpus: u32, mem64_window: (u64, u64)) -> AcpiTables {
         let mut t = AcpiTables {
             bytes: vec![0; 64],
             addresses: vec![(*b"RSD ", ACPI_TABLES)],
         };
-        let dsdt = t.push(*b"DSDT", &dsdt());
+        let dsdt = t.push(*b"DSDT", &dsdt(mem64_window));
         let fadt = t.push(*b"FACP", &fadt(dsdt));
         let madt = t.push(*b"APIC", &madt(cpus));
         let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -172,7 +173,7 @@ fn com1(sink: &mut dyn AmlSink) {
 }
 
 /// The DSDT's AML: `\_SB.PCI0`, `\_SB.COM1` and `\_S5`.
-fn dsdt() -> Sdt {
+fn dsdt(mem64_window: (u64, u64)) -> Sdt {
     let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // The root bridge's windows: bus numbers, the conf1 ports it decodes, I/O below and above
     // them (ISA devices such as COM1 sit there too, as on a PC) and the two BAR windows.
@@ -190,8 +191,8 @@ fn dsdt() -> Sdt {
     let mem64 = AddressSpace::new_memory(
         AddressSpaceCacheable::NotCacheable,
         true,
-        MEM64_WINDOW.0,
-        MEM64_WINDOW.1 - 1,
+        mem64_window.0,
+        mem64_window.1 - 1,
         None,
     );
     let crs = ResourceTemplate::new(vec![&buses, &conf1, &io_low, &io_high, &mem32, &mem64]);
@@ -228,6 +229,7 @@ fn dsdt() -> Sdt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pci::MEM64_WINDOW;
 
     fn u32_at(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -256,7 +258,7 @@ mod tests {
 
     #[test]
     fn every_pointer_resolves_and_every_checksum_holds() {
-        let t = AcpiTables::build(2);
+        let t = AcpiTables::build(2, MEM64_WINDOW);
         let rsdp = &t.bytes[..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(sum(&rsdp[..20]), 0, "ACPI 1.0 checksum");
@@ -284,7 +286,7 @@ mod tests {
 
     #[test]
     fn fadt_is_hardware_reduced_with_sleep_and_reset_registers() {
-        let t = AcpiTables::build(1);
+        let t = AcpiTables::build(1, MEM64_WINDOW);
         let fadt = table(&t, t.addresses[2].1, b"FACP");
         assert_eq!(fadt.len(), 276, "ACPI 6.5 FADT");
         let flags = u32_at(&fadt, 112);
@@ -305,7 +307,7 @@ mod tests {
 
     #[test]
     fn madt_golden_bytes() {
-        let t = AcpiTables::build(2);
+        let t = AcpiTables::build(2, MEM64_WINDOW);
         let madt = table(&t, t.addresses[3].1, b"APIC");
         assert_eq!(u32_at(&madt, 36), LAPIC_BASE);
         assert_eq!(
@@ -321,7 +323,7 @@ mod tests {
 
     #[test]
     fn mcfg_names_the_ecam_window() {
-        let t = AcpiTables::build(1);
+        let t = AcpiTables::build(1, MEM64_WINDOW);
         let mcfg = table(&t, t.addresses[4].1, b"MCFG");
         assert_eq!(mcfg.len(), 44 + 16);
         assert_eq!(u64_at(&mcfg, 44), ECAM_BASE);
@@ -330,7 +332,7 @@ mod tests {
 
     #[test]
     fn dsdt_has_the_root_bridge_its_windows_and_s5() {
-        let t = AcpiTables::build(1);
+        let t = AcpiTables::build(1, MEM64_WINDOW);
         let dsdt = table(&t, t.addresses[1].1, b"DSDT");
         let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
         // Name(_S5_, Package(2) { 5, 5 }).

@@ -320,6 +320,7 @@ mod tests {
             initramfs: Some(initramfs.clone()),
             cmdline: "console=ttyS0 panic=-1".into(),
             cpus: 1,
+            mem64_window: crate::pci::MEM64_WINDOW,
         };
         let loaded = load(&vm, &spec, &ram);
         std::fs::remove_file(&kernel).ok();

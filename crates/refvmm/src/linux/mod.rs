@@ -64,6 +64,8 @@ pub struct LinuxSpec {
     pub cmdline: String,
     /// Number of vCPUs (APIC IDs 0..cpus).
     pub cpus: u32,
+    /// The 64-bit PCI window `[base, end)` BARs are placed in, for the DSDT's `_CRS`.
+    pub mem64_window: (u64, u64),
 }
 
 /// Why a Linux guest could not be set up.
@@ -199,7 +201,7 @@ pub fn setup(vm: &Vm, spec: &LinuxSpec, ram: &[(u64, u64)]) -> Result<LinuxMachi
     }
     let power = PowerRegisters::install(vm)?;
 
-    let tables = acpi::AcpiTables::build(spec.cpus);
+    let tables = acpi::AcpiTables::build(spec.cpus, spec.mem64_window);
     vm.write_memory(ACPI_TABLES, &tables.bytes)?;
     let loaded = boot::load(vm, spec, ram)?;
     let map = e820::memory_map(ram);
