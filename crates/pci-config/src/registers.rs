@@ -119,64 +119,42 @@ pub(crate) fn check_range(offset: u16, len: usize, size: usize) -> Result<(), Ac
     Ok(())
 }
 
-/// Bytes in each plane of a [`RegisterFile`]: the largest space (4096) plus 3 bytes of zero
-/// padding, so that a 1-, 2- or 4-byte load at any offset below 4096 is inside the array. The
-/// access paths index the planes with `offset & 0xfff` (a no-op once the access is checked): on a
-/// fixed-size array the compiler then knows every index is in bounds and emits no checks, which
-/// are a good part of an access's cost otherwise.
-const PLANE: usize = 4096 + 3;
-
-/// One plane of the register file (values or one of the masks).
-type Plane = [u8; PLANE];
-
-/// An offset below 4096 as an index the compiler can bound (see [`PLANE`]).
-#[inline(always)]
-fn index(offset: usize) -> usize {
-    offset & 0xfff
-}
-
-fn plane() -> Box<Plane> {
-    Box::new([0; PLANE])
-}
-
 /// Configuration bytes with their read-write, write-1-to-clear and reserved masks.
 ///
-/// Bits in none of the masks are read-only. The masks are disjoint by construction. Bytes past
-/// `len` (padding, see [`PLANE`]) are never written and stay zero.
+/// Bits in none of the masks are read-only. The masks are disjoint by construction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterFile {
-    len: usize,
-    data: Box<Plane>,
-    wmask: Box<Plane>,
-    w1cmask: Box<Plane>,
-    rsvdmask: Box<Plane>,
+    data: Box<[u8]>,
+    wmask: Box<[u8]>,
+    w1cmask: Box<[u8]>,
+    rsvdmask: Box<[u8]>,
 }
 
 impl RegisterFile {
     /// A space of the given size with every bit read-only and zero.
     pub fn new(size: ConfigSize) -> Self {
+        let len = size.bytes();
         RegisterFile {
-            len: size.bytes(),
-            data: plane(),
-            wmask: plane(),
-            w1cmask: plane(),
-            rsvdmask: plane(),
+            data: vec![0; len].into_boxed_slice(),
+            wmask: vec![0; len].into_boxed_slice(),
+            w1cmask: vec![0; len].into_boxed_slice(),
+            rsvdmask: vec![0; len].into_boxed_slice(),
         }
     }
 
     /// Size in bytes (256 or 4096).
     pub fn len(&self) -> usize {
-        self.len
+        self.data.len()
     }
 
     /// Always false: a configuration space has at least 256 bytes.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.data.is_empty()
     }
 
     /// The size class of this space.
     pub fn size(&self) -> ConfigSize {
-        if self.len == 4096 {
+        if self.data.len() == 4096 {
             ConfigSize::Extended
         } else {
             ConfigSize::Conventional
@@ -185,7 +163,7 @@ impl RegisterFile {
 
     /// The raw register contents.
     pub fn bytes(&self) -> &[u8] {
-        &self.data[..self.len]
+        &self.data
     }
 
     /// Guest read: copies `buf.len()` bytes from `offset`.
@@ -197,12 +175,12 @@ impl RegisterFile {
             buf.fill(0xff);
             return Err(e);
         }
-        let at = index(offset as usize);
+        let at = offset as usize;
         // One dispatch on the width, then a load and a store of that width.
         match buf.len() {
-            1 => store_le(buf, 0, 1, load_le(&self.data[..], at, 1)),
-            2 => store_le(buf, 0, 2, load_le(&self.data[..], at, 2)),
-            _ => store_le(buf, 0, 4, load_le(&self.data[..], at, 4)),
+            1 => store_le(buf, 0, 1, load_le(&self.data, at, 1)),
+            2 => store_le(buf, 0, 2, load_le(&self.data, at, 2)),
+            _ => store_le(buf, 0, 4, load_le(&self.data, at, 4)),
         }
         Ok(())
     }
@@ -211,7 +189,7 @@ impl RegisterFile {
     /// been checked.
     #[inline(always)]
     pub(crate) fn load(&self, offset: usize, len: usize) -> u32 {
-        load_le(&self.data[..], index(offset), len)
+        load_le(&self.data, offset, len)
     }
 
     /// Guest write through the masks.
@@ -226,13 +204,13 @@ impl RegisterFile {
     /// doing them one by one: each byte is affected only where it is written.
     #[inline(always)]
     pub(crate) fn apply_write(&mut self, offset: u16, buf: &[u8]) {
-        let (at, len) = (index(offset as usize), buf.len());
+        let (at, len) = (offset as usize, buf.len());
         let val = load_le(buf, 0, len);
-        let w = load_le(&self.wmask[..], at, len);
-        let c = load_le(&self.w1cmask[..], at, len);
-        let old = load_le(&self.data[..], at, len);
+        let w = load_le(&self.wmask, at, len);
+        let c = load_le(&self.w1cmask, at, len);
+        let old = load_le(&self.data, at, len);
         store_le(
-            &mut self.data[..],
+            &mut self.data,
             at,
             len,
             ((old & !w) | (val & w)) & !(val & c),
@@ -253,12 +231,12 @@ impl RegisterFile {
     /// Raw little-endian read of up to 4 bytes for internal decoding; out-of-range bytes read 0.
     #[inline]
     pub(crate) fn get(&self, offset: usize, len: usize) -> u32 {
-        if matches!(len, 1 | 2 | 4) && offset + len <= self.len {
-            return load_le(&self.data[..], index(offset), len);
+        if matches!(len, 1 | 2 | 4) && offset + len <= self.data.len() {
+            return load_le(&self.data, offset, len);
         }
         let mut v = 0u32;
         for i in 0..len.min(4) {
-            let b = self.bytes().get(offset + i).copied().unwrap_or(0);
+            let b = self.data.get(offset + i).copied().unwrap_or(0);
             v |= (b as u32) << (8 * i);
         }
         v
@@ -327,17 +305,17 @@ impl RegisterFile {
 
     /// Read-write mask table.
     pub fn wmask(&self) -> &[u8] {
-        &self.wmask[..self.len]
+        &self.wmask
     }
 
     /// Write-1-to-clear mask table.
     pub fn w1cmask(&self) -> &[u8] {
-        &self.w1cmask[..self.len]
+        &self.w1cmask
     }
 
     /// Reserved-bit mask table.
     pub fn rsvdmask(&self) -> &[u8] {
-        &self.rsvdmask[..self.len]
+        &self.rsvdmask
     }
 
     /// Makes every bit in `offset..offset+len` read-only and sets it to zero (used to blank a
