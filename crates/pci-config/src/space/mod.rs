@@ -291,6 +291,10 @@ impl ConfigSpace {
     }
 
     /// [`write_with`](Self::write_with) of `len` bytes, after the access check.
+    ///
+    /// The writes a guest makes most (a whole BAR dword, the Command word) take a path of their
+    /// own, inlined; every other write to a register with side effects goes through the general
+    /// rules, out of line so that they do not weigh on the rest.
     #[inline(always)]
     fn write_checked(
         &mut self,
@@ -305,6 +309,32 @@ impl ConfigSpace {
             self.regs.apply_write(offset, data);
             return;
         }
+        if let Some(index) = side_effects::whole_bar_dword(watched, start, len) {
+            self.regs.apply_write(offset, data);
+            self.bar_dword_written(index, start, load_le(data, 0, 4), on_event);
+            return;
+        }
+        if side_effects::is_command_word(watched, start, len) {
+            let before = self.regs.load(start, 2);
+            self.regs.apply_write(offset, data);
+            let after = self.regs.load(start, 2);
+            Self::command_changed((before ^ after) as u16, Command(after as u16), on_event);
+            return;
+        }
+        self.write_watched(offset, data, watched, on_event);
+    }
+
+    /// A write of 1, 2 or 4 bytes (`data`) touching registers with side effects (`watched`, see
+    /// [`write_checked`](Self::write_checked)).
+    #[inline(never)]
+    fn write_watched(
+        &mut self,
+        offset: u16,
+        data: &[u8],
+        watched: u32,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        let (start, len) = (offset as usize, data.len());
         let before = self.regs.load(start, len);
         self.regs.apply_write(offset, data);
         let write = Written {

@@ -94,6 +94,21 @@ const INTERRUPT_CAP0: u8 = 12;
 /// the extended space, is unwatched).
 pub(super) const INDEX_BYTES: usize = 256 + 3;
 
+/// The BAR whose dword the access covers exactly (`len` 4, dword-aligned, every lane that BAR's),
+/// given the access's index codes.
+#[inline(always)]
+pub(super) fn whole_bar_dword(watched: u32, start: usize, len: usize) -> Option<usize> {
+    let code = watched as u8;
+    (len == 4 && start % 4 == 0 && (BAR0..=BAR5).contains(&code) && watched == splat(code))
+        .then(|| (code - BAR0) as usize)
+}
+
+/// True when the access is the Command register exactly (2 bytes at its offset).
+#[inline(always)]
+pub(super) fn is_command_word(watched: u32, start: usize, len: usize) -> bool {
+    len == 2 && start == offset::COMMAND as usize && watched == splat(COMMAND) & lanes(2)
+}
+
 /// `code` in each byte lane.
 #[inline(always)]
 fn splat(code: u8) -> u32 {
@@ -234,22 +249,7 @@ impl ConfigSpace {
             COMMAND => {
                 let new = Command(self.regs.load(offset::COMMAND as usize, 2) as u16);
                 let diff = write.changed_in(offset::COMMAND as usize, 2) as u16;
-                if diff & (Command::MEMORY | Command::IO) != 0 {
-                    ev(ConfigEvent::DecodeChanged {
-                        memory: new.memory(),
-                        io: new.io(),
-                    });
-                }
-                if diff & Command::BUS_MASTER != 0 {
-                    ev(ConfigEvent::BusMasterChanged {
-                        enabled: new.bus_master(),
-                    });
-                }
-                if diff & Command::INTX_DISABLE != 0 {
-                    ev(ConfigEvent::IntxDisableChanged {
-                        disabled: new.intx_disabled(),
-                    });
-                }
+                Self::command_changed(diff, new, ev);
             }
             BAR0..=BAR5 => self.react_bar((code - BAR0) as usize, write, ev),
             ROM => self.react_rom(write, ev),
@@ -284,6 +284,69 @@ impl ConfigSpace {
                     });
                 }
             }
+        }
+    }
+
+    /// The events of a Command write that changed the bits `diff`, leaving `new`.
+    #[inline(always)]
+    pub(super) fn command_changed(diff: u16, new: Command, ev: &mut impl FnMut(ConfigEvent)) {
+        if diff & (Command::MEMORY | Command::IO) != 0 {
+            ev(ConfigEvent::DecodeChanged {
+                memory: new.memory(),
+                io: new.io(),
+            });
+        }
+        if diff & Command::BUS_MASTER != 0 {
+            ev(ConfigEvent::BusMasterChanged {
+                enabled: new.bus_master(),
+            });
+        }
+        if diff & Command::INTX_DISABLE != 0 {
+            ev(ConfigEvent::IntxDisableChanged {
+                disabled: new.intx_disabled(),
+            });
+        }
+    }
+
+    /// [`react_bar`](Self::react_bar) for a write of the whole dword at `reg` (BAR `index`'s lower
+    /// dword, or the upper one of a 64-bit BAR) with `written`: the same rule, without working out
+    /// which bytes of which dword the access covered.
+    #[inline(always)]
+    pub(super) fn bar_dword_written(
+        &mut self,
+        index: usize,
+        reg: usize,
+        written: u32,
+        ev: &mut impl FnMut(ConfigEvent),
+    ) {
+        let Some(Some(slot)) = self.bars.get_mut(index) else {
+            return;
+        };
+        let base = offset::BAR0 as usize + 4 * index;
+        let field = probe_field(Some(slot.def.kind), false);
+        if reg == base {
+            slot.probing[0] = written & field == field;
+        } else {
+            slot.probing[1] = written == u32::MAX;
+        }
+        if slot.probing[0] || slot.probing[1] {
+            return;
+        }
+        let lo = self.regs.load(base, 4);
+        let hi = if slot.def.kind == BarKind::Memory64 {
+            self.regs.load(base + 4, 4)
+        } else {
+            0
+        };
+        let new = (hi as u64) << 32 | (lo & field) as u64;
+        let old = slot.def.address;
+        if new != old {
+            slot.def.address = new;
+            ev(ConfigEvent::BarMoved {
+                bar: index as u8,
+                old,
+                new,
+            });
         }
     }
 
