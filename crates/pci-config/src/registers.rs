@@ -77,13 +77,17 @@ pub(crate) const fn lanes(len: usize) -> u32 {
 pub(crate) fn load_le(bytes: &[u8], at: usize, len: usize) -> u32 {
     match len {
         1 => bytes[at] as u32,
+        // Copies into a fixed-size array: one load, where building the array byte by byte can
+        // leave one load per byte.
         2 => {
-            let b = &bytes[at..at + 2];
-            u16::from_le_bytes([b[0], b[1]]) as u32
+            let mut b = [0; 2];
+            b.copy_from_slice(&bytes[at..at + 2]);
+            u16::from_le_bytes(b) as u32
         }
         _ => {
-            let b = &bytes[at..at + 4];
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            let mut b = [0; 4];
+            b.copy_from_slice(&bytes[at..at + 4]);
+            u32::from_le_bytes(b)
         }
     }
 }
