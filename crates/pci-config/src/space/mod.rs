@@ -310,14 +310,12 @@ impl ConfigSpace {
             return;
         }
         if let Some(index) = side_effects::whole_bar_dword(watched, start, len) {
-            self.regs.apply_write(offset, data);
-            self.bar_dword_written(index, start, load_le(data, 0, 4), on_event);
+            let (_, now) = self.regs.apply_write(offset, data);
+            self.bar_dword_written(index, start, load_le(data, 0, 4), now, on_event);
             return;
         }
         if side_effects::is_command_word(watched, start, len) {
-            let before = self.regs.load(start, 2);
-            self.regs.apply_write(offset, data);
-            let after = self.regs.load(start, 2);
+            let (before, after) = self.regs.apply_write(offset, data);
             Self::command_changed((before ^ after) as u16, Command(after as u16), on_event);
             return;
         }
@@ -335,13 +333,12 @@ impl ConfigSpace {
         on_event: &mut impl FnMut(ConfigEvent),
     ) {
         let (start, len) = (offset as usize, data.len());
-        let before = self.regs.load(start, len);
-        self.regs.apply_write(offset, data);
+        let (before, after) = self.regs.apply_write(offset, data);
         let write = Written {
             start,
             len,
             data: load_le(data, 0, len),
-            changed: before ^ self.regs.load(start, len),
+            changed: before ^ after,
         };
         self.react_all(watched, &write, on_event);
     }

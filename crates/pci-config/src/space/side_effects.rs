@@ -309,14 +309,15 @@ impl ConfigSpace {
     }
 
     /// [`react_bar`](Self::react_bar) for a write of the whole dword at `reg` (BAR `index`'s lower
-    /// dword, or the upper one of a 64-bit BAR) with `written`: the same rule, without working out
-    /// which bytes of which dword the access covered.
+    /// dword, or the upper one of a 64-bit BAR) with `written`, leaving the register at `now`:
+    /// the same rule, without working out which bytes of which dword the access covered.
     #[inline(always)]
     pub(super) fn bar_dword_written(
         &mut self,
         index: usize,
         reg: usize,
         written: u32,
+        now: u32,
         ev: &mut impl FnMut(ConfigEvent),
     ) {
         let Some(Some(slot)) = self.bars.get_mut(index) else {
@@ -332,11 +333,11 @@ impl ConfigSpace {
         if slot.probing[0] || slot.probing[1] {
             return;
         }
-        let lo = self.regs.load(base, 4);
-        let hi = if slot.def.kind == BarKind::Memory64 {
-            self.regs.load(base + 4, 4)
-        } else {
-            0
+        // The dword not written is read back; the written one is `now`.
+        let (lo, hi) = match (slot.def.kind == BarKind::Memory64, reg == base) {
+            (false, _) => (now, 0),
+            (true, true) => (now, self.regs.load(base + 4, 4)),
+            (true, false) => (self.regs.load(base, 4), now),
         };
         let new = (hi as u64) << 32 | (lo & field) as u64;
         let old = slot.def.address;
