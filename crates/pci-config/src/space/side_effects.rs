@@ -152,7 +152,7 @@ impl ConfigSpace {
         }
         let mut rest = watched;
         while rest != 0 {
-            let code = (rest >> rest.trailing_zeros() / 8 * 8) as u8;
+            let code = (rest >> (rest.trailing_zeros() / 8 * 8)) as u8;
             // The other lanes of the same register are handled by this one call.
             let mine = lanes_of(rest, code);
             rest &= !mine;
