@@ -77,13 +77,17 @@ pub(crate) const fn lanes(len: usize) -> u32 {
 pub(crate) fn load_le(bytes: &[u8], at: usize, len: usize) -> u32 {
     match len {
         1 => bytes[at] as u32,
+        // Copies into a fixed-size array: one load, where building the array byte by byte can
+        // leave one load per byte.
         2 => {
-            let b = &bytes[at..at + 2];
-            u16::from_le_bytes([b[0], b[1]]) as u32
+            let mut b = [0; 2];
+            b.copy_from_slice(&bytes[at..at + 2]);
+            u16::from_le_bytes(b) as u32
         }
         _ => {
-            let b = &bytes[at..at + 4];
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            let mut b = [0; 4];
+            b.copy_from_slice(&bytes[at..at + 4]);
+            u32::from_le_bytes(b)
         }
     }
 }
@@ -201,20 +205,18 @@ impl RegisterFile {
 
     /// Applies a write that has already been checked (1, 2 or 4 bytes, in range). Every bit
     /// goes through its own masks, so doing all the bytes at once in one word is the same as
-    /// doing them one by one: each byte is affected only where it is written.
+    /// doing them one by one: each byte is affected only where it is written. Returns the
+    /// register bytes before and after, little-endian (the side-effect rules need both).
     #[inline(always)]
-    pub(crate) fn apply_write(&mut self, offset: u16, buf: &[u8]) {
+    pub(crate) fn apply_write(&mut self, offset: u16, buf: &[u8]) -> (u32, u32) {
         let (at, len) = (offset as usize, buf.len());
         let val = load_le(buf, 0, len);
         let w = load_le(&self.wmask, at, len);
         let c = load_le(&self.w1cmask, at, len);
         let old = load_le(&self.data, at, len);
-        store_le(
-            &mut self.data,
-            at,
-            len,
-            ((old & !w) | (val & w)) & !(val & c),
-        );
+        let new = ((old & !w) | (val & w)) & !(val & c);
+        store_le(&mut self.data, at, len, new);
+        (old, new)
     }
 
     /// Device-side store that bypasses the masks (what the hardware itself does when it sets a

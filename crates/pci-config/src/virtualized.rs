@@ -214,6 +214,7 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
         self.backend_errors.load(Ordering::Relaxed)
     }
 
+    #[cold]
     fn backend_failed(&self, what: &str, offset: u16, len: usize, e: &io::Error) {
         self.backend_errors.fetch_add(1, Ordering::Relaxed);
         log::warn!("pci-config: backend {what} of {len} bytes at {offset:#x} failed: {e}");
@@ -258,23 +259,33 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     }
 
     /// Reads the `len` device bytes of an access; failed pieces read as all-ones.
+    ///
+    /// Inlined into the width-specialised read so that the common case (one naturally aligned
+    /// access: what a guest makes nearly always) is a backend call with a length known at compile
+    /// time, and the alignment test a mask rather than a division.
+    #[inline(always)]
     fn read_device(&self, offset: u16, len: usize) -> u32 {
-        let mut dev = [0u8; 4];
-        if offset as usize % len == 0 {
-            // One naturally aligned access: what a guest makes nearly always.
-            let piece = &mut dev[..len];
-            if let Err(e) = self.backend.read(offset, piece) {
-                self.backend_failed("read", offset, len, &e);
-                return u32::MAX;
-            }
-        } else {
-            aligned_pieces(offset, len, |at, r| {
-                if let Err(e) = self.backend.read(at, &mut dev[r.clone()]) {
-                    self.backend_failed("read", at, r.len(), &e);
-                    dev[r].fill(0xff);
-                }
-            });
+        if offset as usize & (len - 1) != 0 {
+            return self.read_device_pieces(offset, len);
         }
+        let mut dev = [0u8; 4];
+        if let Err(e) = self.backend.read(offset, &mut dev[..len]) {
+            self.backend_failed("read", offset, len, &e);
+            return u32::MAX;
+        }
+        load_le(&dev, 0, len)
+    }
+
+    /// [`read_device`](Self::read_device) of an unaligned access, split into aligned pieces.
+    #[inline(never)]
+    fn read_device_pieces(&self, offset: u16, len: usize) -> u32 {
+        let mut dev = [0u8; 4];
+        aligned_pieces(offset, len, |at, r| {
+            if let Err(e) = self.backend.read(at, &mut dev[r.clone()]) {
+                self.backend_failed("read", at, r.len(), &e);
+                dev[r].fill(0xff);
+            }
+        });
         load_le(&dev, 0, len)
     }
 
@@ -318,17 +329,25 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
         Ok(())
     }
 
-    /// Forwards what the guest wrote, `len` bytes, unless every bit of it is emulated.
+    /// Forwards what the guest wrote, `len` bytes, unless every bit of it is emulated. An
+    /// aligned access with no emulated bit (Command, most device registers) is forwarded as it
+    /// is, inline; the others are split by [`forward`](Self::forward).
     #[inline(always)]
     fn forward_passthrough(&self, offset: u16, data: &[u8], len: usize) {
         let emulated = load_le(&self.emulated, offset as usize, len);
-        if emulated != lanes(len) {
+        if emulated == 0 && offset as usize & (len - 1) == 0 {
+            let value = load_le(data, 0, len).to_le_bytes();
+            if let Err(e) = self.backend.write(offset, &value[..len]) {
+                self.backend_failed("write", offset, len, &e);
+            }
+        } else if emulated != lanes(len) {
             self.forward(offset, load_le(data, 0, len), len, emulated);
         }
     }
 
     /// Forwards the bytes of a guest write (`value`, `len` bytes at `offset`) that hold
     /// passthrough bits (`emulated` is the access's emulation mask).
+    #[inline(never)]
     fn forward(&self, offset: u16, mut value: u32, len: usize, emulated: u32) {
         let bytes = (0..len).map(|i| (emulated >> (8 * i)) as u8);
         if bytes.clone().any(|m| m != 0 && m != 0xff) {

@@ -11,7 +11,7 @@ mod side_effects;
 use crate::bar::{BarDef, BarKind};
 use crate::capability;
 use crate::error::{AccessError, ConfigError};
-use crate::events::{BridgeWindow, ConfigEvent, ConfigEvents};
+use crate::events::{ConfigEvent, ConfigEvents};
 use crate::header::{Command, DeviceIds, HeaderType, Status, install_default_masks, offset};
 use crate::registers::{BitKind, ConfigSize, RegisterFile, check_access, load_le};
 use side_effects::Written;
@@ -60,23 +60,13 @@ struct RomSlot {
     probing: bool,
 }
 
+/// An MSI or MSI-X capability, as the write rules need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WatchKind {
-    Command,
-    Bar(u8),
-    Rom,
-    Window(BridgeWindow),
-    Msi,
-    Msix,
-}
-
-/// A register whose writes have side effects, found through a per-byte index so the write path
-/// stays a table lookup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Watch {
-    start: u16,
-    len: u16,
-    kind: WatchKind,
+struct InterruptCap {
+    /// Offset of its Message Control register.
+    control: u16,
+    /// MSI-X (else MSI).
+    msix: bool,
 }
 
 /// The configuration space of one emulated (or shadowed) PCI function.
@@ -118,8 +108,10 @@ pub struct ConfigSpace {
     header: HeaderType,
     bars: [Option<BarSlot>; 6],
     rom: Option<RomSlot>,
-    watch_at: Box<[u8; 256]>,
-    watches: Vec<Watch>,
+    /// Per-byte index of the registers with side effects (see `side_effects.rs`).
+    watch_at: [u8; side_effects::INDEX_BYTES],
+    /// The MSI and MSI-X capabilities the index refers to.
+    interrupt_caps: Vec<InterruptCap>,
 }
 
 impl ConfigSpace {
@@ -147,8 +139,8 @@ impl ConfigSpace {
             header,
             bars: [None; 6],
             rom: None,
-            watch_at: Box::new([0; 256]),
-            watches: Vec::new(),
+            watch_at: [side_effects::UNWATCHED; side_effects::INDEX_BYTES],
+            interrupt_caps: Vec::new(),
         };
         space.rebuild_watches();
         space
@@ -185,8 +177,8 @@ impl ConfigSpace {
             header,
             bars: [None; 6],
             rom: None,
-            watch_at: Box::new([0; 256]),
-            watches: Vec::new(),
+            watch_at: [side_effects::UNWATCHED; side_effects::INDEX_BYTES],
+            interrupt_caps: Vec::new(),
         };
         space.rebuild_watches();
         Ok(space)
@@ -299,6 +291,10 @@ impl ConfigSpace {
     }
 
     /// [`write_with`](Self::write_with) of `len` bytes, after the access check.
+    ///
+    /// The writes a guest makes most (a whole BAR dword, the Command word) take a path of their
+    /// own, inlined; every other write to a register with side effects goes through the general
+    /// rules, out of line so that they do not weigh on the rest.
     #[inline(always)]
     fn write_checked(
         &mut self,
@@ -313,13 +309,36 @@ impl ConfigSpace {
             self.regs.apply_write(offset, data);
             return;
         }
-        let before = self.regs.load(start, len);
-        self.regs.apply_write(offset, data);
+        if let Some(index) = side_effects::whole_bar_dword(watched, start, len) {
+            let (_, now) = self.regs.apply_write(offset, data);
+            self.bar_dword_written(index, start, load_le(data, 0, 4), now, on_event);
+            return;
+        }
+        if side_effects::is_command_word(watched, start, len) {
+            let (before, after) = self.regs.apply_write(offset, data);
+            Self::command_changed((before ^ after) as u16, Command(after as u16), on_event);
+            return;
+        }
+        self.write_watched(offset, data, watched, on_event);
+    }
+
+    /// A write of 1, 2 or 4 bytes (`data`) touching registers with side effects (`watched`, see
+    /// [`write_checked`](Self::write_checked)).
+    #[inline(never)]
+    fn write_watched(
+        &mut self,
+        offset: u16,
+        data: &[u8],
+        watched: u32,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        let (start, len) = (offset as usize, data.len());
+        let (before, after) = self.regs.apply_write(offset, data);
         let write = Written {
             start,
             len,
             data: load_le(data, 0, len),
-            changed: before ^ self.regs.load(start, len),
+            changed: before ^ after,
         };
         self.react_all(watched, &write, on_event);
     }

@@ -1,8 +1,12 @@
 //! Side effects of guest writes: a per-byte index of the registers that matter (Command, BARs,
 //! ROM, bridge windows, MSI, MSI-X) and the rules that turn a write into [`ConfigEvent`]s.
 //! Everything else is plain mask-driven register behaviour.
+//!
+//! The index holds, for each of the first 256 bytes, a code that *is* the register's kind (and
+//! its BAR number or capability slot): the write path reads the codes of the access's bytes with
+//! one load and goes straight to the rule, with no table of registers in between.
 
-use super::{ConfigSpace, Watch, WatchKind};
+use super::{ConfigSpace, InterruptCap};
 use crate::bar::{BarKind, flags, probe_field};
 use crate::capability::{self, CapId, CapabilityId, MsixCapability};
 use crate::events::{BridgeWindow, ConfigEvent};
@@ -58,28 +62,77 @@ impl Written {
         (mask != 0).then_some((current & !mask) | (v & mask))
     }
 
-    /// True when the write changed a bit of the `len` bytes at `start`.
+    /// True when the write changed a bit in one of the access's byte lanes in `lanes`.
     #[inline]
-    fn changed_within(&self, start: usize, len: usize) -> bool {
-        let first = start.saturating_sub(self.start).min(self.len);
-        let end = (start + len).saturating_sub(self.start).min(self.len);
-        self.changed & lanes(end) & !lanes(first) != 0
+    fn changed_on(&self, lanes: u32) -> bool {
+        self.changed & lanes != 0
     }
 }
 
+/// Index code of a byte that belongs to no register with side effects.
+pub(super) const UNWATCHED: u8 = 0;
+/// Index code of the Command register.
+const COMMAND: u8 = 1;
+/// Index code of BAR 0; BAR `i` is `BAR0 + i` (both dwords of a 64-bit BAR carry its code).
+const BAR0: u8 = 2;
+/// Index code of the last BAR (BAR 5).
+const BAR5: u8 = BAR0 + 5;
+/// Index code of the expansion ROM BAR.
+const ROM: u8 = 8;
+/// Index code of the bridge I/O window registers (base/limit and their upper halves).
+const WINDOW_IO: u8 = 9;
+/// Index code of the bridge memory window register.
+const WINDOW_MEMORY: u8 = 10;
+/// Index code of the bridge prefetchable window registers.
+const WINDOW_PREFETCHABLE: u8 = 11;
+/// Index code of the first MSI or MSI-X capability; `INTERRUPT_CAP0 + k` is entry `k` of
+/// `ConfigSpace::interrupt_caps`.
+const INTERRUPT_CAP0: u8 = 12;
+
+/// Bytes of the index: the 256 bytes of the conventional space, plus 3 of padding so that the
+/// index of any access starting below 256 is one load from a fixed-size array (the padding, like
+/// the extended space, is unwatched).
+pub(super) const INDEX_BYTES: usize = 256 + 3;
+
+/// The BAR whose dword the access covers exactly (`len` 4, dword-aligned, every lane that BAR's),
+/// given the access's index codes.
+#[inline(always)]
+pub(super) fn whole_bar_dword(watched: u32, start: usize, len: usize) -> Option<usize> {
+    let code = watched as u8;
+    (len == 4 && start % 4 == 0 && (BAR0..=BAR5).contains(&code) && watched == splat(code))
+        .then(|| (code - BAR0) as usize)
+}
+
+/// True when the access is the Command register exactly (2 bytes at its offset).
+#[inline(always)]
+pub(super) fn is_command_word(watched: u32, start: usize, len: usize) -> bool {
+    len == 2 && start == offset::COMMAND as usize && watched == splat(COMMAND) & lanes(2)
+}
+
+/// `code` in each byte lane.
+#[inline(always)]
+fn splat(code: u8) -> u32 {
+    code as u32 * 0x0101_0101
+}
+
+/// The byte lanes of `codes` that hold `code`, as a mask.
+#[inline]
+fn lanes_of(codes: u32, code: u8) -> u32 {
+    (0..4)
+        .filter(|lane| (codes >> (8 * lane)) as u8 == code)
+        .fold(0, |m, lane| m | 0xff << (8 * lane))
+}
+
 impl ConfigSpace {
-    /// The watch ids of the `len` bytes at `start`, one per byte lane (0 where no register with
-    /// side effects lives).
+    /// The index codes of the `len` bytes at `start`, one per byte lane ([`UNWATCHED`] where no
+    /// register with side effects lives).
     #[inline(always)]
     pub(super) fn watches_at(&self, start: usize, len: usize) -> u32 {
-        if start + len <= self.watch_at.len() {
-            return load_le(&self.watch_at[..], start, len);
+        if start < 256 {
+            load_le(&self.watch_at[..], start, len)
+        } else {
+            0
         }
-        (start..self.watch_at.len())
-            .enumerate()
-            .fold(0, |ids, (i, at)| {
-                ids | (self.watch_at[at] as u32) << (8 * i)
-            })
     }
 
     /// Runs the side-effect rules of each register the write touched (`watched`, from
@@ -91,43 +144,26 @@ impl ConfigSpace {
         write: &Written,
         on_event: &mut impl FnMut(ConfigEvent),
     ) {
-        // Nearly every access touches one register: all its watched lanes carry the same id.
-        let first = watched >> (8 * (watched.trailing_zeros() / 8)) & 0xff;
-        let single = (0..4).all(|lane| {
-            let id = watched >> (8 * lane) & 0xff;
-            id == 0 || id == first
-        });
-        if single {
-            let watch = self.watches[first as usize - 1];
-            self.react(watch, write, on_event);
+        // Nearly every access is to one register, from its first byte: every lane has its code.
+        let first = watched as u8;
+        if watched == splat(first) & lanes(write.len) {
+            self.react(first, lanes(write.len), write, on_event);
             return;
         }
         let mut rest = watched;
         while rest != 0 {
-            let id = rest as u8;
-            rest >>= 8;
-            if id == 0 {
-                continue;
-            }
+            let code = (rest >> (rest.trailing_zeros() / 8 * 8)) as u8;
             // The other lanes of the same register are handled by this one call.
-            for lane in 0..3 {
-                if (rest >> (8 * lane)) as u8 == id {
-                    rest &= !(0xff << (8 * lane));
-                }
-            }
-            let watch = self.watches[id as usize - 1];
-            self.react(watch, write, on_event);
+            let mine = lanes_of(rest, code);
+            rest &= !mine;
+            self.react(code, mine, write, on_event);
         }
     }
 
     pub(super) fn rebuild_watches(&mut self) {
-        self.watches.clear();
-        self.watch_at.fill(0);
-        let mut list = vec![Watch {
-            start: offset::COMMAND,
-            len: 2,
-            kind: WatchKind::Command,
-        }];
+        self.interrupt_caps.clear();
+        self.watch_at.fill(UNWATCHED);
+        let mut list = vec![(offset::COMMAND, 2, COMMAND)];
         for (i, slot) in self.bars.iter().enumerate() {
             if let Some(s) = slot {
                 let len = if s.def.kind == BarKind::Memory64 {
@@ -135,61 +171,40 @@ impl ConfigSpace {
                 } else {
                     4
                 };
-                let start = offset::BAR0 + 4 * i as u16;
-                list.push(Watch {
-                    start,
-                    len,
-                    kind: WatchKind::Bar(i as u8),
-                });
+                list.push((offset::BAR0 + 4 * i as u16, len, BAR0 + i as u8));
             }
         }
         if self.rom.is_some() {
-            list.push(Watch {
-                start: self.header.rom_offset(),
-                len: 4,
-                kind: WatchKind::Rom,
-            });
+            list.push((self.header.rom_offset(), 4, ROM));
         }
         if self.header == HeaderType::Bridge {
-            use BridgeWindow::*;
-            for (start, len, w) in [
-                (0x1c, 2, Io),
-                (0x30, 4, Io),
-                (0x20, 4, Memory),
-                (0x24, 12, Prefetchable),
-            ] {
-                list.push(Watch {
-                    start,
-                    len,
-                    kind: WatchKind::Window(w),
-                });
-            }
+            list.extend([
+                (0x1c, 2, WINDOW_IO),
+                (0x30, 4, WINDOW_IO),
+                (0x20, 4, WINDOW_MEMORY),
+                (0x24, 12, WINDOW_PREFETCHABLE),
+            ]);
         }
         let (caps, _) = capability::capabilities_lenient(self.bytes());
         for c in caps.iter().filter(|c| !c.id.is_extended()) {
-            if c.id == CapId::Standard(CapabilityId::MSI) {
-                list.push(Watch {
-                    start: c.offset + 2,
-                    len: c.len - 2,
-                    kind: WatchKind::Msi,
-                });
-            } else if c.id == CapId::Standard(CapabilityId::MSIX) {
-                list.push(Watch {
-                    start: c.offset + 2,
-                    len: 2,
-                    kind: WatchKind::Msix,
-                });
-            }
+            let (len, msix) = match c.id {
+                CapId::Standard(CapabilityId::MSI) => (c.len - 2, false),
+                CapId::Standard(CapabilityId::MSIX) => (2, true),
+                _ => continue,
+            };
+            let code = INTERRUPT_CAP0 as usize + self.interrupt_caps.len();
+            let Ok(code) = u8::try_from(code) else { break };
+            self.interrupt_caps.push(InterruptCap {
+                control: c.offset + 2,
+                msix,
+            });
+            list.push((c.offset + 2, len, code));
         }
-        for w in list {
-            if self.watches.len() >= 254 {
-                break;
-            }
-            self.watches.push(w);
-            let id = self.watches.len() as u8;
-            for at in w.start as usize..(w.start + w.len) as usize {
-                if at < 256 && self.watch_at[at] == 0 {
-                    self.watch_at[at] = id;
+        for (start, len, code) in list {
+            for at in start as usize..(start + len) as usize {
+                // The first register listed keeps a byte two of them claim.
+                if at < 256 && self.watch_at[at] == UNWATCHED {
+                    self.watch_at[at] = code;
                 }
             }
         }
@@ -226,54 +241,113 @@ impl ConfigSpace {
         }
     }
 
+    /// The rule of the register whose index code is `code`; `mine` are the access's byte lanes
+    /// that belong to it.
     #[inline(always)]
-    fn react(&mut self, w: Watch, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
-        match w.kind {
-            WatchKind::Command => {
-                let new = self.command();
+    fn react(&mut self, code: u8, mine: u32, write: &Written, ev: &mut impl FnMut(ConfigEvent)) {
+        match code {
+            COMMAND => {
+                let new = Command(self.regs.load(offset::COMMAND as usize, 2) as u16);
                 let diff = write.changed_in(offset::COMMAND as usize, 2) as u16;
-                if diff & (Command::MEMORY | Command::IO) != 0 {
-                    ev(ConfigEvent::DecodeChanged {
-                        memory: new.memory(),
-                        io: new.io(),
-                    });
-                }
-                if diff & Command::BUS_MASTER != 0 {
-                    ev(ConfigEvent::BusMasterChanged {
-                        enabled: new.bus_master(),
-                    });
-                }
-                if diff & Command::INTX_DISABLE != 0 {
-                    ev(ConfigEvent::IntxDisableChanged {
-                        disabled: new.intx_disabled(),
-                    });
-                }
+                Self::command_changed(diff, new, ev);
             }
-            WatchKind::Bar(i) => self.react_bar(i as usize, write, ev),
-            WatchKind::Rom => self.react_rom(write, ev),
-            WatchKind::Window(window) => {
-                if write.changed_within(w.start as usize, w.len as usize) {
+            BAR0..=BAR5 => self.react_bar((code - BAR0) as usize, write, ev),
+            ROM => self.react_rom(write, ev),
+            WINDOW_IO | WINDOW_MEMORY | WINDOW_PREFETCHABLE => {
+                if write.changed_on(mine) {
+                    let window = match code {
+                        WINDOW_IO => BridgeWindow::Io,
+                        WINDOW_MEMORY => BridgeWindow::Memory,
+                        _ => BridgeWindow::Prefetchable,
+                    };
                     ev(ConfigEvent::BridgeWindowChanged { window });
                 }
             }
-            WatchKind::Msi => {
-                if write.changed_within(w.start as usize, w.len as usize) {
-                    let control = self.regs.get(w.start as usize, 2);
-                    ev(ConfigEvent::MsiChanged {
-                        enabled: control & 1 != 0,
-                    });
+            _ => {
+                let Some(&cap) = self.interrupt_caps.get((code - INTERRUPT_CAP0) as usize) else {
+                    return;
+                };
+                let control = self.regs.get(cap.control as usize, 2) as u16;
+                if !cap.msix {
+                    if write.changed_on(mine) {
+                        ev(ConfigEvent::MsiChanged {
+                            enabled: control & 1 != 0,
+                        });
+                    }
+                    return;
                 }
-            }
-            WatchKind::Msix => {
-                let new = self.regs.get(w.start as usize, 2) as u16;
                 let bits = MsixCapability::ENABLE | MsixCapability::FUNCTION_MASK;
-                if write.changed_in(w.start as usize, 2) as u16 & bits != 0 {
+                if write.changed_in(cap.control as usize, 2) as u16 & bits != 0 {
                     ev(ConfigEvent::MsixChanged {
-                        enabled: new & MsixCapability::ENABLE != 0,
-                        function_masked: new & MsixCapability::FUNCTION_MASK != 0,
+                        enabled: control & MsixCapability::ENABLE != 0,
+                        function_masked: control & MsixCapability::FUNCTION_MASK != 0,
                     });
                 }
             }
+        }
+    }
+
+    /// The events of a Command write that changed the bits `diff`, leaving `new`.
+    #[inline(always)]
+    pub(super) fn command_changed(diff: u16, new: Command, ev: &mut impl FnMut(ConfigEvent)) {
+        if diff & (Command::MEMORY | Command::IO) != 0 {
+            ev(ConfigEvent::DecodeChanged {
+                memory: new.memory(),
+                io: new.io(),
+            });
+        }
+        if diff & Command::BUS_MASTER != 0 {
+            ev(ConfigEvent::BusMasterChanged {
+                enabled: new.bus_master(),
+            });
+        }
+        if diff & Command::INTX_DISABLE != 0 {
+            ev(ConfigEvent::IntxDisableChanged {
+                disabled: new.intx_disabled(),
+            });
+        }
+    }
+
+    /// [`react_bar`](Self::react_bar) for a write of the whole dword at `reg` (BAR `index`'s lower
+    /// dword, or the upper one of a 64-bit BAR) with `written`, leaving the register at `now`:
+    /// the same rule, without working out which bytes of which dword the access covered.
+    #[inline(always)]
+    pub(super) fn bar_dword_written(
+        &mut self,
+        index: usize,
+        reg: usize,
+        written: u32,
+        now: u32,
+        ev: &mut impl FnMut(ConfigEvent),
+    ) {
+        let Some(Some(slot)) = self.bars.get_mut(index) else {
+            return;
+        };
+        let base = offset::BAR0 as usize + 4 * index;
+        let field = probe_field(Some(slot.def.kind), false);
+        if reg == base {
+            slot.probing[0] = written & field == field;
+        } else {
+            slot.probing[1] = written == u32::MAX;
+        }
+        if slot.probing[0] || slot.probing[1] {
+            return;
+        }
+        // The dword not written is read back; the written one is `now`.
+        let (lo, hi) = match (slot.def.kind == BarKind::Memory64, reg == base) {
+            (false, _) => (now, 0),
+            (true, true) => (now, self.regs.load(base + 4, 4)),
+            (true, false) => (self.regs.load(base, 4), now),
+        };
+        let new = (hi as u64) << 32 | (lo & field) as u64;
+        let old = slot.def.address;
+        if new != old {
+            slot.def.address = new;
+            ev(ConfigEvent::BarMoved {
+                bar: index as u8,
+                old,
+                new,
+            });
         }
     }
 

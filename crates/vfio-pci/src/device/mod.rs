@@ -687,32 +687,21 @@ impl PassthroughDevice {
         }
     }
 
-    fn handle(&mut self, events: &[ConfigEvent]) {
-        let mut bars = false;
-        for event in events {
-            match *event {
-                ConfigEvent::BarMoved { .. }
-                | ConfigEvent::RomMoved { .. }
-                | ConfigEvent::RomEnableChanged { .. }
-                | ConfigEvent::DecodeChanged { .. } => bars = true,
-                ConfigEvent::MsixChanged { .. } => {
-                    let Some(cap) = self.msix_cap else { continue };
-                    let control = self.config.model().read_u16(cap + 2).unwrap_or(0);
-                    let mut irq = self.shared.irq();
-                    let events = match irq.msix.as_mut() {
-                        Some(m) => m.table.write_message_control(control),
-                        None => Vec::new(),
-                    };
-                    irq.apply_msix(events);
-                }
-                ConfigEvent::MsiChanged { .. } => {
-                    let cap = self.config.model().msi();
-                    self.shared.irq().apply_msi(cap);
-                }
-                ConfigEvent::BusMasterChanged { .. }
-                | ConfigEvent::IntxDisableChanged { .. }
-                | ConfigEvent::BridgeWindowChanged { .. } => {}
-            }
+    /// What the events of one config write asked for: BARs to re-place (`bars`), MSI-X or MSI
+    /// routing to re-read. Each reads the registers' state after the write.
+    fn handle(&mut self, bars: bool, msix: bool, msi: bool) {
+        if let Some(cap) = self.msix_cap.filter(|_| msix) {
+            let control = self.config.model().read_u16(cap + 2).unwrap_or(0);
+            let mut irq = self.shared.irq();
+            let events = match irq.msix.as_mut() {
+                Some(m) => m.table.write_message_control(control),
+                None => Vec::new(),
+            };
+            irq.apply_msix(events);
+        }
+        if msi {
+            let cap = self.config.model().msi();
+            self.shared.irq().apply_msi(cap);
         }
         if bars {
             self.update_bars();
@@ -795,8 +784,22 @@ impl PciFunction for PassthroughDevice {
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) {
-        match self.config.write(offset, data) {
-            Ok(events) => self.handle(&events),
+        // The events are taken as the write hands them over (`write_with`: no `ConfigEvents`
+        // built and copied on every access); what they ask for is done once the write is over.
+        let (mut bars, mut msix, mut msi) = (false, false, false);
+        let written = self.config.write_with(offset, data, |event| match event {
+            ConfigEvent::BarMoved { .. }
+            | ConfigEvent::RomMoved { .. }
+            | ConfigEvent::RomEnableChanged { .. }
+            | ConfigEvent::DecodeChanged { .. } => bars = true,
+            ConfigEvent::MsixChanged { .. } => msix = true,
+            ConfigEvent::MsiChanged { .. } => msi = true,
+            ConfigEvent::BusMasterChanged { .. }
+            | ConfigEvent::IntxDisableChanged { .. }
+            | ConfigEvent::BridgeWindowChanged { .. } => {}
+        });
+        match written {
+            Ok(()) => self.handle(bars, msix, msi),
             Err(e) => debug!("{}: config write: {e}", self.name),
         }
     }
