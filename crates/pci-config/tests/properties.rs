@@ -247,14 +247,20 @@ proptest! {
         let victim = chain[pick.index(chain.len())];
         capability::hide_capability(&mut b, victim).unwrap();
         let after = capability::capabilities(&b).expect("chain must stay valid (acyclic, in range)");
+        // The first extended capability cannot be unlinked: it becomes a NULL capability that
+        // links to the next one, or, when it was the only one, the all-zero header by which
+        // PCIe says "no extended capabilities" (PCIe 6.0 §7.6.3).
+        let null_kept = extended
+            && victim == 0x100
+            && before.iter().any(|c| c.offset == 0x100 && c.next != 0);
         let expected: Vec<u16> = before
             .iter()
             .map(|c| c.offset)
-            .filter(|&o| o != victim || (extended && o == 0x100))
+            .filter(|&o| o != victim || null_kept)
             .collect();
         let got: Vec<u16> = after.iter().map(|c| c.offset).collect();
         prop_assert_eq!(got, expected);
-        if extended && victim == 0x100 {
+        if null_kept {
             prop_assert_eq!(after.iter().find(|c| c.offset == 0x100).unwrap().id, CapId::Extended(ExtCapabilityId::NULL));
         }
     }
@@ -300,4 +306,39 @@ proptest! {
             }
         }
     }
+}
+
+/// The case proptest found: hiding the only extended capability leaves the all-zero header
+/// ("no extended capabilities"), not a NULL capability; hiding the first of two leaves a NULL
+/// capability at 0x100 that links to the second.
+#[test]
+fn hiding_the_first_extended_capability() {
+    let mut b = vec![0u8; 4096];
+    b[0x06] = 0x10;
+    b[0x34] = 0xe0;
+    b[0xe0] = 0x15;
+    let header = |id: u32, next: u32| (id | 1 << 16 | next << 20).to_le_bytes();
+    b[0x100..0x104].copy_from_slice(&header(0x30, 0));
+    let mut only = b.clone();
+    capability::hide_capability(&mut only, 0x100).unwrap();
+    let caps = capability::capabilities(&only).unwrap();
+    assert!(caps.iter().all(|c| !c.id.is_extended()), "{caps:?}");
+    assert_eq!(only[0x100..0x104], [0, 0, 0, 0]);
+
+    b[0x100..0x104].copy_from_slice(&header(0x30, 0x140));
+    b[0x140..0x144].copy_from_slice(&header(0x31, 0));
+    capability::hide_capability(&mut b, 0x100).unwrap();
+    let ext: Vec<(u16, CapId)> = capability::capabilities(&b)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.id.is_extended())
+        .map(|c| (c.offset, c.id))
+        .collect();
+    assert_eq!(
+        ext,
+        [
+            (0x100, CapId::Extended(ExtCapabilityId::NULL)),
+            (0x140, CapId::Extended(ExtCapabilityId(0x31)))
+        ]
+    );
 }
