@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod backend;
@@ -12,9 +13,9 @@ mod vfio_backend;
 
 pub use backend::{BackendError, DeviceBackend, MmapSource};
 pub use device::{
-    AttachContext, AttachError, BarAccessError, DEFAULT_HIDDEN_EXTENDED, DmaSetup, MmapError,
-    MsixVectorState, PassthroughDevice, PassthroughOptions, ReservedRange, TrapCounts,
-    host_page_size,
+    AttachContext, AttachError, BarAccessError, BarAccessFault, DEFAULT_HIDDEN_EXTENDED, DmaSetup,
+    IntxError, MmapError, MsixVectorState, PassthroughDevice, PassthroughOptions, ReservedRange,
+    TrapCounts, host_page_size,
 };
 #[cfg(feature = "kvm")]
 pub use vfio_backend::create_kvm_vfio_device;

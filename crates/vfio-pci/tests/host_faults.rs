@@ -11,7 +11,10 @@ use iommu_dma::DmaMapper;
 use pci_config::PciFunction;
 use vfio_pci::ports::{AddressSpace, InMemoryPorts, MsiWindow};
 use vfio_pci::sim::SimBackend;
-use vfio_pci::{AttachContext, AttachError, DmaSetup, PassthroughDevice, PassthroughOptions};
+use vfio_pci::{
+    AttachContext, AttachError, BarAccessFault, DmaSetup, IntxError, PassthroughDevice,
+    PassthroughOptions,
+};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const NAME: &str = "0000:01:00.0";
@@ -79,7 +82,9 @@ fn failing_region_io_reads_ones_and_names_the_device() {
     assert_eq!(r, [0xff; 4]);
     assert!(d.exit_counters().iter().any(|c| c.errors == 1));
     // Directly: the error names the device, the access and what to do.
-    let e = d.bar_read(0, 0x1c, &mut r).unwrap_err().to_string();
+    let e = d.bar_read(0, 0x1c, &mut r).unwrap_err();
+    assert!(matches!(e.source, BarAccessFault::Backend(_)), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains(NAME) && e.contains("dmesg"), "{e}");
     sim.faults().region_io.store(false, Ordering::Relaxed);
     d.detach().unwrap();
@@ -106,7 +111,20 @@ fn failing_interrupt_setup_fails_attach_or_leaves_vectors_unrouted() {
     let sim = Arc::new(SimBackend::nvme().unwrap());
     // At attach (INTx): refused as a whole.
     sim.faults().irqs.store(libc::ENOSPC, Ordering::Relaxed);
-    let e = attach(&vm, &sim).expect_err("attach must fail").to_string();
+    let e = attach(&vm, &sim).expect_err("attach must fail");
+    // A VMM can tell what failed without parsing the message: the host refused INTx.
+    assert!(
+        matches!(
+            &e,
+            AttachError::Intx {
+                gsi: 10,
+                source: IntxError::Host(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = e.to_string();
     assert!(
         e.contains(NAME) && e.contains("INTx") && e.contains("fewer vectors"),
         "{e}"

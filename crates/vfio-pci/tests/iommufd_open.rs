@@ -369,7 +369,10 @@ fn choice_parses_and_prints() {
     assert_eq!("IOMMUFD".parse(), Ok(IommuBackendChoice::Iommufd));
     assert_eq!(IommuBackendChoice::default(), IommuBackendChoice::Auto);
     assert_eq!(
-        "type2".parse::<IommuBackendChoice>().unwrap_err(),
+        "type2"
+            .parse::<IommuBackendChoice>()
+            .unwrap_err()
+            .to_string(),
         "unknown IOMMU backend `type2`: use auto, type1 or iommufd"
     );
     assert_eq!(IommuBackend::Iommufd.to_string(), "iommufd");

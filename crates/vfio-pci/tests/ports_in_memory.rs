@@ -10,7 +10,7 @@ use vfio_pci::ports::{
     AddressSpace, BarRangeKind, InMemoryPorts, MsiMessage, MsiWindow, PlacedRange, ROM_INDEX,
 };
 use vfio_pci::sim::SimBackend;
-use vfio_pci::{AttachContext, PassthroughDevice, PassthroughOptions};
+use vfio_pci::{AttachContext, BarAccessFault, PassthroughDevice, PassthroughOptions};
 use vm_memory::GuestAddress;
 
 const RAM_END: u64 = 0x8000_0000;
@@ -333,12 +333,20 @@ fn bar_read_and_write_reach_the_device_without_a_bus() {
     assert_eq!(rom, [0x55, 0xaa]);
 
     // Bad accesses are errors that name the device and the BAR, never a panic.
-    let e = nic.bar_read(1, 0, &mut b).unwrap_err().to_string();
+    // The fault is a type a VMM can match on; the message says the same.
+    let e = nic.bar_read(1, 0, &mut b).unwrap_err();
+    assert!(matches!(e.source, BarAccessFault::NoSuchBar), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains("0000:02:00.0") && e.contains("BAR 1"), "{e}");
-    let e = nic.bar_read(2, 31, &mut b).unwrap_err().to_string();
-    assert!(e.contains("outside"), "{e}");
-    let e = nic.bar_read(0, 0xffe, &mut b).unwrap_err().to_string();
-    assert!(e.contains("boundary"), "{e}");
+    let e = nic.bar_read(2, 31, &mut b).unwrap_err();
+    assert!(
+        matches!(e.source, BarAccessFault::Outside { size: 32 }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("outside"), "{e}");
+    let e = nic.bar_read(0, 0xffe, &mut b).unwrap_err();
+    assert!(matches!(e.source, BarAccessFault::CrossesParts), "{e:?}");
+    assert!(e.to_string().contains("boundary"), "{e}");
 }
 
 mod random_guests {

@@ -10,6 +10,7 @@
 //! RAM or nothing there, never a device page mapped over RAM.
 
 use std::fs::File;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -259,7 +260,7 @@ pub(crate) struct BarState {
     /// Guest address where everything is currently added.
     pub placed: Option<u64>,
     /// Last address that was refused and why (logged once, shown by `mtree`).
-    pub refused: Option<(u64, String)>,
+    pub refused: Option<(u64, PlacementError)>,
     pub is_rom: bool,
 }
 
@@ -311,6 +312,113 @@ pub struct MmapError {
     pub len: u64,
     /// What failed.
     pub why: String,
+}
+
+/// Why a BAR cannot be placed at the guest address it was given (the BAR stays unmapped until
+/// the guest moves it; the device logs the refusal and `mtree` shows it).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlacementError {
+    /// The BAR would reach past the end of its address space (64 KiB of I/O ports, 4 GiB for
+    /// a 32-bit memory BAR).
+    #[error("{size:#x} bytes there exceed the address space")]
+    PastAddressSpace {
+        /// The BAR's size.
+        size: u64,
+    },
+    /// The BAR would cover one of the VMM's own windows.
+    #[error("it would overlap {what} [{base:#x}-{last:#x}]")]
+    OverReserved {
+        /// The window's name.
+        what: String,
+        /// Its first address.
+        base: u64,
+        /// Its last address.
+        last: u64,
+    },
+    /// The VMM's port did not remove a mapping at an earlier move: the guest may still reach it
+    /// there, so the BAR is placed nowhere else.
+    #[error("{range} could not be removed from {stuck:#x} earlier")]
+    Stuck {
+        /// The mapping.
+        range: BarRange,
+        /// Where it still is.
+        stuck: u64,
+    },
+    /// The VMM's [`BarMappingPort`] refused to map a segment.
+    #[error("{range} cannot be mapped at {at:#x}: {source}")]
+    Map {
+        /// The segment.
+        range: BarRange,
+        /// Where the guest wanted it.
+        at: u64,
+        /// What the port said.
+        #[source]
+        source: io::Error,
+    },
+    /// The VMM's [`BarMappingPort`] refused to move a mapped segment.
+    #[error("{range} cannot be moved from {from:#x} to {to:#x}: {source}")]
+    MoveMapping {
+        /// The segment.
+        range: BarRange,
+        /// Where it is.
+        from: u64,
+        /// Where the guest wanted it.
+        to: u64,
+        /// What the port said.
+        #[source]
+        source: io::Error,
+    },
+    /// The VMM's [`TrapPort`] refused to register a trapped range.
+    #[error("{range} cannot be trapped at {at:#x}: {source}")]
+    AddTrap {
+        /// The range.
+        range: BarRange,
+        /// Where the guest wanted it.
+        at: u64,
+        /// What the port said.
+        #[source]
+        source: io::Error,
+    },
+    /// The VMM's [`TrapPort`] refused to move a trapped range.
+    #[error("{range} cannot be moved from {from:#x} to {to:#x}: {source}")]
+    MoveTrap {
+        /// The range.
+        range: BarRange,
+        /// Where it is.
+        from: u64,
+        /// Where the guest wanted it.
+        to: u64,
+        /// What the port said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why an access through [`PassthroughDevice::bar_read`](crate::PassthroughDevice::bar_read)
+/// or [`bar_write`](crate::PassthroughDevice::bar_write) failed (the device, BAR, offset and
+/// size are in the [`BarAccessError`](crate::BarAccessError) around it).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BarAccessFault {
+    /// The device has no BAR of that index (unimplemented, or the upper half of a 64-bit BAR).
+    #[error("the device has no such BAR")]
+    NoSuchBar,
+    /// The access reaches past the BAR's end (or is empty).
+    #[error("it is outside the BAR's {size:#x} bytes")]
+    Outside {
+        /// The BAR's size.
+        size: u64,
+    },
+    /// The access spans a mapped part and a trapped part (or two parts): split it.
+    #[error("it crosses a boundary between the BAR's mapped and trapped parts: split the access")]
+    CrossesParts,
+    /// The device's mmap of a mapped part refused the access.
+    #[error("the device's mmap of the BAR refused it: {0}")]
+    Mapped(#[source] vm_memory::VolatileMemoryError),
+    /// The host refused the access to a trapped part (boxed: it carries its own strings, and
+    /// the error stays small for the `Result` of every access).
+    #[error(transparent)]
+    Backend(Box<BackendError>),
 }
 
 impl BarState {
@@ -475,7 +583,7 @@ impl BarState {
         }
     }
 
-    fn refuse(&mut self, device: &str, address: u64, why: String, log: &LogLimiter) {
+    fn refuse(&mut self, device: &str, address: u64, why: PlacementError, log: &LogLimiter) {
         if self.refused.as_ref().is_none_or(|(a, _)| *a != address) {
             guest_warn!(
                 log,
@@ -487,7 +595,7 @@ impl BarState {
         }
     }
 
-    fn check_range(&self, base: u64) -> Result<(), String> {
+    fn check_range(&self, base: u64) -> Result<(), PlacementError> {
         let end = base.checked_add(self.size);
         let limit = match self.kind {
             BarKind::Io => 1 << 16,
@@ -495,28 +603,28 @@ impl BarState {
             BarKind::Memory64 => u64::MAX,
         };
         if end.is_none_or(|e| e > limit) {
-            return Err(format!(
-                "{:#x} bytes there exceed the address space",
-                self.size
-            ));
+            return Err(PlacementError::PastAddressSpace { size: self.size });
         }
         Ok(())
     }
 
     /// No memory BAR may cover the VMM's own windows (ECAM, the interrupt controllers): the
     /// guest would lose them, or the device would shadow them. Runs on placement only.
-    fn check_clear_of_reserved(&self, base: u64, reserved: &[ReservedRange]) -> Result<(), String> {
+    fn check_clear_of_reserved(
+        &self,
+        base: u64,
+        reserved: &[ReservedRange],
+    ) -> Result<(), PlacementError> {
         if self.kind == BarKind::Io {
             return Ok(());
         }
         let end = base.saturating_add(self.size);
         match reserved.iter().find(|r| r.overlaps(base, end)) {
-            Some(r) => Err(format!(
-                "it would overlap {} [{:#x}-{:#x}]",
-                r.what,
-                r.base,
-                r.end - 1
-            )),
+            Some(r) => Err(PlacementError::OverReserved {
+                what: r.what.clone(),
+                base: r.base,
+                last: r.end - 1,
+            }),
             None => Ok(()),
         }
     }
@@ -530,20 +638,24 @@ impl BarState {
         }
     }
 
-    fn try_add(&mut self, base: u64, ports: &BarPorts) -> Result<(), String> {
+    fn try_add(&mut self, base: u64, ports: &BarPorts) -> Result<(), PlacementError> {
         self.check_range(base)?;
         for m in &mut self.maps {
             if let Some(stuck) = m.placed {
-                return Err(format!(
-                    "{} could not be removed from {stuck:#x} earlier",
-                    m.range
-                ));
+                return Err(PlacementError::Stuck {
+                    range: m.range.clone(),
+                    stuck,
+                });
             }
             let at = base + m.range.offset;
             ports
                 .memory
                 .map(&m.range, GuestAddress(at), &m.mapping)
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| PlacementError::Map {
+                    range: m.range.clone(),
+                    at,
+                    source,
+                })?;
             m.placed = Some(at);
         }
         for i in 0..self.traps.len() {
@@ -556,7 +668,11 @@ impl BarState {
             ports
                 .traps
                 .add_trap(&t.range, at, handler)
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| PlacementError::AddTrap {
+                    range: t.range.clone(),
+                    at: at.raw(),
+                    source,
+                })?;
             t.registered = Some(at);
         }
         Ok(())
@@ -569,7 +685,7 @@ impl BarState {
     /// when it moves down. A BAR moved by less than its size then never has a part land on
     /// one of its own parts that has not moved yet, so each port call is checked against
     /// everything but the BAR's own old place.
-    fn try_move(&mut self, new: u64, ports: &BarPorts) -> Result<(), String> {
+    fn try_move(&mut self, new: u64, ports: &BarPorts) -> Result<(), PlacementError> {
         self.check_range(new)?;
         let mut parts: Vec<(u64, Part)> = (self.maps.iter().enumerate())
             .map(|(i, m)| (m.range.offset, Part::Map(i)))
@@ -588,17 +704,26 @@ impl BarState {
                     ports
                         .memory
                         .move_mapping(&m.range, GuestAddress(old), GuestAddress(at))
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|source| PlacementError::MoveMapping {
+                            range: m.range.clone(),
+                            from: old,
+                            to: at,
+                            source,
+                        })?;
                     m.placed = Some(at);
                 }
                 Part::Trap(i) => {
                     let at = self.trap_address(new + offset);
                     let t = &mut self.traps[i];
                     let Some(old) = t.registered else { continue };
-                    ports
-                        .traps
-                        .move_trap(&t.range, old, at)
-                        .map_err(|e| e.to_string())?;
+                    ports.traps.move_trap(&t.range, old, at).map_err(|source| {
+                        PlacementError::MoveTrap {
+                            range: t.range.clone(),
+                            from: old.raw(),
+                            to: at.raw(),
+                            source,
+                        }
+                    })?;
                     t.registered = Some(at);
                 }
             }
@@ -639,7 +764,7 @@ impl BarState {
 
     /// Reads `data.len()` bytes at `offset` of the BAR: through the mmap of a mapped part, or
     /// the handler of a trapped one. The access must lie inside one part.
-    pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), String> {
+    pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), BarAccessFault> {
         match self.part(offset, data.len())? {
             AccessPart::Mapped(m) => m
                 .mapping
@@ -647,40 +772,35 @@ impl BarState {
                 .get_slice((offset - m.range.offset) as usize, data.len())
                 .map(|s| s.copy_to(data))
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(BarAccessFault::Mapped),
             AccessPart::Trapped(t) => t
                 .handler
                 .read(offset - t.range.offset, data)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| BarAccessFault::Backend(Box::new(e))),
         }
     }
 
     /// Writes `data` at `offset` of the BAR (see [`read`](Self::read)).
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), String> {
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), BarAccessFault> {
         match self.part(offset, data.len())? {
             AccessPart::Mapped(m) => m
                 .mapping
                 .region()
                 .get_slice((offset - m.range.offset) as usize, data.len())
                 .map(|s| s.copy_from(data))
-                .map_err(|e| e.to_string()),
+                .map_err(BarAccessFault::Mapped),
             AccessPart::Trapped(t) => t
                 .handler
                 .write(offset - t.range.offset, data)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| BarAccessFault::Backend(Box::new(e))),
         }
     }
 
-    fn part(&self, offset: u64, len: usize) -> Result<AccessPart<'_>, String> {
+    fn part(&self, offset: u64, len: usize) -> Result<AccessPart<'_>, BarAccessFault> {
         let end = offset
             .checked_add(len as u64)
             .filter(|&e| e <= self.size && len > 0)
-            .ok_or_else(|| {
-                format!(
-                    "{len} bytes at {offset:#x} are outside its {:#x} bytes",
-                    self.size
-                )
-            })?;
+            .ok_or(BarAccessFault::Outside { size: self.size })?;
         let inside = |r: &BarRange| r.offset <= offset && end <= r.offset + r.len;
         if let Some(m) = self.maps.iter().find(|m| inside(&m.range)) {
             return Ok(AccessPart::Mapped(m));
@@ -688,9 +808,7 @@ impl BarState {
         if let Some(t) = self.traps.iter().find(|t| inside(&t.range)) {
             return Ok(AccessPart::Trapped(t));
         }
-        Err(format!(
-            "{len} bytes at {offset:#x} cross a boundary between its mapped and trapped parts"
-        ))
+        Err(BarAccessFault::CrossesParts)
     }
 }
 

@@ -26,7 +26,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::guest_log::guest_warn;
-use crate::backend::DeviceBackend;
+use crate::backend::{BackendError, DeviceBackend};
 use crate::host::IrqKind;
 use crate::ports::{InterruptPort, MsiMessage, MsiWindow, RouteChange};
 
@@ -42,6 +42,28 @@ impl std::fmt::Display for VectorLabel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} vector {}", self.kind, self.index)
     }
+}
+
+/// Why INTx cannot be wired at attach (the GSI and device are in the
+/// [`AttachError::Intx`](crate::AttachError::Intx) around it).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntxError {
+    /// The attach context has no [`InterruptPort`] to wire it through.
+    #[error(
+        "no interrupt routing given: pass an InterruptPort in AttachContext::interrupts, \
+         or no INTx GSI"
+    )]
+    NoRouting,
+    /// Its trigger or resample eventfd cannot be created.
+    #[error("cannot create its eventfds: {0}")]
+    Eventfd(#[source] std::io::Error),
+    /// The VMM's [`InterruptPort`] refused the irqfd.
+    #[error("the VMM's interrupt port refused the irqfd: {0}")]
+    Irqfd(#[source] std::io::Error),
+    /// The host refused to enable INTx or its resample fd.
+    #[error("the host refused to enable it: {0}")]
+    Host(#[source] BackendError),
 }
 
 /// `n` fresh vectors.
@@ -145,15 +167,15 @@ impl IrqState {
     // ----- INTx -------------------------------------------------------------------------
 
     /// Wires INTx: trigger eventfd and resample eventfd on `gsi`, then enables it at the host.
-    pub fn setup_intx(&mut self, gsi: u32) -> Result<(), String> {
+    pub fn setup_intx(&mut self, gsi: u32) -> Result<(), IntxError> {
         let Some(routing) = self.routing.clone() else {
-            return Err("no interrupt routing given".into());
+            return Err(IntxError::NoRouting);
         };
-        let trigger = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
-        let resample = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
+        let trigger = EventFd::new(EFD_NONBLOCK).map_err(IntxError::Eventfd)?;
+        let resample = EventFd::new(EFD_NONBLOCK).map_err(IntxError::Eventfd)?;
         routing
             .add_irqfd(gsi, &trigger, Some(&resample))
-            .map_err(|e| e.to_string())?;
+            .map_err(IntxError::Irqfd)?;
         // At attach the host must take it: an attach that leaves INTx dead is refused whole.
         let at_host = self
             .backend
@@ -162,7 +184,7 @@ impl IrqState {
         if let Err(e) = at_host {
             let _ = self.backend.disable_irqs(IrqKind::Intx);
             let _ = routing.remove_irqfd(gsi, &trigger);
-            return Err(e.to_string());
+            return Err(IntxError::Host(e));
         }
         self.intx = Some(IntxState {
             trigger,

@@ -29,13 +29,14 @@ use pci_config::{
 use thiserror::Error;
 use trap_map::{DeviceLayout, DevicePlan, MsixInfo, PageSize, PlanError, Policy};
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::backend::{BackendError, DeviceBackend};
 use crate::host::IrqKind;
 use crate::ports::{BarMappingPort, InterruptPort, MsiWindow, TrapPort};
-pub use bars::MmapError;
+pub use bars::{BarAccessFault, MmapError};
 use bars::{BarPorts, BarState, Shared};
+pub use interrupts::IntxError;
 use interrupts::IrqState;
 pub use view::TrapCounts;
 
@@ -49,6 +50,20 @@ pub enum DmaSetup {
     /// Share the mappings of devices in the same IOMMU domain (VFIO container): the
     /// [`GuestMemoryDma`] must use that domain's mapper.
     Shared(Arc<GuestMemoryDma>),
+}
+
+/// The memory's region count or the shared mapper, never the guest's pages.
+impl std::fmt::Debug for DmaSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DmaSetup::None => f.write_str("None"),
+            DmaSetup::GuestMemory(memory) => f
+                .debug_struct("GuestMemory")
+                .field("regions", &memory.num_regions())
+                .finish_non_exhaustive(),
+            DmaSetup::Shared(dma) => f.debug_tuple("Shared").field(dma).finish(),
+        }
+    }
 }
 
 /// What the VM gives the device: the [ports](crate::ports) through which it places BARs and
@@ -71,6 +86,19 @@ pub struct AttachContext {
     /// interrupt controllers). A placement over one is refused like one over RAM (which the
     /// memory slots refuse by themselves) and the BAR stays unmapped.
     pub reserved: Vec<ReservedRange>,
+}
+
+/// The ports are the VMM's trait objects: only whether interrupts are wired is shown.
+impl std::fmt::Debug for AttachContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachContext")
+            .field("interrupts", &self.interrupts.is_some())
+            .field("msi_window", &self.msi_window)
+            .field("dma", &self.dma)
+            .field("intx_gsi", &self.intx_gsi)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A guest-physical range that belongs to the VMM, with its name for messages.
@@ -189,14 +217,15 @@ pub enum AttachError {
     #[error(transparent)]
     Mmap(#[from] MmapError),
     /// INTx cannot be wired.
-    #[error("{device}: INTx on GSI {gsi} cannot be wired: {why}")]
+    #[error("{device}: INTx on GSI {gsi} cannot be wired: {source}")]
     Intx {
         /// The device.
         device: String,
         /// The GSI.
         gsi: u32,
         /// What failed.
-        why: String,
+        #[source]
+        source: IntxError,
     },
     /// Guest RAM cannot be mapped for DMA.
     #[error("{device}: guest RAM cannot be mapped for DMA: {source}")]
@@ -211,7 +240,7 @@ pub enum AttachError {
 
 /// Why [`PassthroughDevice::bar_read`] or [`PassthroughDevice::bar_write`] failed.
 #[derive(Debug, Error)]
-#[error("{device}: access of {len} bytes at {offset:#x} of BAR {bar}: {why}")]
+#[error("{device}: access of {len} bytes at {offset:#x} of BAR {bar}: {source}")]
 pub struct BarAccessError {
     /// The device.
     pub device: String,
@@ -222,7 +251,8 @@ pub struct BarAccessError {
     /// Access size.
     pub len: usize,
     /// What went wrong.
-    pub why: String,
+    #[source]
+    pub source: BarAccessFault,
 }
 
 /// The config-space port of the backend, as pci-config's view wants it.
@@ -431,10 +461,10 @@ impl PassthroughDevice {
                 .shared
                 .irq()
                 .setup_intx(gsi)
-                .map_err(|why| AttachError::Intx {
+                .map_err(|source| AttachError::Intx {
                     device: name.clone(),
                     gsi,
-                    why,
+                    source,
                 })?;
         }
         let dma_err = |source| AttachError::Dma {
@@ -548,7 +578,7 @@ impl PassthroughDevice {
     pub fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), BarAccessError> {
         self.bar(bar, offset, data.len())?
             .read(offset, data)
-            .map_err(|why| self.bar_error(bar, offset, data.len(), why))
+            .map_err(|fault| self.bar_error(bar, offset, data.len(), fault))
     }
 
     /// Writes `data` at `offset` of BAR `bar` as the guest would (see
@@ -556,22 +586,23 @@ impl PassthroughDevice {
     pub fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), BarAccessError> {
         self.bar(bar, offset, data.len())?
             .write(offset, data)
-            .map_err(|why| self.bar_error(bar, offset, data.len(), why))
+            .map_err(|fault| self.bar_error(bar, offset, data.len(), fault))
     }
 
     fn bar(&self, bar: u8, offset: u64, len: usize) -> Result<&BarState, BarAccessError> {
-        self.bars.iter().find(|b| b.index == bar).ok_or_else(|| {
-            self.bar_error(bar, offset, len, "the device has no such BAR".to_string())
-        })
+        self.bars
+            .iter()
+            .find(|b| b.index == bar)
+            .ok_or_else(|| self.bar_error(bar, offset, len, BarAccessFault::NoSuchBar))
     }
 
-    fn bar_error(&self, bar: u8, offset: u64, len: usize, why: String) -> BarAccessError {
+    fn bar_error(&self, bar: u8, offset: u64, len: usize, fault: BarAccessFault) -> BarAccessError {
         BarAccessError {
             device: self.name.clone(),
             bar,
             offset,
             len,
-            why,
+            source: fault,
         }
     }
 

@@ -69,16 +69,22 @@ impl std::fmt::Display for BindTarget {
     }
 }
 
+/// A name [`BindTarget`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("`{name}` is not a passthrough driver: use vfio-pci (KVM) or xen-pciback (Xen)")]
+pub struct UnknownBindTarget {
+    /// The name given (trimmed).
+    pub name: String,
+}
+
 impl FromStr for BindTarget {
-    type Err = String;
+    type Err = UnknownBindTarget;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "vfio-pci" | "vfio" => Ok(BindTarget::VfioPci),
             "xen-pciback" | "pciback" => Ok(BindTarget::XenPciback),
-            other => Err(format!(
-                "`{other}` is not a passthrough driver: use vfio-pci (KVM) or xen-pciback (Xen)"
-            )),
+            other => Err(UnknownBindTarget { name: other.into() }),
         }
     }
 }
@@ -995,6 +1001,7 @@ mod tests {
             "pci-stub"
                 .parse::<BindTarget>()
                 .unwrap_err()
+                .to_string()
                 .contains("vfio-pci (KVM)")
         );
         assert_eq!(BindRecord::parse("driver=nvme\n"), None);

@@ -46,6 +46,7 @@ pub use advice::{Fix, IommuAdvice, Platform};
 #[cfg(feature = "host-admin")]
 pub use bind::{
     BindError, BindMethod, BindRecord, BindStep, BindTarget, Binder, KernelSysfs, SysfsWriter,
+    UnknownBindTarget,
 };
 #[cfg(feature = "host-admin")]
 pub use check::{CheckItem, CheckKind, CheckOptions, CheckStatus, MEMLOCK_WARN_BELOW, Readiness};
@@ -62,7 +63,7 @@ pub use open::{OpenError, OpenedDevice};
 pub use open_cdev::OpenedIommufdDevice;
 pub use open_iommufd::{
     IommuAvailability, IommuBackend, IommuBackendChoice, IommuChoiceError, IommuDecision,
-    IommufdOpenError, OpenVfioError, OpenedVfio,
+    IommufdOpenError, OpenVfioError, OpenedVfio, UnknownIommuBackend,
 };
 pub use paths::HostPaths;
 pub use sysfs::{

@@ -123,17 +123,23 @@ impl fmt::Display for IommuBackendChoice {
     }
 }
 
+/// A name [`IommuBackendChoice`] does not know (see [`IommuBackendChoice::NAMES`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown IOMMU backend `{name}`: use auto, type1 or iommufd")]
+pub struct UnknownIommuBackend {
+    /// The name given (lower-cased, trimmed).
+    pub name: String,
+}
+
 impl FromStr for IommuBackendChoice {
-    type Err = String;
+    type Err = UnknownIommuBackend;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "type1" => Ok(Self::Type1),
             "iommufd" => Ok(Self::Iommufd),
-            other => Err(format!(
-                "unknown IOMMU backend `{other}`: use auto, type1 or iommufd"
-            )),
+            other => Err(UnknownIommuBackend { name: other.into() }),
         }
     }
 }
