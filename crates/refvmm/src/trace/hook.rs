@@ -188,21 +188,9 @@ mod tests {
     use crate::trace::sink::TraceSink;
     use crate::trace::spec::TraceFilter;
     use pci_regnames::DeviceFacts;
-    use std::io::Write;
     use vfio_pci::ports::{BarRangeKind, InMemoryPorts};
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::trace::capture::Shared;
 
     /// A doorbell page: writes land in a cell the test reads back.
     struct Doorbells(Mutex<u64>);

@@ -129,15 +129,15 @@ impl Tracer {
     }
 }
 
+/// A writer the trace tests read back.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pci_regnames::Region;
+pub(crate) mod capture {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
+    /// Everything written, shared with the test.
     #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Shared(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -148,6 +148,14 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pci_regnames::Region;
+
+    use crate::trace::capture::Shared;
 
     #[test]
     fn the_doorbell_of_io_queue_3() {
