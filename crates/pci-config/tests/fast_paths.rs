@@ -7,37 +7,14 @@
 
 mod common;
 
-use common::{MockDevice, msix_in_bar0, passthrough_view};
+use common::{MockDevice, passthrough_view};
 use proptest::prelude::*;
 
-use pci_config::capability::{ExpressCapability, MsiCapability, PortType, PowerManagement};
-use pci_config::{
-    BarDef, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, ExtCapabilityId, HeaderType, RomDef,
-};
+use pci_config::{ConfigEvent, ConfigSpace};
 
+/// The shared rich device with some write-1-to-clear Status bits set, so clearing is exercised.
 fn rich_device() -> ConfigSpace {
-    let ids = DeviceIds {
-        vendor_id: 0x1234,
-        device_id: 0x5678,
-        class_code: 0x020000,
-        ..Default::default()
-    };
-    let mut c = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Extended, ids);
-    c.set_bar(0, BarDef::memory64(0x4000).at(0xfebd_0000))
-        .unwrap();
-    c.set_bar(2, BarDef::io(64)).unwrap();
-    c.set_bar(3, BarDef::memory32(0x1000)).unwrap();
-    c.set_bar(4, BarDef::memory64(1 << 32).prefetchable())
-        .unwrap();
-    c.set_rom(RomDef::new(0x10000)).unwrap();
-    c.add_capability(PowerManagement::new(true)).unwrap();
-    c.add_capability(MsiCapability::new(8, true, true)).unwrap();
-    c.add_capability(msix_in_bar0(16)).unwrap();
-    c.add_capability(ExpressCapability::new(PortType::Endpoint))
-        .unwrap();
-    c.add_extended_capability(ExtCapabilityId::AER, 2, &[])
-        .unwrap();
-    // Some write-1-to-clear bits set, so clearing is exercised.
+    let mut c = common::rich_device();
     c.set_u16(0x06, c.status().0 | 0xf900).unwrap();
     c
 }

@@ -7,8 +7,13 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 
-use pci_config::capability::{BarOffset, MsixCapability};
-use pci_config::{BarDef, ConfigBackend, ConfigSpace, VirtualizedConfig};
+use pci_config::capability::{
+    BarOffset, ExpressCapability, MsiCapability, MsixCapability, PortType, PowerManagement,
+};
+use pci_config::{
+    BarDef, ConfigBackend, ConfigSize, ConfigSpace, DeviceIds, ExtCapabilityId, HeaderType, RomDef,
+    VirtualizedConfig,
+};
 
 /// One backend access: `'r'` or `'w'`, offset, width.
 pub type Access = (char, u16, usize);
@@ -110,4 +115,31 @@ pub fn passthrough_view(dev: &MockDevice) -> VirtualizedConfig<&MockDevice> {
     let mut model = ConfigSpace::from_bytes(&snapshot).unwrap();
     model.set_bar(0, BarDef::memory64(0x4000)).unwrap();
     VirtualizedConfig::passthrough(model, dev)
+}
+
+/// An endpoint with one BAR of every kind (64-bit memory, I/O, 32-bit memory, a 4 GiB
+/// prefetchable one), a ROM, PM, MSI, MSI-X, Express and AER: every register with side effects.
+pub fn rich_device() -> ConfigSpace {
+    let ids = DeviceIds {
+        vendor_id: 0x1234,
+        device_id: 0x5678,
+        class_code: 0x020000,
+        ..Default::default()
+    };
+    let mut c = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Extended, ids);
+    c.set_bar(0, BarDef::memory64(0x4000).at(0xfebd_0000))
+        .unwrap();
+    c.set_bar(2, BarDef::io(64)).unwrap();
+    c.set_bar(3, BarDef::memory32(0x1000)).unwrap();
+    c.set_bar(4, BarDef::memory64(1 << 32).prefetchable())
+        .unwrap();
+    c.set_rom(RomDef::new(0x10000)).unwrap();
+    c.add_capability(PowerManagement::new(true)).unwrap();
+    c.add_capability(MsiCapability::new(8, true, true)).unwrap();
+    c.add_capability(msix_in_bar0(16)).unwrap();
+    c.add_capability(ExpressCapability::new(PortType::Endpoint))
+        .unwrap();
+    c.add_extended_capability(ExtCapabilityId::AER, 2, &[])
+        .unwrap();
+    c
 }
