@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{KVM_MP_STATE_RUNNABLE, kvm_mp_state};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_mp_state};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -155,6 +155,7 @@ impl Vm {
             .fd
             .create_vcpu(u64::from(id))
             .map_err(|source| Error::CreateVcpu { id, source })?;
+        self.set_cpuid(&fd, id)?;
         if self.interrupts.is_some() {
             fd.set_mp_state(kvm_mp_state {
                 mp_state: KVM_MP_STATE_RUNNABLE,
@@ -178,6 +179,35 @@ impl Vm {
             stats,
             self.control.clone(),
         ))
+    }
+
+    /// Gives vCPU `id` the CPUID KVM supports on this host, with its own APIC ID.
+    ///
+    /// Without KVM_SET_CPUID2 a vCPU has no CPUID entries at all, so it has no long mode:
+    /// kernels since 6.12.y refuse KVM_SET_SREGS with EFER.LME for it (`kvm_valid_efer` checks
+    /// the guest's CPUID for LM), where older ones accepted it.
+    fn set_cpuid(&self, fd: &kvm_ioctls::VcpuFd, id: u32) -> Result<()> {
+        let error = |op| {
+            move |source| Error::VcpuRegisters {
+                op,
+                vcpu: id,
+                source,
+            }
+        };
+        let mut cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(error("KVM_GET_SUPPORTED_CPUID"))?;
+        for entry in cpuid.as_mut_slice() {
+            match entry.function {
+                // Leaf 1 EBX[31:24]: the initial APIC ID.
+                1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | ((id & 0xff) << 24),
+                // Leaves 0xB and 0x1F EDX: the x2APIC ID.
+                0xb | 0x1f => entry.edx = id,
+                _ => {}
+            }
+        }
+        fd.set_cpuid2(&cpuid).map_err(error("KVM_SET_CPUID2"))
     }
 
     /// Boot RAM, for loading code and data (vm-memory's `Bytes` API).

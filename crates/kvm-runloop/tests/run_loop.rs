@@ -608,3 +608,25 @@ fn stops_at_arbitrary_moments_never_lose_a_read() {
         assert_eq!(rax, served & 0xffff_ffff, "round {round}");
     }
 }
+
+/// A new vCPU has long mode in its CPUID (and its own APIC ID): without KVM_SET_CPUID2 it has
+/// no CPUID at all, and kernels since 6.12.y refuse to put it in long mode (KVM_SET_SREGS
+/// fails with EINVAL, seen on the test bed's own 6.12 kernel).
+#[test]
+fn vcpus_get_kvms_cpuid_with_long_mode_and_their_apic_id() {
+    let Some(vm) = vm(false) else { return };
+    for id in [0, 1] {
+        let vcpu = vm.create_vcpu(id).unwrap();
+        let cpuid = vcpu.fd().get_cpuid2(256).unwrap();
+        let leaf = |function| {
+            cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == function && e.index == 0)
+                .copied()
+        };
+        let ext = leaf(0x8000_0001).expect("leaf 0x80000001");
+        assert_ne!(ext.edx & (1 << 29), 0, "vCPU {id}: no LM in CPUID");
+        assert_eq!(leaf(1).expect("leaf 1").ebx >> 24, id, "vCPU {id}: APIC ID");
+    }
+}

@@ -3,6 +3,7 @@
 //! | SPEC | what |
 //! |---|---|
 //! | `BDF` (`0000:01:00.0`, `01:00.0`) or a sysfs path | a host device passed through with VFIO (vfio-pci's `PassthroughDevice` over `VfioBackend`) |
+//! | `BDF,fd=N,iommufd-fd=M` | the same, with the device's VFIO cdev and an iommufd opened by a launcher ([`crate::handed_in`]) |
 //! | `sim`, `sim:nvme`, `sim:nic` | the same passthrough device over vfio-pci's simulated backend: a **test aid** (memfd BARs, eventfd interrupts; cargo feature `sim`) |
 //! | `test` | refvmm's own emulated test function ([`crate::test_function`]), a test aid for the bus |
 //!
@@ -26,6 +27,7 @@ use vfio_pci::{
     VfioBackend, VfioDeviceFd,
 };
 
+use crate::handed_in::{HandedInDevice, HandedInError};
 use crate::pci::{AssignedBar, BarAllocator, PciBus};
 use crate::test_function::{TestFunction, TestHandle};
 use crate::trace::hook::{SharedTracer, TracedFunction, TracingTraps};
@@ -44,6 +46,8 @@ pub enum SimPreset {
 pub enum DeviceSpec {
     /// A host PCI device, through VFIO.
     Host(PciAddress),
+    /// A host PCI device through iommufd, its fds handed in by a launcher.
+    HandedIn(HandedInDevice),
     /// The passthrough device over the simulated backend.
     Sim(SimPreset),
     /// The emulated test function.
@@ -64,11 +68,13 @@ impl FromStr for DeviceSpec {
             // QEMU's `-device vfio-pci,host=01:00.0`: say what refvmm takes instead.
             _ if s.contains("host=") => Err(format!(
                 "{s:?}: QEMU's vfio-pci,host=... form; refvmm's --device takes the host address \
-                 alone, e.g. --device 0000:01:00.0"
+                 alone, e.g. --device 0000:01:00.0 (or 0000:01:00.0,fd=N,iommufd-fd=M for fds a \
+                 launcher handed in)"
             )),
+            _ if s.contains(',') => HandedInDevice::parse(s).map(DeviceSpec::HandedIn),
             _ => PciAddress::from_arg(s).map(DeviceSpec::Host).map_err(|e| {
                 format!(
-                    "{e}; --device takes a host PCI address (01:00.0), a sysfs path, `sim[:nvme|:nic]` or `test`"
+                    "{e}; --device takes a host PCI address (01:00.0), a sysfs path, `BDF,fd=N,iommufd-fd=M`, `sim[:nvme|:nic]` or `test`"
                 )
             }),
         }
@@ -79,6 +85,7 @@ impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DeviceSpec::Host(a) => write!(f, "{a}"),
+            DeviceSpec::HandedIn(h) => write!(f, "{h}"),
             DeviceSpec::Sim(SimPreset::Nvme) => f.write_str("sim:nvme"),
             DeviceSpec::Sim(SimPreset::Nic) => f.write_str("sim:nic"),
             DeviceSpec::Test => f.write_str("test"),
@@ -225,6 +232,9 @@ pub enum AttachError {
         #[source]
         source: vfio_pci::VfioBackendError,
     },
+    /// A handed-in device could not be opened (the message names the fd and what it is).
+    #[error(transparent)]
+    HandedIn(#[from] HandedInError),
     /// The simulated device could not be created.
     #[error("--device {spec}: cannot create the simulated device")]
     Sim {
@@ -352,6 +362,19 @@ pub fn attach(
             })?;
             eprintln!(
                 "refvmm: {address} opened through {}",
+                backend.opened().describe()
+            );
+            let dev = passthrough(backend, spec, bdf, vm, reserved, knobs)?;
+            (
+                Box::new(SharedPassthrough(dev.clone())),
+                DeviceHandle::Passthrough(dev),
+            )
+        }
+        DeviceSpec::HandedIn(handed) => {
+            let backend = handed.open(knobs.kvm_vfio.clone())?;
+            eprintln!(
+                "refvmm: {} opened through {} (handed in)",
+                handed.address,
                 backend.opened().describe()
             );
             let dev = passthrough(backend, spec, bdf, vm, reserved, knobs)?;

@@ -30,7 +30,7 @@ Examples:
   refvmm explain nvme.lspci bar0+0x1018        the register at BAR0 offset 0x1018
   refvmm explain nvme.lspci nvme:SQ3TDBL       where the doorbell of I/O queue 3 is
   refvmm explain 0000:01:00.0 SQ3TDBL          the same, live from the host device (sysfs only)
-  refvmm explain nic.lspci msix:MSIX[2].CTRL --trap-all
+  refvmm explain nic.lspci msix:MSIX[2].CTRL --policy trap-all
 
 Offline, nothing is read from the device: values are lspci's, and what lspci cannot tell is
 assumed and said (e.g. the NVMe doorbell stride). Live, the device is only read (config, resource,
@@ -52,15 +52,14 @@ pub struct ExplainArgs {
     /// A value written, to decode (e.g. 8 or 0x8).
     #[arg(long, value_name = "VALUE", value_parser = parse_value)]
     pub value: Option<u64>,
-    /// Host page size for the plan: 4K, 16K or 64K.
-    #[arg(long, value_name = "SIZE", default_value = "4K")]
-    pub page_size: PageSize,
-    /// Plan with every BAR byte trapped (QEMU's x-no-mmap), as `refvmm run --policy trap-all`.
-    #[arg(long)]
-    pub trap_all: bool,
-    /// Plan with the MSI-X PBA trapped even on a page of its own.
-    #[arg(long)]
-    pub trap_pba: bool,
+    /// Host page size for the plan: 4K, 16K or 64K; default: this host's (as `plan` and `run`).
+    #[arg(long, value_name = "SIZE")]
+    pub page_size: Option<PageSize>,
+    /// trap-map policy, comma-separated, as `refvmm run` and `plan` take it: `default`, `trap-all`
+    /// (every BAR byte trapped, QEMU's x-no-mmap), `trap-pba` (the PBA trapped even on a page of
+    /// its own).
+    #[arg(long, value_name = "POLICY", default_value = "default", value_parser = crate::run::parse_policy)]
+    pub policy: Policy,
     /// MSI-X relocation of the plan: off, auto, or bar0..bar5.
     #[arg(long, value_name = "WHERE", default_value = "off")]
     pub msix_relocation: MsixRelocation,
@@ -408,15 +407,18 @@ fn explain(s: &Subject, args: &ExplainArgs) -> Result<String, ExplainError> {
     out += "\n";
 
     let policy = Policy {
-        trap_all: args.trap_all,
-        trap_pba: args.trap_pba,
         msix_relocation: args.msix_relocation,
+        ..args.policy
     };
-    let plan =
-        DevicePlan::new(&s.layout, args.page_size, policy).map_err(|e| ExplainError::Plan {
-            bdf: s.bdf,
-            source: Box::new(e),
-        })?;
+    let plan = DevicePlan::new(
+        &s.layout,
+        args.page_size.unwrap_or_else(vfio_pci::host_page_size),
+        policy,
+    )
+    .map_err(|e| ExplainError::Plan {
+        bdf: s.bdf,
+        source: Box::new(e),
+    })?;
     let placement =
         GuestPlacement::auto(&plan, &GuestPlacement::new()).map_err(|e| ExplainError::Plan {
             bdf: s.bdf,
@@ -483,7 +485,7 @@ fn plan_treatment(plan: &DevicePlan, placement: &GuestPlacement, at: Location) -
                     "  {range}: MAPPED. A guest write goes straight to the device with no exit: \
                      the VMM never sees it, so it cannot delay, drop or trace it. To see every \
                      write, trap everything: `refvmm run --policy trap-all` (QEMU: \
-                     x-no-mmap=on; `--trap-all` here shows that plan).\n"
+                     x-no-mmap=on; `--policy trap-all` here shows that plan).\n"
                 ),
                 SegmentKind::Trap { reason } => {
                     let who = match reason.handling() {

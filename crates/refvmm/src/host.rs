@@ -107,7 +107,8 @@ enum CheckError {
     NotReady { address: PciAddress, count: usize },
 }
 
-fn parse_device(arg: &str) -> Result<PciAddress, String> {
+/// Parses a `DEVICE` argument: a PCI address or a sysfs path.
+pub fn parse_device(arg: &str) -> Result<PciAddress, String> {
     PciAddress::from_arg(arg).map_err(|e| e.to_string())
 }
 
@@ -131,7 +132,17 @@ fn name_the_device(readiness: &mut Readiness) {
     }
 }
 
-/// A fix as refvmm's own commands: binding is `refvmm bind`; the rest is the library's wording.
+/// A size as `refvmm launch --memlock` takes it: `512M`, `2G`, or bytes.
+fn size_arg(bytes: u64) -> String {
+    match bytes {
+        b if b != 0 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b != 0 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b => b.to_string(),
+    }
+}
+
+/// A fix as refvmm's own commands: binding is `refvmm bind`, handing fds in is
+/// `refvmm launch`; the rest is the library's wording.
 fn render_fix(fix: &Fix) -> String {
     match fix {
         Fix::BindToVfio {
@@ -159,6 +170,20 @@ fn render_fix(fix: &Fix) -> String {
                 format!("{load}{binds}")
             }
         }
+        Fix::HandFdsIn {
+            device,
+            cdev,
+            iommufd,
+            memlock,
+        } => format!(
+            "start refvmm from a launcher that opens {} and {} as root, raises RLIMIT_MEMLOCK and \
+             hands the fds in: `sudo refvmm launch --user $(id -u):$(id -g) --memlock {} \
+             --device {device} -- refvmm run ...` (it appends `--device {device},fd=N,iommufd-fd=M`); \
+             or `chown` the nodes to this user",
+            cdev.display(),
+            iommufd.display(),
+            memlock.map_or_else(|| "SIZE".to_string(), size_arg),
+        ),
         other => other.to_string(),
     }
 }
@@ -233,4 +258,36 @@ pub fn check(args: CheckArgs) -> CmdResult {
         print!("{}", opened.info());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handing_fds_in_is_rendered_as_refvmm_launch() {
+        let fix = Fix::HandFdsIn {
+            device: "0000:01:00.0".into(),
+            cdev: "/dev/vfio/devices/vfio0".into(),
+            iommufd: "/dev/iommu".into(),
+            memlock: Some(256 << 20),
+        };
+        let text = render_fix(&fix);
+        assert!(
+            text.contains("`sudo refvmm launch --user $(id -u):$(id -g) --memlock 256M --device 0000:01:00.0 -- refvmm run ...`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`--device 0000:01:00.0,fd=N,iommufd-fd=M`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("/dev/vfio/devices/vfio0 and /dev/iommu"),
+            "{text}"
+        );
+        // The library's own wording names no VMM.
+        assert!(!fix.to_string().contains("refvmm"), "{fix}");
+        assert_eq!(size_arg(2 << 30), "2G");
+        assert_eq!(size_arg(4097), "4097");
+    }
 }

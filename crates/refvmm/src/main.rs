@@ -12,7 +12,9 @@ mod devices;
 mod exit_port;
 mod explain;
 mod guest_loader;
+mod handed_in;
 mod host;
+mod launch;
 mod linux;
 mod pci;
 mod pci_names;
@@ -52,6 +54,9 @@ enum Command {
     /// Name a device register (bar0+0x1018 or nvme:SQ3TDBL), say how the plan treats it and
     /// what to check when a write to it does nothing.
     Explain(explain::ExplainArgs),
+    /// As root: open devices' VFIO cdevs and /dev/iommu, raise RLIMIT_MEMLOCK, drop to an
+    /// unprivileged user and exec a command (e.g. `refvmm run`) with the fds handed in.
+    Launch(launch::LaunchArgs),
     /// Boot Linux (--kernel) or a bare-metal ELF guest with a PCI bus (conf1 + ECAM), COM1 and
     /// devices; report how it ended.
     Run(run::RunArgs),
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Command::Unbind(args) => host::unbind(args),
         Command::Check(args) => host::check(args),
         Command::Explain(args) => explain::run(args),
+        Command::Launch(args) => launch::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -105,10 +105,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_timeout)]
     pub timeout: f64,
     /// A device for the PCI bus, repeatable: a host PCI address (0000:01:00.0, 01:00.0) or sysfs
-    /// path for VFIO passthrough; test aids: `sim`, `sim:nvme`, `sim:nic` (the passthrough device
-    /// over vfio-pci's simulated backend: an NVMe's or NIC's IDs, BARs and MSI-X, but no
-    /// controller behind the registers, so an NVMe driver such as nvme_e2e fails on it) and
-    /// `test` (refvmm's emulated test function).
+    /// path for VFIO passthrough; `BDF,fd=N,iommufd-fd=M` for a device whose VFIO cdev
+    /// (/dev/vfio/devices/vfioN) and iommufd (/dev/iommu) a launcher opened and handed in as
+    /// fds N and M (like QEMU's `-device vfio-pci,fd=N` and `-object iommufd,fd=M`: refvmm then
+    /// needs no access to /dev/vfio or /dev/iommu, only RLIMIT_MEMLOCK for guest RAM); test aids:
+    /// `sim`, `sim:nvme`, `sim:nic` (the passthrough device over vfio-pci's simulated backend:
+    /// an NVMe's or NIC's IDs, BARs and MSI-X, but no controller behind the registers, so an NVMe
+    /// driver such as nvme_e2e fails on it) and `test` (refvmm's emulated test function).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<DeviceSpec>,
     /// trap-map policy for passed-through devices, comma-separated: `default` (map what can be
@@ -403,7 +406,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     let kvm_vfio = if args
         .devices
         .iter()
-        .any(|d| matches!(d, DeviceSpec::Host(_)))
+        .any(|d| matches!(d, DeviceSpec::Host(_) | DeviceSpec::HandedIn(_)))
     {
         Some(vfio_pci::create_kvm_vfio_device(vm.fd())?)
     } else {

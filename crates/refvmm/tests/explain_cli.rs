@@ -66,7 +66,7 @@ fn nvme_doorbell_by_offset() {
 #[test]
 fn nvme_doorbell_by_name_under_trap_all() {
     golden(
-        &[NVME, "nvme:SQ3TDBL", "--trap-all"],
+        &[NVME, "nvme:SQ3TDBL", "--policy", "trap-all"],
         "explain_nvme_sq3tdbl_trap_all.txt",
     );
 }

@@ -128,3 +128,28 @@ fn nvme_e2e_on_the_simulated_device_says_there_is_no_controller() {
     assert_eq!(r.code, 1, "{}", r.all());
     r.stdout_has("no NVMe controller answers behind BAR0 (refvmm's `--device sim` simulates only the PCI side");
 }
+
+#[test]
+fn handed_in_fds_that_are_not_the_device_are_named() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    // fd 0 is /dev/null, fd 1 the pipe the test reads: neither is a VFIO cdev nor an iommufd.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_refvmm"))
+        .args(["run", "--device", "0000:00:01.0,fd=0,iommufd-fd=1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("fd 0, handed in as the VFIO device cdev (/dev/vfio/devices/vfioN), is /dev/null (character device 1:3)"),
+        "{stderr}"
+    );
+    // A number refvmm was not given at all.
+    let r = refvmm_run(&["--device", "0000:00:01.0,fd=900,iommufd-fd=901"]);
+    assert_eq!(r.code, 125, "{}", r.all());
+    r.stderr_has(
+        "fd 900, handed in as the VFIO device cdev (/dev/vfio/devices/vfioN), is not open",
+    );
+}

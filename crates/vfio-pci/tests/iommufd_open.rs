@@ -396,3 +396,82 @@ fn errors_stay_small() {
         size_of::<OpenVfioError>()
     );
 }
+
+#[test]
+fn check_says_what_a_launcher_must_grant_and_what_is_missing() {
+    use vfio_pci::host::{
+        CheckKind, CheckOptions, CheckStatus, Fix, MemlockLimit, ProcessLimits, Readiness,
+    };
+    let host = Host::new("check-grants", "vfio-pci").with_iommufd_complete();
+    let assess = |memlock, guest_memory| {
+        let options = CheckOptions {
+            guest_memory,
+            limits: ProcessLimits {
+                memlock,
+                cap_ipc_lock: false,
+            },
+        };
+        Readiness::assess(&host.fake.paths(), addr(NVME), &options)
+            .unwrap()
+            .item(CheckKind::Iommufd)
+            .unwrap()
+            .clone()
+    };
+    let cdev = host.fake.paths().vfio_device_cdev("vfio0");
+    let iommu = host.fake.paths().iommufd_node();
+
+    let item = assess(MemlockLimit::Unlimited, None);
+    assert_eq!(item.status, CheckStatus::Ok, "{item:?}");
+    assert!(
+        item.finding.contains(&format!(
+            "without privileges, a VMM needs from a launcher: {} and {} opened read-write and \
+             handed in as fds, and RLIMIT_MEMLOCK of at least guest RAM",
+            cdev.display(),
+            iommu.display()
+        )),
+        "{item:?}"
+    );
+    assert!(
+        item.finding
+            .ends_with("this process has all three: it can open both nodes itself")
+    );
+
+    // A limit below the guest: the missing piece is named, with the fix.
+    let item = assess(MemlockLimit::Bytes(64 << 20), Some(256 << 20));
+    assert_eq!(item.status, CheckStatus::Warn, "{item:?}");
+    assert!(
+        item.finding
+            .ends_with("this process lacks: RLIMIT_MEMLOCK 64 MiB below the guest's 256 MiB"),
+        "{item:?}"
+    );
+    // The fix is data naming the nodes and the memlock to grant; no message names a VMM.
+    assert!(!item.finding.contains("refvmm"), "{item:?}");
+    let fix = item.fix.unwrap();
+    assert_eq!(
+        fix,
+        Fix::HandFdsIn {
+            device: NVME.to_string(),
+            cdev: cdev.clone(),
+            iommufd: iommu.clone(),
+            memlock: Some(256 << 20),
+        }
+    );
+    assert!(
+        fix.to_string().contains("raises RLIMIT_MEMLOCK to 256 MiB"),
+        "{fix}"
+    );
+
+    // Without iommufd there is nothing to hand in: the item says only why iommufd is off.
+    let host = Host::new("check-grants-none", "vfio-pci");
+    let options = CheckOptions {
+        guest_memory: None,
+        limits: ProcessLimits {
+            memlock: MemlockLimit::Bytes(64 << 10),
+            cap_ipc_lock: false,
+        },
+    };
+    let readiness = Readiness::assess(&host.fake.paths(), addr(NVME), &options).unwrap();
+    let item = readiness.item(CheckKind::Iommufd).unwrap();
+    assert_eq!(item.status, CheckStatus::Skip, "{item:?}");
+    assert!(!item.finding.contains("launcher"), "{item:?}");
+}

@@ -63,7 +63,7 @@ fi
 # ---- handed-in-check --------------------------------------------------------------------------------------------
 show /tmp/handed-in-check.log refvmm launch --user "$USER_ID:$USER_ID" -- refvmm check "$NVME_BDF" --memory 64M
 if grep -q "this process lacks: read-write access to $CDEV; read-write access to /dev/iommu" /tmp/handed-in-check.log &&
-    grep -q "without privileges, refvmm needs from a launcher" /tmp/handed-in-check.log; then
+    grep -q "without privileges, a VMM needs from a launcher" /tmp/handed-in-check.log; then
     step handed-in-check OK "as uid $USER_ID, refvmm check names the launcher's grants and lacks both nodes"
 else
     step handed-in-check FAIL "refvmm check as uid $USER_ID did not name the missing nodes (see its output above)"

@@ -9,8 +9,10 @@
 //! `hypervisor` flag of `/proc/cpuinfo`) and the DMI system vendor and product.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use super::PciAddress;
+use super::limits::format_bytes;
 use super::sysfs::CpuVendor;
 
 /// A change that makes a failed or warned check pass.
@@ -30,6 +32,19 @@ pub enum Fix {
     },
     /// Turn the IOMMU on.
     EnableIommu(IommuAdvice),
+    /// Run the VMM without privileges from a launcher that opens the device's VFIO cdev and an
+    /// iommufd as root, raises `RLIMIT_MEMLOCK` and hands the fds in (as QEMU's
+    /// `-device vfio-pci,fd=N` with `-object iommufd,fd=M`); or give this user the nodes.
+    HandFdsIn {
+        /// The device, in sysfs form (`0000:01:00.0`).
+        device: String,
+        /// Its VFIO cdev, `/dev/vfio/devices/vfioN`.
+        cdev: PathBuf,
+        /// The iommufd node, `/dev/iommu`.
+        iommufd: PathBuf,
+        /// The `RLIMIT_MEMLOCK` to grant in bytes, when the guest's size is known.
+        memlock: Option<u64>,
+    },
     /// A change on the host that is no VMM's business (permissions, modules, limits, firmware
     /// diagnostics), said in words and shell commands.
     Host(String),
@@ -70,6 +85,20 @@ impl fmt::Display for Fix {
                 }
             }
             Fix::EnableIommu(advice) => advice.fmt(f),
+            Fix::HandFdsIn {
+                cdev,
+                iommufd,
+                memlock,
+                ..
+            } => write!(
+                f,
+                "run the VMM from a launcher that opens {} and {} read-write as root, raises \
+                 RLIMIT_MEMLOCK to {} (`prlimit --memlock=BYTES`) and hands the fds in; or \
+                 `chown` the nodes to this user",
+                cdev.display(),
+                iommufd.display(),
+                memlock.map_or_else(|| "the guest's RAM".to_string(), format_bytes)
+            ),
             Fix::Host(text) => f.write_str(text),
         }
     }

@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::advice::Fix;
+use super::launcher_grants::with_launcher_grants;
 use super::limits::{MemlockLimit, ProcessLimits, format_bytes};
 use super::open_iommufd::{IommuAvailability, IommuBackend, IommuBackendChoice};
 use super::sysfs::{HostDevice, IommuGroup, IommuStatus, MemberState, SysfsError, VFIO_PCI_DRIVER};
@@ -97,7 +98,7 @@ impl CheckItem {
         }
     }
 
-    fn fix(mut self, fix: Fix) -> Self {
+    pub(super) fn fix(mut self, fix: Fix) -> Self {
         self.fix = Some(fix);
         self
     }
@@ -122,7 +123,7 @@ pub struct Readiness {
 
 /// Whether the calling process may open `path` for reading and writing (access(2), which
 /// answers for the real user, as opening the node will).
-fn can_read_write(path: &Path) -> io::Result<bool> {
+pub(super) fn can_read_write(path: &Path) -> io::Result<bool> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
     // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call; access(2)
@@ -159,7 +160,11 @@ impl Readiness {
             check_group(&device, &iommu, group.as_ref()),
         ];
         items.push(check_vfio_nodes(paths, &device));
-        items.push(check_iommufd(paths, &device));
+        let iommufd = check_iommufd(paths, &device);
+        items.push(match IommuAvailability::probe(paths, address) {
+            Ok(host) => with_launcher_grants(iommufd, &host, options),
+            Err(_) => iommufd,
+        });
         items.push(check_memlock(options));
         Ok(Self {
             device,

@@ -12,10 +12,12 @@
 //! | `bind.rs` | `Binder`: to vfio-pci (or Xen's pciback, `BindTarget`) and back, through a `SysfsWriter` (feature `host-admin`) |
 //! | `check.rs` | `Readiness`: the passthrough checklist (feature `host-admin`) |
 //! | `advice.rs` | [`Fix`], [`IommuAdvice`], [`Platform`]: what to do about a finding, as data each VMM renders |
+//! | `launcher_grants.rs` | what a launcher must grant an unprivileged VMM on iommufd (added to `check`'s iommufd item; feature `host-admin`) |
 //! | `limits.rs` | [`ProcessLimits`]: `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK` |
 //! | `open.rs` | [`OpenedDevice`]: type1 container + group + device via `vfio-ioctls` |
 //! | `open_iommufd.rs` | [`IommuBackendChoice`] and [`OpenedVfio`]: pick the IOMMU backend and open the device with it |
-//! | `open_cdev.rs` | `OpenedIommufdDevice`: `/dev/iommu` + device cdev (feature `iommufd`) |
+//! | `open_cdev.rs` | `OpenedIommufdDevice`: `/dev/iommu` + device cdev (feature `iommufd`), also from fds a launcher handed in |
+//! | `handed_fd.rs` | [`claim_inherited_fd`], [`check_device_cdev_fd`], [`check_iommufd_fd`]: fds a launcher handed in, and what they are |
 //! | `info.rs` | [`DeviceInfo`]: regions (sparse mmap, MSI-X mappable) and IRQs as plain data |
 //! | `fake.rs` | `fake::FakeHost`, `fake::FakeKernel`: a fake tree for tests (feature `sim`) |
 
@@ -27,7 +29,10 @@ mod bind;
 mod check;
 #[cfg(feature = "sim")]
 pub mod fake;
+mod handed_fd;
 mod info;
+#[cfg(feature = "host-admin")]
+mod launcher_grants;
 mod limits;
 mod open;
 #[cfg(feature = "iommufd")]
@@ -45,6 +50,10 @@ pub use bind::{
 };
 #[cfg(feature = "host-admin")]
 pub use check::{CheckItem, CheckKind, CheckOptions, CheckStatus, MEMLOCK_WARN_BELOW, Readiness};
+pub use handed_fd::{
+    FdIdentity, FdRole, HandedFdError, check_device_cdev_fd, check_iommufd_fd, claim_inherited_fd,
+    identify_fd,
+};
 pub use info::{
     DeviceInfo, IrqFlags, IrqInfo, IrqKind, RegionFlags, VfioRegionInfo, VfioRegionKind,
 };

@@ -1,24 +1,29 @@
 //! Opening a host device through iommufd: `/dev/iommu`, a new or shared IOAS, and the device's
-//! VFIO cdev bound to it ([`OpenedIommufdDevice`]). Cargo feature `iommufd`: vfio-ioctls 0.10
-//! only has its cdev support with its `kvm` feature, which brings `kvm-ioctls`.
+//! VFIO cdev bound to it ([`OpenedIommufdDevice`]), opened here or handed in as fds by a
+//! privileged launcher ([`OpenedIommufdDevice::from_fds`]). Cargo feature `iommufd`: vfio-ioctls
+//! 0.10 only has its cdev support with its `kvm` feature, which brings `kvm-ioctls`.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use iommu_dma::IommufdMapper;
 use iommu_dma::iommufd::open_iommufd_at;
+use iommufd_ioctls::IommuFd;
 use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioError, VfioIommufd};
 
 use super::PciAddress;
+use super::handed_fd::{check_device_cdev_fd, check_iommufd_fd};
 use super::info::DeviceInfo;
 use super::open_iommufd::{
     IommuAvailability, IommuBackendChoice, IommuChoiceError, IommufdOpenError,
 };
 use super::paths::HostPaths;
+use super::sysfs::HostDevice;
 
 fn errno_in_chain(error: &(dyn StdError + 'static)) -> Option<i32> {
     let mut current = Some(error);
@@ -156,6 +161,77 @@ impl OpenedIommufdDevice {
         Self::finish(address, pre, iommufd)
     }
 
+    /// Builds the device from file descriptors a privileged launcher opened and handed in:
+    /// `device` is the cdev of `address` (`/dev/vfio/devices/vfioN`) and `iommufd` is
+    /// `/dev/iommu`, both read-write. This process needs no access to either node, only to
+    /// sysfs (to check the fds) and enough `RLIMIT_MEMLOCK` for guest RAM. Like QEMU's
+    /// `-device vfio-pci,fd=N` with `-object iommufd,fd=M`.
+    ///
+    /// Each fd is checked before any ioctl ([`check_device_cdev_fd`], [`check_iommufd_fd`]):
+    /// a closed number, a pipe, `/dev/null`, or the cdev of another device gives an error
+    /// naming the fd and what it is. Then a new IOAS is allocated on the iommufd and the device
+    /// bound and attached as in [`open`](Self::open).
+    ///
+    /// [`check_device_cdev_fd`]: super::check_device_cdev_fd
+    /// [`check_iommufd_fd`]: super::check_iommufd_fd
+    pub fn from_fds(
+        paths: &HostPaths,
+        address: PciAddress,
+        device: OwnedFd,
+        iommufd: OwnedFd,
+        kvm_device: Option<Arc<VfioDeviceFd>>,
+    ) -> Result<Self, IommufdOpenError> {
+        let handed = |e| IommufdOpenError::HandedFd {
+            address,
+            fd_error: Box::new(e),
+        };
+        check_device_cdev_fd(paths, address, &device).map_err(handed)?;
+        check_iommufd_fd(paths, &iommufd).map_err(handed)?;
+        let iommufd_node = handed_fd_path(paths, &iommufd);
+        let vfio = VfioIommufd::new(
+            Arc::new(IommuFd::new_from_fd(File::from(iommufd))),
+            None,
+            kvm_device,
+        )
+        .map_err(|source| IommufdOpenError::Ioas {
+            address,
+            node: iommufd_node.clone(),
+            source: Box::new(source),
+        })?;
+        let pre = Preflight {
+            group: HostDevice::read(paths, address)
+                .map_err(IommuChoiceError::from)?
+                .iommu_group,
+            cdev_node: handed_fd_path(paths, &device),
+            iommufd_node,
+        };
+        Self::attach(address, pre, File::from(device), Arc::new(vfio))
+    }
+
+    /// Like [`from_fds`](Self::from_fds) for a device whose cdev was handed in, attached to an
+    /// existing iommufd and IOAS (another device's [`iommufd`](Self::iommufd), itself handed in
+    /// or opened), so guest RAM is mapped once for all devices.
+    pub fn from_fd_in(
+        paths: &HostPaths,
+        address: PciAddress,
+        device: OwnedFd,
+        iommufd: Arc<VfioIommufd>,
+    ) -> Result<Self, IommufdOpenError> {
+        check_device_cdev_fd(paths, address, &device).map_err(|e| IommufdOpenError::HandedFd {
+            address,
+            fd_error: Box::new(e),
+        })?;
+        let shared = iommufd.iommufd().as_raw_fd();
+        let pre = Preflight {
+            group: HostDevice::read(paths, address)
+                .map_err(IommuChoiceError::from)?
+                .iommu_group,
+            cdev_node: handed_fd_path(paths, &device),
+            iommufd_node: paths.proc.join(format!("self/fd/{shared}")),
+        };
+        Self::attach(address, pre, File::from(device), iommufd)
+    }
+
     fn finish(
         address: PciAddress,
         pre: Preflight,
@@ -171,6 +247,15 @@ impl OpenedIommufdDevice {
                 hint: cdev_open_hint(address, &pre.cdev_node, &source),
                 source,
             })?;
+        Self::attach(address, pre, file, iommufd)
+    }
+
+    fn attach(
+        address: PciAddress,
+        pre: Preflight,
+        file: File,
+        iommufd: Arc<VfioIommufd>,
+    ) -> Result<Self, IommufdOpenError> {
         // Binds the cdev to the iommufd (VFIO_DEVICE_BIND_IOMMUFD), attaches it to the IOAS
         // (VFIO_DEVICE_ATTACH_IOMMUFD_PT) and reads its regions and IRQs.
         let device = VfioDevice::new_from_fd(file, iommufd.clone(), true).map_err(|source| {
@@ -217,12 +302,13 @@ impl OpenedIommufdDevice {
         self.group
     }
 
-    /// `/dev/vfio/devices/vfioN`.
+    /// `/dev/vfio/devices/vfioN`, or `/proc/self/fd/N` for a handed-in cdev.
     pub fn cdev_node(&self) -> &std::path::Path {
         &self.cdev_node
     }
 
-    /// `/dev/iommu` (the node this device's iommufd was opened from, for messages).
+    /// `/dev/iommu` (the node this device's iommufd was opened from, for messages), or
+    /// `/proc/self/fd/N` for a handed-in iommufd.
     pub fn iommufd_node(&self) -> &std::path::Path {
         &self.iommufd_node
     }
@@ -240,5 +326,62 @@ impl OpenedIommufdDevice {
     /// The iommufd and IOAS, for [`open_in`](Self::open_in).
     pub fn iommufd(&self) -> &Arc<VfioIommufd> {
         &self.iommufd
+    }
+}
+
+/// How messages name a handed-in fd: its `/proc/self/fd/N` path (which `ls -l` resolves).
+fn handed_fd_path(paths: &HostPaths, fd: &OwnedFd) -> PathBuf {
+    paths.proc.join(format!("self/fd/{}", fd.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HandedFdError;
+    use std::os::fd::FromRawFd;
+
+    #[test]
+    fn handed_in_fds_that_are_not_vfio_fail_before_any_ioctl() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two fds pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe(2) just created both fds and nothing else owns them.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let address: PciAddress = "0000:00:01.0".parse().unwrap();
+        let err =
+            OpenedIommufdDevice::from_fds(&HostPaths::default(), address, r, w, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, IommufdOpenError::HandedFd { fd_error, .. }
+                if matches!(**fd_error, HandedFdError::WrongKind { .. })),
+            "{msg}"
+        );
+        assert!(msg.starts_with("0000:00:01.0: fd "), "{msg}");
+        assert!(msg.contains("pipe:["), "{msg}");
+
+        // The device fd passes only as a VFIO cdev: /dev/null as the cdev names /dev/null.
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let iommu = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let err = OpenedIommufdDevice::from_fds(
+            &HostPaths::default(),
+            address,
+            null.into(),
+            iommu.into(),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is /dev/null (character device 1:3)"),
+            "{err}"
+        );
     }
 }

@@ -28,6 +28,7 @@ use iommu_dma::{DmaError, DmaMapper, VfioType1Mapper};
 use thiserror::Error;
 use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioError};
 
+use super::handed_fd::HandedFdError;
 use super::info::DeviceInfo;
 use super::open::{OpenError, OpenedDevice};
 #[cfg(feature = "iommufd")]
@@ -437,6 +438,16 @@ pub enum IommufdOpenError {
     NotBuilt {
         /// The device.
         address: PciAddress,
+    },
+    /// A handed-in fd is not what it was handed in as.
+    /// (The message has all of it: `fd_error` is not a `source`, so a cause chain does not
+    /// print it twice.)
+    #[error("{address}: {fd_error}")]
+    HandedFd {
+        /// The device.
+        address: PciAddress,
+        /// Which fd and what it is (boxed: it is large and this error is returned often).
+        fd_error: Box<HandedFdError>,
     },
     /// Setting up the DMA mapper over the IOAS failed.
     #[error("{address}: cannot set up DMA mapping through its iommufd IOAS: {source}")]
