@@ -253,14 +253,29 @@ IOMMU=""
 [ -f "$ELF" ] || { step l3-default FAIL "no $ELF in the payload"; exit 1; }
 echo "  refvmm $(refvmm --version 2>&1); guest $ELF ($(wc -c <"$ELF") bytes); L3 timeout ${L3_TIMEOUT}s"
 
-# passes: the runs and checks above and below, over the back end $IOMMU.
+# ---- helpers of the passes -------------------------------------------------------------------------------------
+# doorbell_exits_mapped: with the default plan a doorbell write exits only if a trapped range overlaps the page.
+doorbell_exits_mapped() {
+    DB_EXITS=0
+    [ "$DB_TRAPS" -eq 0 ] || DB_EXITS="?"
+}
+FAULT_ADDR=0xe0000000
+# dmar_faults Read|Write: how many such DMAR faults at FAULT_ADDR L2's kernel has logged so far. A run over the
+# second back end finds the first one's faults in the log: each run must add its own.
+dmar_faults() { dmesg | grep -E "DMAR: \[DMA $1" | grep -c "fault addr $FAULT_ADDR"; }
+# wait_faults: the fault is reported by the IOMMU's interrupt: give the data-buffer write's fault a moment.
+wait_faults() {
+    _i=0
+    while [ "$_i" -lt 20 ]; do
+        [ "$(dmar_faults Write)" -gt "$WRITE_BEFORE" ] && break
+        usleep 100000
+        _i=$((_i + 1))
+    done
+}
+
+# passes: the default, trap-all and dma-fault runs and their checks, over the back end $IOMMU.
 passes() {
     # ---- A. the default plan ------------------------------------------------------------------------------------
-    # doorbell_exits_mapped: with the default plan a doorbell write exits only if a trapped range overlaps the page.
-    doorbell_exits_mapped() {
-        DB_EXITS=0
-        [ "$DB_TRAPS" -eq 0 ] || DB_EXITS="?"
-    }
 
     run_l3 default default ""
     check_guest default
@@ -300,10 +315,6 @@ passes() {
     # IOMMU), so the controller must DMA-read outside the guest; then a read whose data buffer is there (a DMA write).
     # Expected: the first command fails with an NVMe error status, the L2 kernel logs DMAR faults for both, refvmm and
     # the guest carry on to the end.
-    FAULT_ADDR=0xe0000000
-    # dmar_faults Read|Write: how many such DMAR faults at FAULT_ADDR L2's kernel has logged so far. A run over the
-    # second back end finds the first one's faults in the log: each run must add its own.
-    dmar_faults() { dmesg | grep -E "DMAR: \[DMA $1" | grep -c "fault addr $FAULT_ADDR"; }
     READ_BEFORE=$(dmar_faults Read)
     WRITE_BEFORE=$(dmar_faults Write)
     run_l3 dma-fault default "dma-fault=$FAULT_ADDR"
@@ -317,15 +328,6 @@ passes() {
     esac
     _wnote=$(grep -m 1 '^GUEST: NOTE dma-fault-write ' "$LOG" | sed 's/^GUEST: NOTE dma-fault-write //')
     note "dma-fault data-buffer write: ${_wnote:-no NOTE dma-fault-write from the guest}"
-    # The fault is reported by the IOMMU's interrupt: give it a moment.
-    wait_faults() {
-        _i=0
-        while [ "$_i" -lt 20 ]; do
-            [ "$(dmar_faults Write)" -gt "$WRITE_BEFORE" ] && break
-            usleep 100000
-            _i=$((_i + 1))
-        done
-    }
     wait_faults
     dmesg | grep -E 'DMAR: (DRHD|\[DMA)' | tail -n 8 | sed 's/^/  dmesg| /'
     READ_AFTER=$(dmar_faults Read)
