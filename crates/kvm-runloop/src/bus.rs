@@ -24,14 +24,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use log_limit::{LogLimiter, suppressed_note};
 use vm_device::bus::{
     MmioAddress, MmioAddressOffset, MmioRange, PioAddress, PioAddressOffset, PioRange,
 };
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_device::{DeviceMmio, DevicePio};
 
+use crate::address_map::{AddressMap, Holder, Space};
 use crate::error::{Error, Result};
-use crate::ratelimit::LogLimiter;
 
 /// The error a [`FalliblePio`] or [`FallibleMmio`] device returns.
 pub type DeviceError = Box<dyn std::error::Error + Send + Sync>;
@@ -245,14 +246,6 @@ impl<H> Tracked<H> {
     }
 }
 
-fn suppressed_note(n: u64) -> String {
-    if n == 0 {
-        String::new()
-    } else {
-        format!(" ({n} similar lines suppressed)")
-    }
-}
-
 /// Why a device access failed, kept unformatted until a log line is actually written.
 enum Failure {
     Error(DeviceError),
@@ -358,6 +351,9 @@ pub struct DeviceBus {
     /// The published `IoManager` and its generation; see the module docs.
     snapshot: Mutex<(u64, Arc<IoManager>)>,
     generation: AtomicU64,
+    /// The VM's address map (shared with its memory slots): every range registered here
+    /// claims its place in it, so no slot, reserved window or other device covers it.
+    map: Arc<AddressMap>,
 }
 
 impl std::fmt::Debug for DeviceBus {
@@ -376,8 +372,14 @@ impl Default for DeviceBus {
 }
 
 impl DeviceBus {
-    /// An empty pair of buses.
+    /// An empty pair of buses with an address map of their own.
     pub fn new() -> Self {
+        Self::with_address_map(Arc::new(AddressMap::new()))
+    }
+
+    /// An empty pair of buses whose ranges claim their place in `map` (a VM's: see
+    /// [`Vm::address_map`](crate::Vm::address_map)).
+    pub fn with_address_map(map: Arc<AddressMap>) -> Self {
         DeviceBus {
             shared: Arc::new(BusShared {
                 unhandled_pio: AtomicU64::new(0),
@@ -391,6 +393,7 @@ impl DeviceBus {
             registry: Mutex::new(Registry::default()),
             snapshot: Mutex::new((0, Arc::new(IoManager::new()))),
             generation: AtomicU64::new(0),
+            map,
         }
     }
 
@@ -444,6 +447,7 @@ impl DeviceBus {
         let mut reg = self.lock_registry();
         let i = find_base(&reg.pio, u64::from(base), BusKind::Pio)?;
         reg.pio.remove(i);
+        self.map.release(Space::Io, u64::from(base));
         self.publish(&reg);
         Ok(())
     }
@@ -454,6 +458,7 @@ impl DeviceBus {
         let mut reg = self.lock_registry();
         let i = find_base(&reg.mmio, base, BusKind::Mmio)?;
         reg.mmio.remove(i);
+        self.map.release(Space::Memory, base);
         self.publish(&reg);
         Ok(())
     }
@@ -466,6 +471,7 @@ impl DeviceBus {
         let (size, name) = (reg.mmio[i].size, reg.mmio[i].device.name.clone());
         check_range(BusKind::Mmio, &name, new_base, size, u64::MAX)?;
         check_overlap(BusKind::Mmio, &reg.mmio, Some(i), &name, new_base, size)?;
+        self.map.relocate(Space::Memory, old_base, new_base)?;
         reg.mmio[i].base = new_base;
         self.publish(&reg);
         Ok(())
@@ -485,6 +491,8 @@ impl DeviceBus {
             u64::from(new_base),
             size,
         )?;
+        self.map
+            .relocate(Space::Io, u64::from(old_base), u64::from(new_base))?;
         reg.pio[i].base = u64::from(new_base);
         self.publish(&reg);
         Ok(())
@@ -636,6 +644,7 @@ impl DeviceBus {
         check_range(BusKind::Pio, name, base, size, 0x1_0000)?;
         let mut reg = self.lock_registry();
         check_overlap(BusKind::Pio, &reg.pio, None, name, base, size)?;
+        self.map.claim(Space::Io, base, size, name, Holder::Bus)?;
         reg.pio.push(Entry {
             base,
             size,
@@ -649,6 +658,8 @@ impl DeviceBus {
         check_range(BusKind::Mmio, name, base, size, u64::MAX)?;
         let mut reg = self.lock_registry();
         check_overlap(BusKind::Mmio, &reg.mmio, None, name, base, size)?;
+        self.map
+            .claim(Space::Memory, base, size, name, Holder::Bus)?;
         reg.mmio.push(Entry {
             base,
             size,

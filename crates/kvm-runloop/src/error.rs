@@ -244,6 +244,41 @@ pub enum Error {
         /// One past the existing range's last address.
         other_end: u64,
     },
+    /// A placement overlaps something else in the VM's address map (a slot over a trapped
+    /// range, a device over ports KVM serves, any two devices).
+    #[error(
+        "{space} range [{start:#x}, {end:#x}) for \"{name}\" overlaps [{other_start:#x}, {other_end:#x}) of \"{other_name}\"; place it elsewhere, or remove that one first"
+    )]
+    AddressInUse {
+        /// "memory" or "I/O".
+        space: &'static str,
+        /// What was being placed.
+        name: String,
+        /// Its first address.
+        start: u64,
+        /// One past its last address.
+        end: u64,
+        /// What holds the range already.
+        other_name: String,
+        /// Its first address.
+        other_start: u64,
+        /// One past its last address.
+        other_end: u64,
+    },
+    /// A placement of size zero or past the end of its address space.
+    #[error(
+        "{space} range for \"{name}\" at {start:#x} of {size:#x} bytes is empty or runs past the end of the address space"
+    )]
+    AddressOutOfRange {
+        /// "memory" or "I/O".
+        space: &'static str,
+        /// What was being placed.
+        name: String,
+        /// Its first address.
+        start: u64,
+        /// Its size.
+        size: u64,
+    },
     /// No device is registered at the given base address.
     #[error(
         "no device is registered on the {bus} bus with base address {base:#x}; pass the base it was registered or last moved at (DeviceBus::device_counts lists them)"

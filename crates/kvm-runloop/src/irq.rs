@@ -1,7 +1,8 @@
 //! Interrupts into the guest with the in-kernel irqchip: the GSI routing table, irqfds and MSIs.
 //!
 //! `KVM_SET_GSI_ROUTING` replaces the *whole* table, so this module keeps the full table and
-//! re-sends it on every change. It starts with the routes KVM installs by itself when the irqchip
+//! re-sends it on every change; [`Interrupts::apply_msi_routes`] makes many changes (a guest
+//! enabling 2,048 MSI-X vectors) one update. It starts with the routes KVM installs by itself when the irqchip
 //! is created (GSI 0-15 to the PIC and IOAPIC pin of the same number, 16-23 to the IOAPIC), so
 //! adding an MSI route does not silently unroute the legacy interrupts. The kernel swaps tables
 //! under RCU: updates are safe while vCPUs run and while irqfds fire. A failed update leaves both
@@ -46,6 +47,17 @@ impl MsiMessage {
             data: u32::from(vector),
         }
     }
+}
+
+/// One change to the MSI routes, for [`Interrupts::apply_msi_routes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsiRouteChange {
+    /// Route the lowest free GSI from [`FIRST_MSI_GSI`] up to this message.
+    Add(MsiMessage),
+    /// Point this GSI at this message.
+    Set(u32, MsiMessage),
+    /// Remove this GSI's route.
+    Remove(u32),
 }
 
 /// Where a GSI is routed.
@@ -123,6 +135,45 @@ impl Interrupts {
             .ok_or(Error::GsiExhausted { max: self.max_gsi })?;
         self.update_locked(&mut table, gsi, Some(Route::Msi(msg)))?;
         Ok(gsi)
+    }
+
+    /// Applies several changes with **one** `KVM_SET_GSI_ROUTING`, all or nothing: a guest
+    /// enabling MSI-X on a function with 2,048 programmed vectors costs one table update, not
+    /// 2,048 of them (each of which re-sends the whole table). Returns the GSI of each change,
+    /// in order (the new one for [`MsiRouteChange::Add`]).
+    pub fn apply_msi_routes(&self, changes: &[MsiRouteChange]) -> Result<Vec<u32>> {
+        let mut table = self.lock();
+        let mut next = table.clone();
+        let mut gsis = Vec::with_capacity(changes.len());
+        // GSIs below the cursor were found taken in this batch: searching from it keeps a
+        // batch of adds linear instead of quadratic.
+        let mut search_from = FIRST_MSI_GSI;
+        for change in changes {
+            let gsi = match *change {
+                MsiRouteChange::Add(msg) => {
+                    let gsi = (search_from..self.max_gsi)
+                        .find(|g| !next.contains_key(g))
+                        .ok_or(Error::GsiExhausted { max: self.max_gsi })?;
+                    search_from = gsi + 1;
+                    next.insert(gsi, Route::Msi(msg));
+                    gsi
+                }
+                MsiRouteChange::Set(gsi, msg) => {
+                    self.check_gsi(gsi)?;
+                    next.insert(gsi, Route::Msi(msg));
+                    gsi
+                }
+                MsiRouteChange::Remove(gsi) => {
+                    next.remove(&gsi);
+                    gsi
+                }
+            };
+            gsis.push(gsi);
+        }
+        let first = gsis.first().copied().unwrap_or(0);
+        self.send(&next, first)?;
+        *table = next;
+        Ok(gsis)
     }
 
     /// The current table, by GSI.
@@ -230,7 +281,14 @@ impl Interrupts {
             Some(r) => next.insert(gsi, r),
             None => next.remove(&gsi),
         };
-        let entries: Vec<kvm_irq_routing_entry> = next
+        self.send(&next, gsi)?;
+        *table = next;
+        Ok(())
+    }
+
+    /// Sends `table` to KVM as the whole routing table (`gsi` names the change, for errors).
+    fn send(&self, table: &BTreeMap<u32, Route>, gsi: u32) -> Result<()> {
+        let entries: Vec<kvm_irq_routing_entry> = table
             .iter()
             .flat_map(|(g, r)| routing_entries(*g, r))
             .collect();
@@ -242,9 +300,7 @@ impl Interrupts {
                 gsi,
                 routes: entries.len(),
                 source,
-            })?;
-        *table = next;
-        Ok(())
+            })
     }
 }
 

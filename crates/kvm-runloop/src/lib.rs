@@ -3,6 +3,7 @@
 #![warn(missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod address_map;
 pub mod asm;
 mod bus;
 mod cpu_mode;
@@ -10,13 +11,13 @@ mod error;
 mod exit;
 mod irq;
 mod kick;
-mod ratelimit;
 mod slots;
 mod stats;
 pub mod testing;
 mod vcpu;
 mod vm;
 
+pub use address_map::{AddressMap, Claim, Holder, Space};
 pub use bus::{
     BusCounts, BusKind, DeviceBus, DeviceCounts, DeviceError, FallibleMmio, FalliblePio,
 };
@@ -26,7 +27,7 @@ pub use cpu_mode::{
 };
 pub use error::{Error, Result};
 pub use exit::{Access, Exit, ExitKind, VcpuStop};
-pub use irq::{FIRST_MSI_GSI, Interrupts, MsiMessage, Route};
+pub use irq::{FIRST_MSI_GSI, Interrupts, MsiMessage, MsiRouteChange, Route};
 pub use kick::{KICK_SIGNAL_OFFSET, StopHandle};
 pub use kvm_ioctls::IoEventAddress;
 pub use slots::{BackingKind, MemoryAccess, MemorySlots, RegionInfo, SlotId};

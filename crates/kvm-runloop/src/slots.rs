@@ -21,6 +21,7 @@ use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use vm_memory::{FileOffset, MmapRegion};
 
+use crate::address_map::{AddressMap, Holder, Space};
 use crate::error::{Error, Result};
 
 const PAGE_SIZE: u64 = 4096;
@@ -116,6 +117,9 @@ pub struct MemorySlots {
     max_slots: u32,
     readonly_supported: bool,
     table: Mutex<BTreeMap<u32, Slot>>,
+    /// The VM's address map, shared with its bus: a slot is never placed over a trapped range
+    /// or a reserved window (KVM would serve the slot and the device would never see an access).
+    map: Arc<AddressMap>,
 }
 
 impl std::fmt::Debug for MemorySlots {
@@ -129,12 +133,18 @@ impl std::fmt::Debug for MemorySlots {
 }
 
 impl MemorySlots {
-    pub(crate) fn new(vm: Arc<VmFd>, max_slots: u32, readonly_supported: bool) -> Self {
+    pub(crate) fn new(
+        vm: Arc<VmFd>,
+        max_slots: u32,
+        readonly_supported: bool,
+        map: Arc<AddressMap>,
+    ) -> Self {
         MemorySlots {
             vm,
             max_slots,
             readonly_supported,
             table: Mutex::new(BTreeMap::new()),
+            map,
         }
     }
 
@@ -261,15 +271,24 @@ impl MemorySlots {
         let s = table.get(&slot.0).ok_or(Error::NoSuchSlot(slot.0))?;
         check_region(&s.name, new_guest_addr, s.size)?;
         check_overlap(&table, Some(slot.0), &s.name, new_guest_addr, s.size)?;
+        let old_guest_addr = s.guest_addr;
+        self.map
+            .relocate(Space::Memory, old_guest_addr, new_guest_addr)?;
         let s = &table[&slot.0];
-        self.set_region(
+        if let Err(e) = self.set_region(
             slot.0,
             &s.name,
             new_guest_addr,
             s.size,
             s.access,
             s.mapping.as_ptr(),
-        )?;
+        ) {
+            // Back where KVM still has it; its old place was only free for it.
+            let _ = self
+                .map
+                .relocate(Space::Memory, new_guest_addr, old_guest_addr);
+            return Err(e);
+        }
         table.get_mut(&slot.0).expect("looked up above").guest_addr = new_guest_addr;
         Ok(())
     }
@@ -298,6 +317,7 @@ impl MemorySlots {
             }
         })?;
         let s = table.remove(&slot.0).expect("looked up above");
+        self.map.release(Space::Memory, s.guest_addr);
         Ok(s.info(slot.0))
     }
 
@@ -382,7 +402,12 @@ impl MemorySlots {
                 max: self.max_slots,
                 name: name.into(),
             })?;
-        self.set_region(slot, name, guest_addr, size, access, mapping.as_ptr())?;
+        self.map
+            .claim(Space::Memory, guest_addr, size, name, Holder::Slot(slot))?;
+        if let Err(e) = self.set_region(slot, name, guest_addr, size, access, mapping.as_ptr()) {
+            self.map.release(Space::Memory, guest_addr);
+            return Err(e);
+        }
         table.insert(
             slot,
             Slot {

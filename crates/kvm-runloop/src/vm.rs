@@ -10,6 +10,7 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::address_map::{AddressMap, Space};
 use crate::bus::DeviceBus;
 use crate::error::{Error, Result, open_kvm_hint};
 use crate::irq::Interrupts;
@@ -21,6 +22,24 @@ use crate::vcpu::Vcpu;
 /// Where KVM may put the three pages of the VMX real-mode TSS: just below the 4 GiB BIOS area,
 /// where QEMU and Firecracker put it. Guests must not use this range.
 const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// What the in-kernel irqchip (`KVM_CREATE_IRQCHIP`) serves itself, so that a guest access
+/// there never exits: nothing else may be placed over it (Linux `arch/x86/kvm/i8259.c`,
+/// `ioapic.h`; the local APIC page is the architectural default, Intel SDM vol. 3, 11.4.1).
+const IRQCHIP_RANGES: [(Space, u64, u64, &str); 6] = [
+    (Space::Io, 0x20, 2, "in-kernel PIC (master)"),
+    (Space::Io, 0xa0, 2, "in-kernel PIC (slave)"),
+    (Space::Io, 0x4d0, 2, "in-kernel PIC ELCR"),
+    (Space::Memory, 0xfec0_0000, 0x1000, "in-kernel IOAPIC"),
+    (Space::Memory, 0xfee0_0000, 0x1000, "in-kernel local APIC"),
+    // Where KVM puts the real-mode TSS (`KVM_SET_TSS_ADDR`): three pages.
+    (
+        Space::Memory,
+        TSS_ADDRESS as u64,
+        0x3000,
+        "KVM real-mode TSS",
+    ),
+];
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -68,6 +87,7 @@ pub struct Vm {
     memory: GuestMemoryMmap,
     slots: Arc<MemorySlots>,
     bus: Arc<DeviceBus>,
+    map: Arc<AddressMap>,
     interrupts: Option<Interrupts>,
     control: Arc<RunControl>,
     vcpu_stats: Mutex<Vec<(u32, Arc<ExitStats>)>>,
@@ -106,6 +126,7 @@ impl Vm {
                 step: "KVM_SET_TSS_ADDR",
                 source,
             })?;
+        let map = Arc::new(AddressMap::new());
         let interrupts = if config.irqchip {
             fd.create_irq_chip().map_err(|source| Error::VmSetup {
                 step: "KVM_CREATE_IRQCHIP",
@@ -131,9 +152,16 @@ impl Vm {
             fd.clone(),
             max_slots,
             kvm.check_extension(Cap::ReadonlyMem),
+            map.clone(),
         ));
         for (i, region) in memory.iter().enumerate() {
             slots.add_guest_ram(&format!("ram{i}"), region.start_addr().0, region.get_mmap())?;
+        }
+        for (space, start, size, name) in IRQCHIP_RANGES {
+            // The TSS is KVM's whether or not there is an irqchip; the rest only with one.
+            if config.irqchip || start == TSS_ADDRESS as u64 {
+                map.reserve(space, start, size, name)?;
+            }
         }
 
         Ok(Vm {
@@ -141,7 +169,8 @@ impl Vm {
             fd,
             memory,
             slots,
-            bus: Arc::new(DeviceBus::new()),
+            bus: Arc::new(DeviceBus::with_address_map(map.clone())),
+            map,
             interrupts,
             control: RunControl::new()?,
             vcpu_stats: Mutex::new(Vec::new()),
@@ -245,6 +274,14 @@ impl Vm {
     /// The PIO and MMIO buses.
     pub fn bus(&self) -> &Arc<DeviceBus> {
         &self.bus
+    }
+
+    /// The one map of what is placed where in the guest's memory and I/O space, shared by the
+    /// slots and the bus. Reserve the VMM's own windows here (and ports its devices serve
+    /// outside the bus) so no device is placed over them; the in-kernel irqchip's ports and
+    /// pages are reserved already.
+    pub fn address_map(&self) -> &Arc<AddressMap> {
+        &self.map
     }
 
     /// Routes, irqfds and MSIs; an error if the VM has no in-kernel irqchip.

@@ -466,6 +466,39 @@ fn gsi_routing_keeps_the_legacy_table_and_checks_bounds() {
     ));
 }
 
+/// Issue 12 item 7: the route changes of one guest write go to KVM as one table, all or
+/// nothing; a batch of adds takes consecutive free GSIs.
+#[test]
+fn a_batch_of_route_changes_is_one_update_all_or_nothing() {
+    use kvm_runloop::MsiRouteChange::{Add, Remove, Set};
+    let Some(vm) = vm(true) else { return };
+    let irq = vm.interrupts().unwrap();
+    let first = irq.add_msi_route(MsiMessage::x86(0, 0x40)).unwrap();
+    let batch: Vec<_> = (0..2000u32)
+        .map(|i| Add(MsiMessage::x86(0, 0x30 + (i % 200) as u8)))
+        .collect();
+    let gsis = irq.apply_msi_routes(&batch).unwrap();
+    assert_eq!(gsis.len(), 2000);
+    assert_eq!(gsis[0], first + 1);
+    assert!(gsis.windows(2).all(|w| w[1] == w[0] + 1));
+    assert_eq!(irq.routes().len(), 24 + 1 + 2000);
+    // A batch with one bad change changes nothing.
+    let before = irq.routes();
+    let bad = [
+        Set(first, MsiMessage::x86(0, 0x99)),
+        Remove(gsis[0]),
+        Set(1 << 20, MsiMessage::default()),
+    ];
+    assert!(matches!(
+        irq.apply_msi_routes(&bad),
+        Err(Error::GsiOutOfRange { .. })
+    ));
+    assert_eq!(irq.routes(), before);
+    irq.apply_msi_routes(&[Set(first, MsiMessage::x86(0, 0x99)), Remove(gsis[0])])
+        .unwrap();
+    assert_eq!(irq.routes().len(), 24 + 2000);
+}
+
 /// Issue 12 item 2: two devices programming MSI-X vectors at once, each through its own router
 /// on one VM, must never end on the same GSI (the NIC's interrupts would arrive as the NVMe's,
 /// and freeing one would remove the other's route). Allocation and routing are one step.

@@ -31,11 +31,12 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::os::fd::{AsFd, FromRawFd};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use kvm_runloop::reexports::vm_device::DeviceMmio;
 use kvm_runloop::reexports::vm_device::bus::{MmioAddress, MmioAddressOffset};
 use kvm_runloop::{MemoryAccess, MsiMessage, SlotId, Vm};
+use log_limit::{LogLimiter, suppressed_note};
 use pci_config::capability::{BarOffset, MsixCapability};
 use pci_config::{
     BarDef, ConfigEvent, ConfigSize, ConfigSpace, DeviceIds, HeaderType, PciFunction,
@@ -77,12 +78,17 @@ struct State {
     counters: TestCounters,
 }
 
+/// BAR0 decoded: its two trapped ranges on the bus at `base` and `base + MSIX_TABLE`, and
+/// its memory page in `slot`.
 struct Mapped {
     base: u64,
-    regs: bool,
-    msix: bool,
-    slot: Option<SlotId>,
+    slot: SlotId,
 }
+
+/// Lines a guest triggers at will (a BAR placed over something, an MSI aimed outside the
+/// APIC window): ten at once, then one a second, for all test functions together.
+static GUEST_LOG: LazyLock<LogLimiter> =
+    LazyLock::new(|| LogLimiter::new(10, std::time::Duration::from_secs(1)));
 
 /// The emulated function (what the bus holds).
 pub struct TestFunction {
@@ -178,22 +184,18 @@ impl TestHandle {
                 let b = m.base;
                 // The same words and kinds as the VM's flat view (report.rs): the memory page is
                 // a memfd slot (`ramd`), the rest traps (`i/o`).
-                let line = |out: &mut String, lo: u64, hi: u64, what: &str, on: bool| {
+                let line = |out: &mut String, lo: u64, hi: u64, what: &str| {
                     let kind = if what == "memory" {
                         MtreeKind::RamDevice
                     } else {
                         MtreeKind::Io
                     };
-                    let name = format!(
-                        "{} BAR0 {what}{}",
-                        s.name,
-                        if on { "" } else { " [REFUSED]" }
-                    );
+                    let name = format!("{} BAR0 {what}", s.name);
                     let _ = writeln!(out, "{}", mtree_line(b + lo, b + hi - 1, kind, &name));
                 };
-                line(&mut out, 0, PAGE, "registers", m.regs);
-                line(&mut out, PAGE, 2 * PAGE, "memory", m.slot.is_some());
-                line(&mut out, MSIX_TABLE, BAR_SIZE, "msix-table+pba", m.msix);
+                line(&mut out, 0, PAGE, "registers");
+                line(&mut out, PAGE, 2 * PAGE, "memory");
+                line(&mut out, MSIX_TABLE, BAR_SIZE, "msix-table+pba");
             }
         }
         out
@@ -239,70 +241,84 @@ impl State {
         }
         let Some(vm) = self.vm.upgrade() else { return };
         if let Some(m) = self.mapped.take() {
-            if m.regs {
-                let _ = vm.bus().unregister_mmio(m.base);
-            }
-            if m.msix {
-                let _ = vm.bus().unregister_mmio(m.base + MSIX_TABLE);
-            }
-            if let Some(slot) = m.slot {
-                let _ = vm.slots().remove(slot);
-            }
+            let _ = vm.bus().unregister_mmio(m.base);
+            let _ = vm.bus().unregister_mmio(m.base + MSIX_TABLE);
+            let _ = vm.slots().remove(m.slot);
         }
         let Some(base) = wanted else { return };
-        let regs = vm
-            .bus()
-            .register_mmio(
-                &format!("{} BAR0 registers", self.name),
-                base,
-                PAGE,
-                Arc::new(Registers(me.clone())),
-            )
-            .map_err(|e| log::warn!("{}: BAR0 registers not decoded: {e}", self.name))
-            .is_ok();
-        let msix = vm
-            .bus()
-            .register_mmio(
-                &format!("{} BAR0 msix-table+pba", self.name),
-                base + MSIX_TABLE,
-                BAR_SIZE - MSIX_TABLE,
-                Arc::new(MsixPages(me.clone())),
-            )
-            .map_err(|e| log::warn!("{}: BAR0 MSI-X pages not decoded: {e}", self.name))
-            .is_ok();
-        let slot = vm
-            .slots()
-            .add_file(
-                &format!("{} BAR0 memory", self.name),
-                base + PAGE,
-                PAGE,
-                self.memfd.as_fd(),
-                0,
-                MemoryAccess::ReadWrite,
-            )
-            .map_err(|e| log::warn!("{}: BAR0 page 1 not mapped: {e}", self.name))
-            .ok();
-        if !(regs && msix && slot.is_some()) {
+        // All or nothing, against the VM's one address map (slots and bus ranges alike, any
+        // device's, the VMM's windows): a part that cannot be placed undoes the others, so
+        // the BAR is either wholly decoded or not at all.
+        let placed = self.place(&vm, me, base);
+        if placed.is_none() {
             self.counters.refused_placements += 1;
         }
-        self.mapped = Some(Mapped {
+        self.mapped = placed;
+    }
+
+    fn place(&self, vm: &Vm, me: &Arc<Mutex<State>>, base: u64) -> Option<Mapped> {
+        let refused = |what: &str, e: kvm_runloop::Error| {
+            // A guest can reprogram BAR0 at exit rate: rate-limited.
+            if let Some(suppressed) = GUEST_LOG.allow() {
+                log::warn!(
+                    "{}: BAR0 at {base:#x} not decoded: {what}: {e}; reprogram BAR0 inside the \
+                     PCI window{}",
+                    self.name,
+                    suppressed_note(suppressed)
+                );
+            }
+        };
+        let bus = vm.bus();
+        if let Err(e) = bus.register_mmio(
+            &format!("{} BAR0 registers", self.name),
             base,
-            regs,
-            msix,
-            slot,
-        });
+            PAGE,
+            Arc::new(Registers(me.clone())),
+        ) {
+            refused("registers", e);
+            return None;
+        }
+        if let Err(e) = bus.register_mmio(
+            &format!("{} BAR0 msix-table+pba", self.name),
+            base + MSIX_TABLE,
+            BAR_SIZE - MSIX_TABLE,
+            Arc::new(MsixPages(me.clone())),
+        ) {
+            refused("MSI-X pages", e);
+            let _ = bus.unregister_mmio(base);
+            return None;
+        }
+        match vm.slots().add_file(
+            &format!("{} BAR0 memory", self.name),
+            base + PAGE,
+            PAGE,
+            self.memfd.as_fd(),
+            0,
+            MemoryAccess::ReadWrite,
+        ) {
+            Ok(slot) => Some(Mapped { base, slot }),
+            Err(e) => {
+                refused("page 1", e);
+                let _ = bus.unregister_mmio(base);
+                let _ = bus.unregister_mmio(base + MSIX_TABLE);
+                None
+            }
+        }
     }
 
     fn inject(&mut self, address: u64, data: u32) {
         if !(MSI_WINDOW.0..MSI_WINDOW.1).contains(&address) {
             self.counters.refused_msi += 1;
-            log::warn!(
-                "{}: MSI-X message to {address:#x} (data {data:#x}) not delivered: x86 MSIs \
-                 target the local APIC window {:#x}-{:#x}",
-                self.name,
-                MSI_WINDOW.0,
-                MSI_WINDOW.1 - 1
-            );
+            if let Some(suppressed) = GUEST_LOG.allow() {
+                log::warn!(
+                    "{}: MSI-X message to {address:#x} (data {data:#x}) not delivered: x86 MSIs \
+                     target the local APIC window {:#x}-{:#x}{}",
+                    self.name,
+                    MSI_WINDOW.0,
+                    MSI_WINDOW.1 - 1,
+                    suppressed_note(suppressed)
+                );
+            }
             return;
         }
         let Some(vm) = self.vm.upgrade() else { return };
@@ -538,6 +554,43 @@ mod tests {
             vm.slots().find(0xc000_1000).unwrap().name,
             "00:01.0 BAR0 memory"
         );
+    }
+
+    #[test]
+    fn a_bar_is_never_half_placed_over_another_devices_range_or_slot() {
+        let Some(vm) = vm() else { return };
+        let (mut f, h) = TestFunction::new("00:01.0", &vm, reserved()).unwrap();
+        // Another device's trapped page where BAR0's memory page would go (base + 0x1000).
+        vm.bus()
+            .register_mmio("other", 0xc001_1000, PAGE, Arc::new(Nothing))
+            .unwrap();
+        w32(&mut f, 0x10, 0xc001_0000);
+        f.config_write(4, &[0x02, 0]);
+        assert_eq!(h.counters().refused_placements, 1);
+        assert!(
+            vm.slots().find(0xc001_1000).is_none(),
+            "no slot over \"other\""
+        );
+        let names: Vec<String> = ranges(&vm).into_iter().map(|r| r.0).collect();
+        assert_eq!(names, ["other"], "all or nothing");
+        // Another device's slot where BAR0's registers (trapped) would go.
+        vm.slots()
+            .add_anonymous("other memory", 0xc002_0000, PAGE, MemoryAccess::ReadWrite)
+            .unwrap();
+        w32(&mut f, 0x10, 0xc002_0000);
+        assert_eq!(h.counters().refused_placements, 2);
+        let names: Vec<String> = ranges(&vm).into_iter().map(|r| r.0).collect();
+        assert_eq!(names, ["other"], "all or nothing");
+        // A free place works.
+        w32(&mut f, 0x10, 0xc003_0000);
+        assert!(vm.slots().find(0xc003_1000).is_some());
+        assert_eq!(ranges(&vm).len(), 3);
+    }
+
+    struct Nothing;
+    impl DeviceMmio for Nothing {
+        fn mmio_read(&self, _: MmioAddress, _: MmioAddressOffset, _: &mut [u8]) {}
+        fn mmio_write(&self, _: MmioAddress, _: MmioAddressOffset, _: &[u8]) {}
     }
 
     #[test]

@@ -180,6 +180,11 @@ fn sigusr1_prints_the_reports_while_the_guest_runs() {
         report < result,
         "the report came before the guest's end:\n{stdout}"
     );
-    assert!(stdout.contains("00:01.0 BAR0 msix-table"), "{stdout}");
+    // The signal comes at the guest's first line, before it programs any BAR: the device's
+    // section is there, its ranges may not be yet.
+    assert!(
+        stdout[report..result].contains("Device 00:01.0 (sim"),
+        "{stdout}"
+    );
     assert_eq!(status.code(), Some(1), "{stdout}");
 }

@@ -16,9 +16,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::host::{DeviceInfo, IrqKind};
 
-/// A failed backend operation, naming the device, the operation and the region or IRQ.
+/// A failed backend operation, naming the device, the operation and the region or IRQ, and
+/// what to do for the errors a host device gives when it fails.
 #[derive(Debug, Error)]
-#[error("{device}: {op} failed: {source}")]
+#[error("{device}: {op} failed: {source}{}", hint(.source))]
 pub struct BackendError {
     /// The device (its BDF for VFIO).
     pub device: String,
@@ -37,6 +38,25 @@ impl BackendError {
             op: op.into(),
             source,
         }
+    }
+}
+
+/// What to do about the errnos a failing or vanished host device gives.
+fn hint(source: &io::Error) -> &'static str {
+    match source.raw_os_error() {
+        Some(libc::ENODEV) => {
+            "; the device is gone from the host (surprise removal, unbind or a failed link): \
+             detach it, then check `lspci` and `dmesg`"
+        }
+        Some(libc::EIO) => {
+            "; the device reported an error: check `dmesg`; a reset (or detach and attach) may \
+             recover it"
+        }
+        Some(libc::ENOSPC) | Some(libc::ENOMEM) => {
+            "; the host is out of interrupt vectors or memory for it: enable fewer vectors, or \
+             free host resources"
+        }
+        _ => "",
     }
 }
 

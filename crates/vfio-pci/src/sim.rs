@@ -26,10 +26,10 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use iommu_dma::{DmaMapper, HostIommuLimits, SoftwareIommu};
+use iommu_dma::{DmaError, DmaMapper, DmaMapping, HostIommuLimits, SoftwareIommu};
 use pci_config::capability::{BarOffset, MsiCapability, MsixCapability, PowerManagement};
 use pci_config::capability::{ExpressCapability, PortType};
 use pci_config::{BarDef, ConfigSize, ConfigSpace, DeviceIds, ExtCapabilityId, HeaderType};
@@ -98,6 +98,81 @@ struct SimIrqs {
     msix: Vec<EventFd>,
 }
 
+/// Host faults to inject into a [`SimBackend`] ([`SimBackend::faults`]), each off by default and
+/// switchable at any time, so tests see what a VMM sees when the host fails: errors that must
+/// name the device and what to do, an attach that is all or nothing, a detach that leaves
+/// nothing behind.
+#[derive(Debug, Default)]
+pub struct SimFaults {
+    /// Region (BAR, ROM) reads and writes fail with `EIO`, as `pread`/`pwrite` on the device fd
+    /// do when the device errors.
+    pub region_io: AtomicBool,
+    /// mmaps of the BARs fail (`EINVAL`, as when the host refuses the mapping).
+    pub mmap: AtomicBool,
+    /// `VFIO_DEVICE_SET_IRQS` fails with this errno (0: it works).
+    pub irqs: AtomicI32,
+    /// DMA maps fail with this errno (0: they work): `ENOMEM` (locked memory), `EBUSY`,
+    /// `ENOSPC` (the IOMMU's mapping limit).
+    pub dma_map: AtomicI32,
+    /// `VFIO_DEVICE_RESET` fails with `EIO`.
+    pub reset: AtomicBool,
+    /// The device is gone (surprise removal): config and region reads return all-ones,
+    /// writes are dropped, every ioctl fails with `ENODEV`.
+    pub vanished: AtomicBool,
+}
+
+impl SimFaults {
+    /// The errno an ioctl fails with now (`ENODEV` once the device vanished), or `None`.
+    fn ioctl(&self, injected: i32) -> Option<i32> {
+        if self.vanished.load(Ordering::Relaxed) {
+            Some(libc::ENODEV)
+        } else {
+            (injected != 0).then_some(injected)
+        }
+    }
+}
+
+/// The simulated device's IOMMU with [`SimFaults::dma_map`] injected into its maps. Unmaps
+/// always work: the container outlives a device that vanished, and so do its mappings.
+#[derive(Debug)]
+struct FaultyIommu {
+    iommu: Arc<SoftwareIommu>,
+    faults: Arc<SimFaults>,
+}
+
+impl DmaMapper for FaultyIommu {
+    fn name(&self) -> &str {
+        self.iommu.name()
+    }
+
+    fn limits(&self) -> HostIommuLimits {
+        self.iommu.limits()
+    }
+
+    unsafe fn map(&self, mapping: DmaMapping) -> Result<(), DmaError> {
+        let errno = self.faults.dma_map.load(Ordering::Relaxed);
+        if let (Some(errno), Some(range)) = (self.faults.ioctl(errno), mapping.iova_range()) {
+            return Err(DmaError::MapFailed {
+                mapper: self.iommu.name().to_string(),
+                op: "VFIO_IOMMU_MAP_DMA",
+                range,
+                host_addr: mapping.host_addr,
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+        // SAFETY: the caller's guarantees for `mapping` are passed on unchanged.
+        unsafe { self.iommu.map(mapping) }
+    }
+
+    fn unmap(&self, iova: u64, size: u64) -> Result<DmaMapping, DmaError> {
+        self.iommu.unmap(iova, size)
+    }
+
+    fn mappings(&self) -> Vec<DmaMapping> {
+        self.iommu.mappings()
+    }
+}
+
 /// A simulated host device (see the [module docs](self)).
 pub struct SimBackend {
     spec: SimSpec,
@@ -113,6 +188,10 @@ pub struct SimBackend {
     resets: AtomicU64,
     region_writes: AtomicU64,
     intx_unmasks: AtomicU64,
+    /// Set on drop when a mapping of a region is still in this process (see
+    /// [`SimBackend::left_mapped_probe`]).
+    left_mapped: Arc<AtomicBool>,
+    faults: Arc<SimFaults>,
 }
 
 impl std::fmt::Debug for SimBackend {
@@ -236,6 +315,8 @@ impl SimBackend {
             resets: AtomicU64::new(0),
             region_writes: AtomicU64::new(0),
             intx_unmasks: AtomicU64::new(0),
+            left_mapped: Arc::new(AtomicBool::new(false)),
+            faults: Arc::new(SimFaults::default()),
         })
     }
 
@@ -377,6 +458,49 @@ impl SimBackend {
         })
     }
 
+    /// A function with `vectors` MSI-X vectors (up to 2,048, the most PCI allows) and nothing
+    /// else: BAR 0 (64-bit, 64 KiB) holds the table at 0x0 and the PBA at 0x8000. For
+    /// benchmarks and stress tests of interrupt routing.
+    pub fn msix_only(name: &str, vectors: u16) -> io::Result<Self> {
+        let ids = DeviceIds {
+            vendor_id: 0x1af4,
+            device_id: 0x10f0,
+            class_code: 0xff0000,
+            revision: 1,
+            subsystem_vendor_id: 0x1af4,
+            subsystem_id: 0x1100,
+        };
+        let mut config = ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Extended, ids);
+        config
+            .add_capability(ExpressCapability::new(PortType::Endpoint))
+            .map_err(io::Error::other)?;
+        config
+            .add_capability(MsixCapability::new(
+                vectors,
+                BarOffset { bir: 0, offset: 0 },
+                BarOffset {
+                    bir: 0,
+                    offset: 0x8000,
+                },
+            ))
+            .map_err(io::Error::other)?;
+        Self::new(SimSpec {
+            name: name.into(),
+            config,
+            bars: vec![SimBar {
+                index: 0,
+                def: BarDef::memory64(0x1_0000).at(0xfe00_0000),
+                sparse: None,
+                msix_mappable: false,
+            }],
+            rom_size: 0,
+            intx: false,
+            msi_vectors: 0,
+            msix_vectors: u32::from(vectors),
+            doorbell: None,
+        })
+    }
+
     /// The spec the device was built from.
     pub fn spec(&self) -> &SimSpec {
         &self.spec
@@ -501,6 +625,48 @@ impl SimBackend {
     }
 }
 
+impl SimBackend {
+    /// The faults to inject (all off until a test sets them).
+    pub fn faults(&self) -> &SimFaults {
+        &self.faults
+    }
+
+    /// An injected ioctl failure for `op`, if any (see [`SimFaults`]).
+    fn ioctl_fault(&self, op: impl Into<String>, injected: i32) -> Result<(), BackendError> {
+        match self.faults.ioctl(injected) {
+            Some(errno) => Err(BackendError::new(
+                self.spec.name.clone(),
+                op,
+                io::Error::from_raw_os_error(errno),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A flag the backend sets when it is dropped while an mmap of one of its regions is still
+    /// in this process. On a real VFIO device that is the teardown-order bug that leaves the
+    /// group attached: an mmap keeps the device file open, so when `vfio-ioctls` closes the
+    /// device and takes the group out of its container, `VFIO_GROUP_UNSET_CONTAINER` fails
+    /// with `EBUSY`. Take the flag before handing the backend over.
+    pub fn left_mapped_probe(&self) -> Arc<AtomicBool> {
+        self.left_mapped.clone()
+    }
+
+    /// Whether `/proc/self/maps` shows a mapping of one of this device's region memfds.
+    fn regions_mapped(&self) -> bool {
+        let tag = format!("memfd:sim {} region ", self.spec.name);
+        std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains(&tag))
+    }
+}
+
+impl Drop for SimBackend {
+    fn drop(&mut self) {
+        if self.regions_mapped() {
+            self.left_mapped.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 impl DeviceBackend for SimBackend {
     fn name(&self) -> &str {
         &self.spec.name
@@ -511,6 +677,10 @@ impl DeviceBackend for SimBackend {
     }
 
     fn config_read(&self, offset: u16, data: &mut [u8]) -> Result<(), BackendError> {
+        if self.faults.vanished.load(Ordering::Relaxed) {
+            data.fill(0xff);
+            return Ok(());
+        }
         self.lock_config().read(offset, data).map_err(|e| {
             sim_err(
                 &self.spec.name,
@@ -522,6 +692,9 @@ impl DeviceBackend for SimBackend {
     }
 
     fn config_write(&self, offset: u16, data: &[u8]) -> Result<(), BackendError> {
+        if self.faults.vanished.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         self.lock_config()
             .write(offset, data)
             .map(|_| ())
@@ -538,6 +711,17 @@ impl DeviceBackend for SimBackend {
     fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), BackendError> {
         self.check_region(index, offset, data.len(), "read")?;
         let len = data.len();
+        if self.faults.vanished.load(Ordering::Relaxed) {
+            data.fill(0xff);
+            return Ok(());
+        }
+        if self.faults.region_io.load(Ordering::Relaxed) {
+            return Err(BackendError::new(
+                self.spec.name.clone(),
+                format!("read of {len} bytes at {offset:#x} of region {index}"),
+                io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         self.region_file(index)
             .and_then(|f| f.read_exact_at(data, offset))
             .map_err(|e| {
@@ -557,6 +741,16 @@ impl DeviceBackend for SimBackend {
                 data.len()
             )
         };
+        if self.faults.vanished.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if self.faults.region_io.load(Ordering::Relaxed) {
+            return Err(BackendError::new(
+                self.spec.name.clone(),
+                op(),
+                io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         if index == 6 {
             return Err(sim_err(
                 &self.spec.name,
@@ -584,12 +778,14 @@ impl DeviceBackend for SimBackend {
         let file = self.regions.get(index as usize)?.as_ref()?;
         Some(MmapSource {
             fd: file.as_fd(),
-            offset: 0,
+            // An offset that is not page aligned: the host's mmap fails with EINVAL.
+            offset: u64::from(self.faults.mmap.load(Ordering::Relaxed)),
         })
     }
 
     fn enable_irqs(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), BackendError> {
         let op = || format!("enabling {} {kind} vectors", fds.len());
+        self.ioctl_fault(op(), self.faults.irqs.load(Ordering::Relaxed))?;
         let count = self.irq_count(kind) as usize;
         if count == 0 || fds.len() > count {
             return Err(sim_err(
@@ -641,6 +837,7 @@ impl DeviceBackend for SimBackend {
     }
 
     fn disable_irqs(&self, kind: IrqKind) -> Result<(), BackendError> {
+        self.ioctl_fault(format!("disabling {kind}"), 0)?;
         let mut irqs = self.lock_irqs();
         match kind {
             IrqKind::Intx => {
@@ -672,6 +869,12 @@ impl DeviceBackend for SimBackend {
     }
 
     fn reset(&self) -> Result<bool, BackendError> {
+        let injected = if self.faults.reset.load(Ordering::Relaxed) {
+            libc::EIO
+        } else {
+            0
+        };
+        self.ioctl_fault("VFIO_DEVICE_RESET", injected)?;
         self.resets.fetch_add(1, Ordering::Relaxed);
         *self.lock_config() = self.initial.clone();
         for (index, file) in self.regions.iter().enumerate() {
@@ -693,7 +896,10 @@ impl DeviceBackend for SimBackend {
     }
 
     fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
-        self.iommu.clone()
+        Arc::new(FaultyIommu {
+            iommu: self.iommu.clone(),
+            faults: self.faults.clone(),
+        })
     }
 }
 

@@ -90,6 +90,11 @@ pub enum VfioBackendError {
 }
 
 /// A host device opened through VFIO, as a [`DeviceBackend`].
+///
+/// Drop it only once every mmap of its regions is gone ([`PassthroughDevice`](crate::PassthroughDevice)
+/// releases its own at detach): an mmap keeps the device file open, and dropping the backend
+/// then leaves its group in the container (`VFIO_GROUP_UNSET_CONTAINER` fails with `EBUSY`),
+/// so the device cannot be opened again in this process.
 pub struct VfioBackend {
     name: String,
     opened: OpenedVfio,

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvm_runloop::reexports::kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
-use kvm_runloop::{Vcpu, Vm};
+use kvm_runloop::{Space, Vcpu, Vm};
 use thiserror::Error;
 
 pub use cpu::wait_for_sipi;
@@ -189,6 +189,14 @@ pub fn setup(vm: &Vm, spec: &LinuxSpec, ram: &[(u64, u64)]) -> Result<LinuxMachi
             step: "KVM_CREATE_PIT2".into(),
             source,
         })?;
+    // KVM serves these ports in the kernel now: no I/O BAR may be placed over them (the guest
+    // would reach the PIT, not the device).
+    for (start, size, name) in [
+        (0x40, 4, "the in-kernel PIT"),
+        (0x61, 1, "the PIT's speaker port"),
+    ] {
+        vm.address_map().reserve(Space::Io, start, size, name)?;
+    }
     let power = PowerRegisters::install(vm)?;
 
     let tables = acpi::AcpiTables::build(spec.cpus);

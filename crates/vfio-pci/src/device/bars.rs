@@ -5,7 +5,8 @@
 //!
 //! A BAR is placed all or nothing: if any slot or range is refused (over guest RAM, over
 //! another BAR or device, past the address space), everything added for it is removed again,
-//! the refusal is logged once per address, and the BAR stays unmapped. The guest then reaches
+//! the refusal is logged (once per address, and through the device's rate limit: a guest can
+//! move a BAR at exit rate), and the BAR stays unmapped. The guest then reaches
 //! RAM or nothing there, never a device page mapped over RAM.
 
 use std::fs::File;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use log::{debug, warn};
+use log_limit::LogLimiter;
 use pci_config::BarKind;
 use trap_map::{BarPlan, MsixPlacement, SegmentKind, TrapHandling, TrapReason};
 use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset};
@@ -20,6 +22,7 @@ use vm_device::{DeviceMmio, DevicePio};
 use vm_memory::{FileOffset, GuestAddress, MmapRegion, VolatileMemory};
 
 use super::ReservedRange;
+use super::guest_log::guest_warn;
 use super::interrupts::IrqState;
 use crate::backend::{BackendError, DeviceBackend};
 use crate::ports::{
@@ -39,6 +42,8 @@ pub(crate) struct Shared {
     pub backend: Arc<dyn DeviceBackend>,
     pub irq: Mutex<IrqState>,
     pub msix: Option<MsixPlacement>,
+    /// The device's limit on guest-triggered log lines (shared with `irq`).
+    pub log: Arc<LogLimiter>,
 }
 
 impl Shared {
@@ -418,12 +423,13 @@ impl BarState {
         desired: Option<u64>,
         ports: &BarPorts,
         reserved: &[ReservedRange],
+        log: &LogLimiter,
     ) {
         if self.placed == desired {
             return;
         }
         let Some(new) = desired else {
-            self.remove(ports);
+            self.remove(ports, log);
             return;
         };
         let result = if let Err(why) = self.check_clear_of_reserved(new, reserved) {
@@ -440,15 +446,16 @@ impl BarState {
             }
             Err(e) => {
                 // All or nothing: whatever was added or moved goes.
-                self.remove(ports);
-                self.refuse(device, new, e);
+                self.remove(ports, log);
+                self.refuse(device, new, e, log);
             }
         }
     }
 
-    fn refuse(&mut self, device: &str, address: u64, why: String) {
+    fn refuse(&mut self, device: &str, address: u64, why: String, log: &LogLimiter) {
         if self.refused.as_ref().is_none_or(|(a, _)| *a != address) {
-            warn!(
+            guest_warn!(
+                log,
                 "{device}: the guest placed {} at {address:#x} but it cannot be mapped there \
                  ({why}); it stays unmapped until the guest moves it",
                 self.label()
@@ -534,39 +541,57 @@ impl BarState {
 
     /// Moves every mapping and trapped range to `new`. On an error some may have moved and
     /// others not: the caller removes them all (each records where it is).
+    ///
+    /// The parts move as `memmove` copies: from the top when the BAR moves up, from the bottom
+    /// when it moves down. A BAR moved by less than its size then never has a part land on
+    /// one of its own parts that has not moved yet, so each port call is checked against
+    /// everything but the BAR's own old place.
     fn try_move(&mut self, new: u64, ports: &BarPorts) -> Result<(), String> {
         self.check_range(new)?;
-        for m in &mut self.maps {
-            let Some(old) = m.placed else { continue };
-            let at = new + m.range.offset;
-            ports
-                .memory
-                .move_mapping(&m.range, GuestAddress(old), GuestAddress(at))
-                .map_err(|e| e.to_string())?;
-            m.placed = Some(at);
+        let mut parts: Vec<(u64, Part)> = (self.maps.iter().enumerate())
+            .map(|(i, m)| (m.range.offset, Part::Map(i)))
+            .chain((self.traps.iter().enumerate()).map(|(i, t)| (t.range.offset, Part::Trap(i))))
+            .collect();
+        parts.sort_by_key(|(offset, _)| *offset);
+        if self.placed.is_some_and(|old| new > old) {
+            parts.reverse();
         }
-        for i in 0..self.traps.len() {
-            let at = self.trap_address(new + self.traps[i].range.offset);
-            let t = &mut self.traps[i];
-            let Some(old) = t.registered else { continue };
-            ports
-                .traps
-                .move_trap(&t.range, old, at)
-                .map_err(|e| e.to_string())?;
-            t.registered = Some(at);
+        for (offset, part) in parts {
+            match part {
+                Part::Map(i) => {
+                    let m = &mut self.maps[i];
+                    let Some(old) = m.placed else { continue };
+                    let at = new + offset;
+                    ports
+                        .memory
+                        .move_mapping(&m.range, GuestAddress(old), GuestAddress(at))
+                        .map_err(|e| e.to_string())?;
+                    m.placed = Some(at);
+                }
+                Part::Trap(i) => {
+                    let at = self.trap_address(new + offset);
+                    let t = &mut self.traps[i];
+                    let Some(old) = t.registered else { continue };
+                    ports
+                        .traps
+                        .move_trap(&t.range, old, at)
+                        .map_err(|e| e.to_string())?;
+                    t.registered = Some(at);
+                }
+            }
         }
         Ok(())
     }
 
     /// Removes every mapping and trapped range of the BAR from the guest (the mmaps stay).
-    pub fn remove(&mut self, ports: &BarPorts) {
+    pub fn remove(&mut self, ports: &BarPorts, log: &LogLimiter) {
         for m in &mut self.maps {
             let Some(at) = m.placed else { continue };
             match ports.memory.unmap(&m.range, GuestAddress(at)) {
                 Ok(()) => m.placed = None,
                 // It stays recorded: the guest may still reach it, and the BAR is not placed
                 // anywhere else until it is gone.
-                Err(e) => warn!("{}: {e}", m.range),
+                Err(e) => guest_warn!(log, "{}: {e}", m.range),
             }
         }
         for t in &mut self.traps {
@@ -574,24 +599,33 @@ impl BarState {
                 continue;
             };
             if let Err(e) = ports.traps.remove_trap(&t.range, at) {
-                warn!("{}: {e}", t.range);
+                guest_warn!(log, "{}: {e}", t.range);
             }
         }
         self.placed = None;
+    }
+
+    /// Drops the device's own references to the BAR's mmaps (detach, after
+    /// [`remove`](Self::remove)): the pages are unmapped once no port holds them either. On
+    /// VFIO an mmap keeps the device file open, and the group cannot leave its container
+    /// (`VFIO_GROUP_UNSET_CONTAINER` says `EBUSY`) while the file is open: every mmap must go
+    /// before the backend does, whichever BAR holds the last reference to it.
+    pub fn release_mappings(&mut self) {
+        self.maps.clear();
     }
 
     /// Reads `data.len()` bytes at `offset` of the BAR: through the mmap of a mapped part, or
     /// the handler of a trapped one. The access must lie inside one part.
     pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), String> {
         match self.part(offset, data.len())? {
-            Part::Mapped(m) => m
+            AccessPart::Mapped(m) => m
                 .mapping
                 .region()
                 .get_slice((offset - m.range.offset) as usize, data.len())
                 .map(|s| s.copy_to(data))
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-            Part::Trapped(t) => t
+            AccessPart::Trapped(t) => t
                 .handler
                 .read(offset - t.range.offset, data)
                 .map_err(|e| e.to_string()),
@@ -601,20 +635,20 @@ impl BarState {
     /// Writes `data` at `offset` of the BAR (see [`read`](Self::read)).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), String> {
         match self.part(offset, data.len())? {
-            Part::Mapped(m) => m
+            AccessPart::Mapped(m) => m
                 .mapping
                 .region()
                 .get_slice((offset - m.range.offset) as usize, data.len())
                 .map(|s| s.copy_from(data))
                 .map_err(|e| e.to_string()),
-            Part::Trapped(t) => t
+            AccessPart::Trapped(t) => t
                 .handler
                 .write(offset - t.range.offset, data)
                 .map_err(|e| e.to_string()),
         }
     }
 
-    fn part(&self, offset: u64, len: usize) -> Result<Part<'_>, String> {
+    fn part(&self, offset: u64, len: usize) -> Result<AccessPart<'_>, String> {
         let end = offset
             .checked_add(len as u64)
             .filter(|&e| e <= self.size && len > 0)
@@ -626,10 +660,10 @@ impl BarState {
             })?;
         let inside = |r: &BarRange| r.offset <= offset && end <= r.offset + r.len;
         if let Some(m) = self.maps.iter().find(|m| inside(&m.range)) {
-            return Ok(Part::Mapped(m));
+            return Ok(AccessPart::Mapped(m));
         }
         if let Some(t) = self.traps.iter().find(|t| inside(&t.range)) {
-            return Ok(Part::Trapped(t));
+            return Ok(AccessPart::Trapped(t));
         }
         Err(format!(
             "{len} bytes at {offset:#x} cross a boundary between its mapped and trapped parts"
@@ -637,8 +671,15 @@ impl BarState {
     }
 }
 
+/// One mapped or trapped part of a BAR, by its index in `maps` or `traps`.
+#[derive(Clone, Copy)]
+enum Part {
+    Map(usize),
+    Trap(usize),
+}
+
 /// The part of a BAR an access falls in.
-enum Part<'a> {
+enum AccessPart<'a> {
     Mapped(&'a MappedSegment),
     Trapped(&'a TrappedSegment),
 }

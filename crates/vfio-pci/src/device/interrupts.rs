@@ -19,14 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{debug, warn};
+use log_limit::LogLimiter;
 use pci_config::capability::MsiCapability;
 use trap_map::{FireOutcome, MsixEvent, MsixTable};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use super::guest_log::guest_warn;
 use crate::backend::DeviceBackend;
 use crate::host::IrqKind;
-use crate::ports::{InterruptPort, MsiMessage, MsiWindow};
+use crate::ports::{InterruptPort, MsiMessage, MsiWindow, RouteChange};
 
 /// Names a vector in logs (`MSI-X vector 3`) without formatting a string on every guest write
 /// of the table.
@@ -104,6 +106,8 @@ pub(crate) struct IrqState {
     msi: MsiState,
     intx: Option<IntxState>,
     pub counters: Arc<IrqCounters>,
+    /// The device's limit on guest-triggered log lines.
+    log: Arc<LogLimiter>,
 }
 
 impl IrqState {
@@ -113,6 +117,7 @@ impl IrqState {
         routing: Option<Arc<dyn InterruptPort>>,
         msi_window: MsiWindow,
         msix_entries: Option<u16>,
+        log: Arc<LogLimiter>,
     ) -> Self {
         let msix = msix_entries.and_then(|n| match MsixTable::new(n) {
             Ok(table) => Some(MsixState {
@@ -133,6 +138,7 @@ impl IrqState {
             msi: MsiState::default(),
             intx: None,
             counters: Arc::new(IrqCounters::default()),
+            log,
         }
     }
 
@@ -148,13 +154,22 @@ impl IrqState {
         routing
             .add_irqfd(gsi, &trigger, Some(&resample))
             .map_err(|e| e.to_string())?;
+        // At attach the host must take it: an attach that leaves INTx dead is refused whole.
+        let at_host = self
+            .backend
+            .enable_irqs(IrqKind::Intx, &[&trigger])
+            .and_then(|_| self.backend.set_intx_resample(&resample));
+        if let Err(e) = at_host {
+            let _ = self.backend.disable_irqs(IrqKind::Intx);
+            let _ = routing.remove_irqfd(gsi, &trigger);
+            return Err(e.to_string());
+        }
         self.intx = Some(IntxState {
             trigger,
             resample,
             gsi,
-            at_host: false,
+            at_host: true,
         });
-        self.intx_at_host(true);
         Ok(())
     }
 
@@ -181,7 +196,7 @@ impl IrqState {
         };
         match result {
             Ok(()) => intx.at_host = on,
-            Err(e) => warn!("{}: INTx: {e}", self.name),
+            Err(e) => guest_warn!(self.log, "{}: INTx: {e}", self.name),
         }
     }
 
@@ -201,17 +216,39 @@ impl IrqState {
 
     // ----- MSI-X ------------------------------------------------------------------------
 
-    /// Applies the events of the MSI-X emulation, in order.
+    /// Applies the events of the MSI-X emulation, in order, except that the routes one guest
+    /// write changes go to the VM as one batch ([`InterruptPort::apply_msi_routes`]): enabling
+    /// MSI-X with 2,048 programmed vectors is one routing-table update, not 2,048. An unmask
+    /// that follows a route in the batch is applied after it; any other event applies the
+    /// batch first, so the order the guest sees is kept.
     pub fn apply_msix(&mut self, events: Vec<MsixEvent>) {
+        let mut routes: Vec<(usize, MsiMessage)> = Vec::new();
+        let mut unmasks: Vec<u16> = Vec::new();
         for event in events {
             match event {
-                MsixEvent::Enabled => self.msix_enable(),
-                MsixEvent::Disabled => self.msix_disable(),
                 MsixEvent::Route {
                     vector,
                     address,
                     data,
-                } => self.msix_route(vector, address, data),
+                } => {
+                    let msg = MsiMessage {
+                        address: GuestAddress(address),
+                        data,
+                    };
+                    routes.push((usize::from(vector), msg));
+                    continue;
+                }
+                MsixEvent::Unmask { vector } if !routes.is_empty() => {
+                    unmasks.push(vector);
+                    continue;
+                }
+                _ => {}
+            }
+            self.flush_msix_routes(&mut routes, &mut unmasks);
+            match event {
+                MsixEvent::Enabled => self.msix_enable(),
+                MsixEvent::Disabled => self.msix_disable(),
+                MsixEvent::Route { .. } => {}
                 MsixEvent::Mask { vector } => self.msix_mask(vector),
                 MsixEvent::Unmask { vector } => self.msix_unmask(vector),
                 MsixEvent::DeliverPending {
@@ -220,6 +257,35 @@ impl IrqState {
                     data,
                 } => self.msix_deliver(vector, address, data),
             }
+        }
+        self.flush_msix_routes(&mut routes, &mut unmasks);
+    }
+
+    /// Routes the batched vectors in one call, then applies the unmasks that followed them.
+    fn flush_msix_routes(&mut self, routes: &mut Vec<(usize, MsiMessage)>, unmasks: &mut Vec<u16>) {
+        if !routes.is_empty() {
+            if let (Some(port), Some(msix)) = (self.routing.as_deref(), self.msix.as_mut()) {
+                let items: Vec<(usize, MsiMessage, bool)> = routes
+                    .iter()
+                    .map(|&(i, msg)| (i, msg, !msix.table.is_masked(i as u16)))
+                    .collect();
+                route_vectors(
+                    &self.name,
+                    IrqKind::Msix,
+                    Router {
+                        port,
+                        window: &self.msi_window,
+                        counters: &self.counters,
+                        log: &self.log,
+                    },
+                    &mut msix.vectors,
+                    &items,
+                );
+            }
+            routes.clear();
+        }
+        for vector in unmasks.drain(..) {
+            self.msix_unmask(vector);
         }
     }
 
@@ -232,13 +298,17 @@ impl IrqState {
         let vectors = match new_vectors(n) {
             Ok(v) => v,
             Err(e) => {
-                warn!("{}: MSI-X: cannot create {n} eventfds: {e}", self.name);
+                guest_warn!(
+                    self.log,
+                    "{}: MSI-X: cannot create {n} eventfds: {e}",
+                    self.name
+                );
                 return;
             }
         };
         let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
         if let Err(e) = self.backend.enable_irqs(IrqKind::Msix, &fds) {
-            warn!("{}: MSI-X: {e}", self.name);
+            guest_warn!(self.log, "{}: MSI-X: {e}", self.name);
         }
         msix.vectors = vectors;
     }
@@ -256,42 +326,11 @@ impl IrqState {
     /// it is closed (the order of QEMU's `vfio_msix_disable`).
     fn release(&self, kind: IrqKind, vectors: Vec<Vector>) {
         if let Err(e) = self.backend.disable_irqs(kind) {
-            warn!("{}: {kind}: {e}", self.name);
+            guest_warn!(self.log, "{}: {kind}: {e}", self.name);
         }
         for v in vectors {
             unwire(&self.name, self.routing.as_deref(), v);
         }
-    }
-
-    fn msix_route(&mut self, vector: u16, address: u64, data: u32) {
-        let Some(routing) = self.routing.as_deref() else {
-            return;
-        };
-        let Some(msix) = self.msix.as_mut() else {
-            return;
-        };
-        let masked = msix.table.is_masked(vector);
-        let Some(v) = msix.vectors.get_mut(usize::from(vector)) else {
-            return;
-        };
-        route_vector(
-            &self.name,
-            VectorLabel {
-                kind: IrqKind::Msix,
-                index: usize::from(vector),
-            },
-            Router {
-                port: routing,
-                window: &self.msi_window,
-                counters: &self.counters,
-            },
-            v,
-            MsiMessage {
-                address: GuestAddress(address),
-                data,
-            },
-            !masked,
-        );
     }
 
     fn msix_mask(&mut self, vector: u16) {
@@ -303,7 +342,7 @@ impl IrqState {
         };
         if let (true, Some(gsi)) = (v.irqfd, v.gsi) {
             if let Err(e) = routing.remove_irqfd(gsi, &v.fd) {
-                warn!("{}: MSI-X vector {vector}: {e}", self.name);
+                guest_warn!(self.log, "{}: MSI-X vector {vector}: {e}", self.name);
             }
             v.irqfd = false;
         }
@@ -319,7 +358,7 @@ impl IrqState {
         if let (false, Some(gsi)) = (v.irqfd, v.gsi) {
             match routing.add_irqfd(gsi, &v.fd, None) {
                 Ok(()) => v.irqfd = true,
-                Err(e) => warn!("{}: MSI-X vector {vector}: {e}", self.name),
+                Err(e) => guest_warn!(self.log, "{}: MSI-X vector {vector}: {e}", self.name),
             }
         }
     }
@@ -354,7 +393,8 @@ impl IrqState {
                     .delivered_pending
                     .fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => warn!(
+            Err(e) => guest_warn!(
+                self.log,
                 "{}: MSI-X vector {vector}: pending delivery: {e}",
                 self.name
             ),
@@ -402,7 +442,8 @@ impl IrqState {
         let host = self.backend.irq_count(IrqKind::Msi) as usize;
         if host == 0 {
             if self.msi.vectors.is_empty() {
-                warn!(
+                guest_warn!(
+                    self.log,
                     "{}: MSI enabled by the guest but the host offers no MSI",
                     self.name
                 );
@@ -421,13 +462,17 @@ impl IrqState {
             let vectors = match new_vectors(n) {
                 Ok(v) => v,
                 Err(e) => {
-                    warn!("{}: MSI: cannot create {n} eventfds: {e}", self.name);
+                    guest_warn!(
+                        self.log,
+                        "{}: MSI: cannot create {n} eventfds: {e}",
+                        self.name
+                    );
                     return;
                 }
             };
             let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
             if let Err(e) = self.backend.enable_irqs(IrqKind::Msi, &fds) {
-                warn!("{}: MSI: {e}", self.name);
+                guest_warn!(self.log, "{}: MSI: {e}", self.name);
             }
             self.msi.vectors = vectors;
         }
@@ -437,27 +482,27 @@ impl IrqState {
         // Multiple Message: vector i sends the data with its low log2(MME) bits replaced by i
         // (PCI 3.0 §6.8.1.6); the guest's Multiple Message Enable says how many bits.
         let low = u32::from(cap.vectors_enabled()) - 1;
-        for (i, v) in self.msi.vectors.iter_mut().enumerate() {
-            let data = (u32::from(cap.data) & !low) | i as u32;
-            route_vector(
-                &self.name,
-                VectorLabel {
-                    kind: IrqKind::Msi,
-                    index: i,
-                },
-                Router {
-                    port: routing,
-                    window: &self.msi_window,
-                    counters: &self.counters,
-                },
-                v,
-                MsiMessage {
+        let items: Vec<(usize, MsiMessage, bool)> = (0..self.msi.vectors.len())
+            .map(|i| {
+                let msg = MsiMessage {
                     address: GuestAddress(cap.address),
-                    data,
-                },
-                !cap.is_masked(i as u8),
-            );
-        }
+                    data: (u32::from(cap.data) & !low) | i as u32,
+                };
+                (i, msg, !cap.is_masked(i as u8))
+            })
+            .collect();
+        route_vectors(
+            &self.name,
+            IrqKind::Msi,
+            Router {
+                port: routing,
+                window: &self.msi_window,
+                counters: &self.counters,
+                log: &self.log,
+            },
+            &mut self.msi.vectors,
+            &items,
+        );
     }
 
     /// Turns MSI off at the host and unwires its vectors (nothing to do when it is off).
@@ -501,65 +546,102 @@ struct Router<'a> {
     port: &'a dyn InterruptPort,
     window: &'a MsiWindow,
     counters: &'a IrqCounters,
+    log: &'a LogLimiter,
 }
 
-/// Points `v` at `msg` (a GSI allocated and routed in one step the first time, the route
-/// updated after) and binds its irqfd when `bind`; an address outside the MSI window unroutes
-/// the vector instead.
-fn route_vector(
+/// Points each vector `i` of `items` at its message (a GSI allocated and routed the first time,
+/// the route updated after) and binds its irqfd when asked; an address outside the MSI window
+/// unroutes the vector instead. All route changes go to the VM in one
+/// [`InterruptPort::apply_msi_routes`] call; a vector named twice keeps its last message.
+fn route_vectors(
     name: &str,
-    what: VectorLabel,
+    kind: IrqKind,
     router: Router<'_>,
-    v: &mut Vector,
-    msg: MsiMessage,
-    bind: bool,
+    vectors: &mut [Vector],
+    items: &[(usize, MsiMessage, bool)],
 ) {
     let Router {
         port,
         window,
         counters,
+        log,
     } = router;
-    if !window.contains(msg.address) {
-        if v.refused != Some(msg.address.0) {
-            warn!(
-                "{name}: {what}: the guest programmed MSI address {:#x}, outside the interrupt \
-                 window {window}; the vector stays unrouted",
-                msg.address.0
-            );
-            v.refused = Some(msg.address.0);
+    let mut changes = Vec::new();
+    // For each change, the item whose vector it routes (`None`: a route removed).
+    let mut owners: Vec<Option<usize>> = Vec::new();
+    // The last item naming each vector (linear: 2,048 vectors come in one batch).
+    let mut last = vec![usize::MAX; vectors.len()];
+    for (k, &(i, _, _)) in items.iter().enumerate() {
+        if let Some(l) = last.get_mut(i) {
+            *l = k;
         }
-        counters.refused_routes.fetch_add(1, Ordering::Relaxed);
-        if let Some(gsi) = v.gsi.take() {
-            if v.irqfd {
-                let _ = port.remove_irqfd(gsi, &v.fd);
-                v.irqfd = false;
+    }
+    for (k, &(i, msg, _)) in items.iter().enumerate() {
+        if last.get(i) != Some(&k) {
+            continue;
+        }
+        let v = &mut vectors[i];
+        if !window.contains(msg.address) {
+            if v.refused != Some(msg.address.0) {
+                guest_warn!(
+                    log,
+                    "{name}: {}: the guest programmed MSI address {:#x}, outside the interrupt \
+                     window {window}; the vector stays unrouted",
+                    VectorLabel { kind, index: i },
+                    msg.address.0
+                );
+                v.refused = Some(msg.address.0);
             }
-            let _ = port.remove_route(gsi);
+            counters.refused_routes.fetch_add(1, Ordering::Relaxed);
+            if let Some(gsi) = v.gsi.take() {
+                if v.irqfd {
+                    let _ = port.remove_irqfd(gsi, &v.fd);
+                    v.irqfd = false;
+                }
+                changes.push(RouteChange::Remove(gsi));
+                owners.push(None);
+            }
+            continue;
         }
+        v.refused = None;
+        changes.push(match v.gsi {
+            Some(gsi) => RouteChange::Update(gsi, msg),
+            None => RouteChange::Add(msg),
+        });
+        owners.push(Some(k));
+    }
+    if changes.is_empty() {
         return;
     }
-    v.refused = None;
-    let routed = match v.gsi {
-        Some(gsi) => port.update_msi_route(gsi, msg).map(|()| gsi),
-        None => port.add_msi_route(msg),
-    };
-    let gsi = match routed {
-        Ok(gsi) => gsi,
-        Err(e) => {
-            counters.route_errors.fetch_add(1, Ordering::Relaxed);
-            warn!("{name}: {what}: {e}");
-            return;
+    let results = port.apply_msi_routes(&changes);
+    for (result, owner) in results.into_iter().zip(owners) {
+        let Some(k) = owner else {
+            if let Err(e) = result {
+                debug!("{name}: removing a route: {e}");
+            }
+            continue;
+        };
+        let (i, _, bind) = items[k];
+        let what = VectorLabel { kind, index: i };
+        let v = &mut vectors[i];
+        let gsi = match result {
+            Ok(gsi) => gsi,
+            Err(e) => {
+                counters.route_errors.fetch_add(1, Ordering::Relaxed);
+                guest_warn!(log, "{name}: {what}: {e}");
+                continue;
+            }
+        };
+        v.gsi = Some(gsi);
+        if bind && !v.irqfd {
+            match port.add_irqfd(gsi, &v.fd, None) {
+                Ok(()) => v.irqfd = true,
+                Err(e) => guest_warn!(log, "{name}: {what}: {e}"),
+            }
+        } else if !bind && v.irqfd {
+            let _ = port.remove_irqfd(gsi, &v.fd);
+            v.irqfd = false;
         }
-    };
-    v.gsi = Some(gsi);
-    if bind && !v.irqfd {
-        match port.add_irqfd(gsi, &v.fd, None) {
-            Ok(()) => v.irqfd = true,
-            Err(e) => warn!("{name}: {what}: {e}"),
-        }
-    } else if !bind && v.irqfd {
-        let _ = port.remove_irqfd(gsi, &v.fd);
-        v.irqfd = false;
     }
 }
 

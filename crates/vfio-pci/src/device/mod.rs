@@ -9,6 +9,7 @@
 //! | `view.rs` | the `info mtree -f`-style view and per-range exit counters |
 
 mod bars;
+mod guest_log;
 mod interrupts;
 mod view;
 
@@ -332,7 +333,10 @@ impl PassthroughDevice {
         match backend.reset() {
             Ok(true) => debug!("{name}: reset at attach"),
             Ok(false) => info!("{name}: the device has no reset method; attaching it as it is"),
-            Err(e) => warn!("{name}: reset at attach failed: {e}"),
+            Err(e) => warn!(
+                "{name}: reset at attach failed: {e}; attaching it as it is (it may keep state \
+                 from its last user)"
+            ),
         }
         let bytes = read_config(backend.as_ref())?;
         let model = ConfigSpace::from_bytes(&bytes).map_err(|source| AttachError::Config {
@@ -371,6 +375,7 @@ impl PassthroughDevice {
             warn!("{name}: attached without interrupt routing: MSI, MSI-X and INTx stay unwired");
         }
 
+        let log = guest_log::limiter();
         let shared = Arc::new(Shared {
             name: name.clone(),
             backend: backend.clone(),
@@ -380,8 +385,10 @@ impl PassthroughDevice {
                 ctx.interrupts.clone(),
                 ctx.msi_window,
                 plan.msix().map(|m| m.entries),
+                log.clone(),
             )),
             msix: plan.msix().copied(),
+            log,
         });
         let mut bars = Vec::new();
         for bar in plan.bars() {
@@ -552,7 +559,9 @@ impl PassthroughDevice {
     }
 
     /// Unwires interrupts, removes the BARs from the guest, resets the function (or, without a
-    /// reset method, clears its Bus Master Enable) and then unmaps guest RAM from the IOMMU.
+    /// reset method, clears its Bus Master Enable), drops its BAR mmaps and then unmaps guest
+    /// RAM from the IOMMU: when the backend goes after this, nothing holds the host device
+    /// open, so its VFIO group can leave the container and the device can be attached again.
     /// Dropping the device does the same, logging instead of returning the DMA error.
     pub fn detach(mut self) -> Result<(), AttachError> {
         self.teardown()
@@ -565,7 +574,7 @@ impl PassthroughDevice {
         self.detached = true;
         self.shared.irq().teardown();
         for bar in &mut self.bars {
-            bar.remove(&self.ports);
+            bar.remove(&self.ports, &self.shared.log);
         }
         // Quiesce the function before its IOMMU mappings go, so it cannot DMA into guest RAM
         // that is being unmapped (or fault on it): reset it, or at least stop it mastering.
@@ -576,6 +585,11 @@ impl PassthroughDevice {
                 warn!("{}: reset at detach failed: {e}", self.name);
                 self.stop_bus_master();
             }
+        }
+        // Then the device's BAR mmaps, before anything can drop the backend: the host device
+        // stays open while one of them lives (see `BarState::release_mappings`).
+        for bar in &mut self.bars {
+            bar.release_mappings();
         }
         match self.dma.take() {
             Some(a) => a.detach().map_err(|source| AttachError::Dma {
@@ -639,7 +653,13 @@ impl PassthroughDevice {
                 Some((true, false, 0)) => None,
                 Some((true, false, address)) => Some(address),
             };
-            bar.place(&self.name, desired, &self.ports, &self.reserved);
+            bar.place(
+                &self.name,
+                desired,
+                &self.ports,
+                &self.reserved,
+                &self.shared.log,
+            );
         }
     }
 

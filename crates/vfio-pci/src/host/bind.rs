@@ -29,11 +29,10 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use super::sysfs::{DriverOverride, HostDevice, SysfsError, VFIO_PCI_DRIVER, is_vfio_driver};
+use super::sysfs::{
+    DriverOverride, HostDevice, SysfsError, VFIO_PCI_DRIVER, XEN_PCIBACK_DRIVER, is_vfio_driver,
+};
 use super::{HostPaths, PciAddress};
-
-/// The sysfs name of Xen's PCI backend driver (module `xen-pciback`, drivers/xen/xen-pciback).
-pub const XEN_PCIBACK_DRIVER: &str = "pciback";
 
 /// Which passthrough driver a device is handed to: KVM's (vfio-pci, for QEMU,
 /// cloud-hypervisor, refvmm) or Xen's (pciback, for `xl`).

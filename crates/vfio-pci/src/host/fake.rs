@@ -30,8 +30,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(feature = "host-admin")]
-use super::bind::{KernelSysfs, SysfsWriter, XEN_PCIBACK_DRIVER};
-use super::sysfs::HostDevice;
+use super::bind::{KernelSysfs, SysfsWriter};
+use super::sysfs::{HostDevice, XEN_PCIBACK_DRIVER};
 use super::{HostPaths, PciAddress};
 
 /// A device to put into a [`FakeHost`].

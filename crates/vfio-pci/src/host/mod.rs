@@ -46,7 +46,6 @@ pub use advice::{Fix, IommuAdvice, Platform};
 #[cfg(feature = "host-admin")]
 pub use bind::{
     BindError, BindMethod, BindRecord, BindStep, BindTarget, Binder, KernelSysfs, SysfsWriter,
-    XEN_PCIBACK_DRIVER,
 };
 #[cfg(feature = "host-admin")]
 pub use check::{CheckItem, CheckKind, CheckOptions, CheckStatus, MEMLOCK_WARN_BELOW, Readiness};
@@ -68,5 +67,5 @@ pub use open_iommufd::{
 pub use paths::HostPaths;
 pub use sysfs::{
     CpuVendor, DriverOverride, GroupMember, HostDevice, IommuGroup, IommuStatus, KernelIommuParams,
-    MemberState, PciClass, SysfsError, VFIO_PCI_DRIVER, is_vfio_driver,
+    MemberState, PciClass, SysfsError, VFIO_PCI_DRIVER, XEN_PCIBACK_DRIVER, is_vfio_driver,
 };

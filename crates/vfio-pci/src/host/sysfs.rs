@@ -15,6 +15,9 @@ use super::{HostPaths, PciAddress};
 /// The driver name of the VFIO PCI driver.
 pub const VFIO_PCI_DRIVER: &str = "vfio-pci";
 
+/// The sysfs name of Xen's PCI backend driver (module `xen-pciback`, drivers/xen/xen-pciback).
+pub const XEN_PCIBACK_DRIVER: &str = "pciback";
+
 /// A sysfs or procfs file could not be read, or said something unexpected.
 #[derive(Debug, Error)]
 pub enum SysfsError {

@@ -42,6 +42,17 @@ impl std::fmt::Display for MsiWindow {
     }
 }
 
+/// One change to the VM's MSI routes, for [`InterruptPort::apply_msi_routes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Allocate a free GSI and route it to the message (as [`InterruptPort::add_msi_route`]).
+    Add(MsiMessage),
+    /// Point an existing route at a new message (as [`InterruptPort::update_msi_route`]).
+    Update(u32, MsiMessage),
+    /// Remove a route and free its GSI (as [`InterruptPort::remove_route`]).
+    Remove(u32),
+}
+
 /// GSI routing, irqfds and direct MSIs of one VM. Called from vCPU threads with `&self`;
 /// several devices call it at once.
 pub trait InterruptPort: Send + Sync {
@@ -55,6 +66,21 @@ pub trait InterruptPort: Send + Sync {
 
     /// Removes the route of `gsi` and frees it.
     fn remove_route(&self, gsi: u32) -> io::Result<()>;
+
+    /// Applies the route changes one guest write caused (MSI-X enable or function unmask with
+    /// every vector programmed: up to 2,048), returning each change's GSI in order. A VM whose
+    /// routing table is replaced whole on every change (KVM's `KVM_SET_GSI_ROUTING`) should
+    /// override this to send it once. The default applies them one by one.
+    fn apply_msi_routes(&self, changes: &[RouteChange]) -> Vec<io::Result<u32>> {
+        changes
+            .iter()
+            .map(|change| match *change {
+                RouteChange::Add(msg) => self.add_msi_route(msg),
+                RouteChange::Update(gsi, msg) => self.update_msi_route(gsi, msg).map(|()| gsi),
+                RouteChange::Remove(gsi) => self.remove_route(gsi).map(|()| gsi),
+            })
+            .collect()
+    }
 
     /// Binds `fd` to `gsi` (edge): each write raises it, with no exit to the VMM where the
     /// hypervisor can (`KVM_IRQFD`). With `resample`, the GSI is level-triggered (INTx): a write

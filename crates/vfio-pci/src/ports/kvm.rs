@@ -2,9 +2,10 @@
 //! slots, trapped ranges go on its device bus, MSI routes and irqfds on its in-kernel irqchip.
 //!
 //! The adapter keeps every [`HostMapping`] it placed until KVM deleted the slot over it, so
-//! device pages are never unmapped while the guest can reach them. It also refuses what
-//! neither `MemorySlots` nor `DeviceBus` sees alone: a trapped MMIO range over a memory slot
-//! (KVM would serve the slot, and the handler would never see an access).
+//! device pages are never unmapped while the guest can reach them. Overlaps are the VM's to
+//! refuse: its slots and bus share one [`AddressMap`](kvm_runloop::AddressMap), so a slot over
+//! a trapped range, a trapped range over a slot, and anything over the VMM's reserved windows
+//! or the ports the in-kernel irqchip serves are refused, whichever device placed them.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -15,8 +16,8 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    BarMappingPort, BarRange, HostMapping, InterruptPort, MsiMessage, TrapAddress, TrapHandler,
-    TrapPort,
+    BarMappingPort, BarRange, HostMapping, InterruptPort, MsiMessage, RouteChange, TrapAddress,
+    TrapHandler, TrapPort,
 };
 
 /// The ports of one `kvm-runloop` VM (its slots, bus and irqchip). Pass one `Arc` of it as all
@@ -53,29 +54,6 @@ impl KvmPorts {
 
     fn interrupts(&self) -> io::Result<&Interrupts> {
         self.vm.interrupts().map_err(io::Error::other)
-    }
-
-    /// Refuses `[base, base + len)` for a trapped MMIO range when a memory slot covers part of
-    /// it (guest RAM, another device's mapped pages).
-    fn check_clear_of_slots(&self, range: &BarRange, base: u64, len: u64) -> io::Result<()> {
-        let end = base.saturating_add(len);
-        match self
-            .vm
-            .slots()
-            .regions()
-            .into_iter()
-            .find(|r| base < r.guest_addr.saturating_add(r.size) && r.guest_addr < end)
-        {
-            Some(r) => Err(io::Error::other(format!(
-                "range \"{range}\" [{base:#x}, {end:#x}) overlaps memory region \"{}\" \
-                 [{:#x}, {:#x}) in slot {}",
-                r.name,
-                r.guest_addr,
-                r.guest_addr + r.size,
-                r.slot
-            ))),
-            None => Ok(()),
-        }
     }
 }
 
@@ -157,7 +135,6 @@ impl TrapPort for KvmPorts {
         let bus = self.vm.bus();
         match (at, handler) {
             (TrapAddress::Mmio(base), TrapHandler::Mmio(h)) => {
-                self.check_clear_of_slots(range, base.0, range.len)?;
                 bus.register_mmio(&range.name, base.0, range.len, h)
             }
             (TrapAddress::Pio(port), TrapHandler::Pio(h)) => {
@@ -172,10 +149,7 @@ impl TrapPort for KvmPorts {
     fn move_trap(&self, range: &BarRange, from: TrapAddress, to: TrapAddress) -> io::Result<()> {
         let bus = self.vm.bus();
         match (from, to) {
-            (TrapAddress::Mmio(from), TrapAddress::Mmio(to)) => {
-                self.check_clear_of_slots(range, to.0, range.len)?;
-                bus.move_mmio(from.0, to.0)
-            }
+            (TrapAddress::Mmio(from), TrapAddress::Mmio(to)) => bus.move_mmio(from.0, to.0),
             (TrapAddress::Pio(from), TrapAddress::Pio(to)) => bus.move_pio(from, to),
             _ => return Err(mismatch(range)),
         }
@@ -233,6 +207,33 @@ impl InterruptPort for KvmPorts {
         self.interrupts()?
             .remove_route(gsi)
             .map_err(io::Error::other)
+    }
+
+    fn apply_msi_routes(&self, changes: &[RouteChange]) -> Vec<io::Result<u32>> {
+        // One KVM_SET_GSI_ROUTING for all of them, all or nothing.
+        let kvm_changes: Vec<kvm_runloop::MsiRouteChange> = changes
+            .iter()
+            .map(|c| match *c {
+                RouteChange::Add(msg) => kvm_runloop::MsiRouteChange::Add(kvm_msi(msg)),
+                RouteChange::Update(gsi, msg) => {
+                    kvm_runloop::MsiRouteChange::Set(gsi, kvm_msi(msg))
+                }
+                RouteChange::Remove(gsi) => kvm_runloop::MsiRouteChange::Remove(gsi),
+            })
+            .collect();
+        match self
+            .interrupts()
+            .and_then(|irq| irq.apply_msi_routes(&kvm_changes).map_err(io::Error::other))
+        {
+            Ok(gsis) => gsis.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let why = e.to_string();
+                changes
+                    .iter()
+                    .map(|_| Err(io::Error::new(e.kind(), why.clone())))
+                    .collect()
+            }
+        }
     }
 
     fn add_irqfd(&self, gsi: u32, fd: &EventFd, resample: Option<&EventFd>) -> io::Result<()> {

@@ -23,7 +23,7 @@ mod traps;
 
 #[cfg(feature = "sim")]
 pub use in_memory::{AddressSpace, InMemoryPorts, IrqfdRecord, PlacedRange};
-pub use interrupts::{InterruptPort, MsiMessage, MsiWindow};
+pub use interrupts::{InterruptPort, MsiMessage, MsiWindow, RouteChange};
 #[cfg(feature = "kvm")]
 pub use kvm::KvmPorts;
 pub use memory::{BarMappingPort, HostMapping};
