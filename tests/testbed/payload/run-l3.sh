@@ -13,6 +13,8 @@
 #   term       refvmm gets SIGTERM in the middle of the I/O loop: it stops the guest, detaches the device (reset,
 #              DMA unmapped) and exits 128+15; then a new refvmm on the same device must pass (issue 12)
 #
+# Then, once: vfio-pci's `reattach` example attaches, detaches and attaches the NVMe again in one process (issue 12).
+#
 # For each run it prints refvmm's whole output (indented), then checks refvmm's counters against what the guest
 # says it did, one `TESTBED: STEP name-BACKEND OK|FAIL (t=..s) detail` line per check, and a machine-readable
 # `TESTBED: L3 name-BACKEND key=value...` summary that payload/post-check.sh (on the host) turns into the
@@ -315,9 +317,26 @@ passes() {
     # IOMMU), so the controller must DMA-read outside the guest; then a read whose data buffer is there (a DMA write).
     # Expected: the first command fails with an NVMe error status, the L2 kernel logs DMAR faults for both, refvmm and
     # the guest carry on to the end.
-    READ_BEFORE=$(dmar_faults Read)
-    WRITE_BEFORE=$(dmar_faults Write)
-    run_l3 dma-fault default "dma-fault=$FAULT_ADDR"
+    # QEMU's emulated VT-d has one fault recording register (DMAR_FRCD_REG_NR = 1): a fault that comes while the
+    # previous one is still pending in it is dropped (the overflow bit PFO), and under TCG L2's fault handler can be
+    # slower than the guest's second command. So when this run's write fault is missing, the run is repeated once,
+    # and the step says so.
+    _attempt=1
+    while :; do
+        READ_BEFORE=$(dmar_faults Read)
+        WRITE_BEFORE=$(dmar_faults Write)
+        run_l3 dma-fault default "dma-fault=$FAULT_ADDR"
+        wait_faults
+        READ_AFTER=$(dmar_faults Read)
+        WRITE_AFTER=$(dmar_faults Write)
+        if [ "$WRITE_AFTER" -gt "$WRITE_BEFORE" ] || [ "$_attempt" -ge 2 ]; then
+            break
+        fi
+        note "dma-fault over $IOMMU: no new DMAR write fault in L2's log ($((READ_AFTER - READ_BEFORE)) read); QEMU's VT-d records one fault at a time and drops one that comes while another is pending: once more"
+        _attempt=$((_attempt + 1))
+    done
+    _again=""
+    [ "$_attempt" -gt 1 ] && _again=" (second attempt: the first logged no write fault)"
     check_guest dma-fault
     summarize
     doorbell_exits_mapped
@@ -328,15 +347,12 @@ passes() {
     esac
     _wnote=$(grep -m 1 '^GUEST: NOTE dma-fault-write ' "$LOG" | sed 's/^GUEST: NOTE dma-fault-write //')
     note "dma-fault data-buffer write: ${_wnote:-no NOTE dma-fault-write from the guest}"
-    wait_faults
     dmesg | grep -E 'DMAR: (DRHD|\[DMA)' | tail -n 8 | sed 's/^/  dmesg| /'
-    READ_AFTER=$(dmar_faults Read)
-    WRITE_AFTER=$(dmar_faults Write)
     _read=$(dmesg | grep -E 'DMAR: \[DMA Read' | grep "fault addr $FAULT_ADDR" | tail -n 1 | sed 's/^\[[^]]*\] //')
     _write=$(dmesg | grep -E 'DMAR: \[DMA Write' | grep "fault addr $FAULT_ADDR" | tail -n 1 | sed 's/^\[[^]]*\] //')
     _ok=1
     [ "$READ_AFTER" -gt "$READ_BEFORE" ] && [ "$WRITE_AFTER" -gt "$WRITE_BEFORE" ] && _ok=0
-    check dma-fault-iommu-log $_ok "$((READ_AFTER - READ_BEFORE)) read and $((WRITE_AFTER - WRITE_BEFORE)) write DMAR faults at $FAULT_ADDR in L2's kernel log during this run ($((READ_BEFORE + WRITE_BEFORE)) before it); read: ${_read:-none}; write: ${_write:-none}"
+    check dma-fault-iommu-log $_ok "$((READ_AFTER - READ_BEFORE)) read and $((WRITE_AFTER - WRITE_BEFORE)) write DMAR faults at $FAULT_ADDR in L2's kernel log during this run ($((READ_BEFORE + WRITE_BEFORE)) before it)$_again; read: ${_read:-none}; write: ${_write:-none}"
     _ok=1
     grep -q '^GUEST: RESULT ' "$LOG" && grep -q '^GUEST: STEP shutdown PASS' "$LOG" && [ "$RC" -eq 0 ] && _ok=0
     if [ "$_ok" -eq 0 ]; then
@@ -353,4 +369,21 @@ for IOMMU in $BACKENDS; do
     kill_pass
     term_pass
 done
+
+# ---- a second attach in one process (issue 12, item 6) --------------------------------------------------------
+# vfio-pci's example `reattach` (built by run.sh like refvmm): attach the NVMe to a VM, detach it, attach it again,
+# in one process. A teardown that leaves the group in its container makes the second attach fail, or vfio-ioctls
+# log "Could not unbind VFIO group" / "VFIO_GROUP_UNSET_CONTAINER ... busy": the example exits 1 on either.
+IOMMU=""
+if [ -x /payload/reattach ]; then
+    echo "  \$ /payload/reattach $NVME_BDF"
+    { /payload/reattach "$NVME_BDF" 2>&1; echo $? >/tmp/l3-rc; } | tee /tmp/reattach.log | sed 's/^/  | /'
+    RC=$(cat /tmp/l3-rc)
+    _line=$(grep -m 1 'attached, detached and attached again; teardown clean' /tmp/reattach.log)
+    _ok=1
+    [ "$RC" -eq 0 ] && [ -n "$_line" ] && _ok=0
+    check reattach-same-process $_ok "exit $RC; ${_line:-$(tail -n 1 /tmp/reattach.log)}"
+else
+    step reattach-same-process SKIP "no /payload/reattach (TESTBED_REFVMM given: run.sh built no example)"
+fi
 exit "$FAILS"
