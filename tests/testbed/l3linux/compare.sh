@@ -93,7 +93,7 @@ kind() {
     row "  $1" "$q" "$r"
 }
 echo
-echo "L3 Linux (L2's kernel, busybox initramfs) with the NVMe passed through, QEMU and refvmm in the same L2:"
+echo "L3 Linux (Debian's kernel, busybox initramfs) with the NVMe passed through, QEMU and refvmm in the same L2:"
 echo "${V[qemu.ram]:-${V[refvmm.ram]:-?}} MiB, $(tr -d '\r' <"$TESTBED_LOG" | sed -n 's/.*L3 Linux passes: .*MiB, \([0-9]*\) vCPUs.*/\1/p' | head -n 1) vCPUs each; one meter for both (L2's clock, KVM's per-VM debugfs statistics, /proc/PID/status)"
 printf '  %-50s %16s %16s\n' "" "QEMU 7.2" "refvmm"
 row "functional checks (steps of the pass)" "${V[qemu.verdict]}" "${V[refvmm.verdict]}"

@@ -3,7 +3,7 @@
 # through passthrough is in the disk image file, and the L3 runs' summaries (`TESTBED: L3 name key=value...`,
 # printed by run-l3.sh in L2) make the comparison table. Environment from run.sh: TESTBED_DISK, TESTBED_LOG,
 # TESTBED_SERIAL, TESTBED_PATTERN_LBA, TESTBED_OTHER_LBAS (blocks others in the bed write, checked by them: the
-# L3 Linux passes'). Exit non-zero on any failure.
+# L3 Linux passes'), TESTBED_IOMMU (the back ends run-l3.sh ran over: type1, iommufd). Exit non-zero on any failure.
 set -euo pipefail
 : "${TESTBED_DISK:?run by tests/testbed/run.sh}" "${TESTBED_LOG:?}"
 lba=${TESTBED_PATTERN_LBA:-100}
@@ -44,18 +44,31 @@ field() {
     tr -d '\r' <"$TESTBED_LOG" | awk -v r="$1" -v k="$2=" '$1 == "TESTBED:" && $2 == "L3" && $3 == r {
         for (i = 4; i <= NF; i++) if (index($i, k) == 1) { print substr($i, length(k) + 1); exit } }'
 }
-for r in default trap-all dma-fault; do
-    [ -n "$(field "$r" rc)" ] || bad "l3-$r" "no 'TESTBED: L3 $r' summary in $TESTBED_LOG"
+backends=${TESTBED_IOMMU:-type1}
+runs=""
+for b in $backends; do
+    for r in default trap-all dma-fault; do
+        [ -n "$(field "$r-$b" rc)" ] || bad "l3-$r-$b" "no 'TESTBED: L3 $r-$b' summary in $TESTBED_LOG"
+    done
+    runs="$runs default-$b trap-all-$b"
 done
-row() { printf '  %-44s %14s %14s\n' "$1" "$(field default "$2")" "$(field trap-all "$2")"; }
-# row2 LABEL KEY1 KEY2: "value1/value2" in each column.
+# row LABEL KEY: KEY's value in each column; row2 LABEL KEY1 KEY2: "value1/value2".
+row() {
+    printf '  %-44s' "$1"
+    for r in $runs; do printf ' %16s' "$(field "$r" "$2")"; done
+    echo
+}
 row2() {
-    printf '  %-44s %14s %14s\n' "$1" "$(field default "$2")/$(field default "$3")" \
-        "$(field trap-all "$2")/$(field trap-all "$3")"
+    printf '  %-44s' "$1"
+    for r in $runs; do printf ' %16s' "$(field "$r" "$2")/$(field "$r" "$3")"; done
+    echo
 }
 echo
-echo "L3 nvme_e2e through refvmm + VFIO (type1) in L2; counters from refvmm --show-counters:"
-printf '  %-44s %14s %14s\n' "" "default" "trap-all"
+echo "L3 nvme_e2e through refvmm + VFIO in L2, over each IOMMU back end ($backends); counters from refvmm --show-counters:"
+row "" iommu
+printf '  %-44s' ""
+for r in $runs; do printf ' %16s' "${r%-*}"; done
+echo
 row "doorbell page (BAR0+0x1000)" doorbell-page
 row "doorbell writes (guest's count)" doorbell-writes
 row "  of which I/O queue 3" io-doorbell-writes
@@ -76,9 +89,11 @@ echo "   in microseconds of L3 time. L2 runs under TCG, so the absolute numbers 
 echo "   the difference between the columns is the cost of the doorbell exits. wall: refvmm start to exit, VM set-up included.)"
 echo
 # The DMA-fault run's two verdicts (run-l3.sh counted them already), repeated here next to the table.
-for s in dma-fault-nvme-status dma-fault-iommu-log; do
-    line=$(tr -d '\r' <"$TESTBED_LOG" | grep -m 1 "^TESTBED: STEP $s " | sed 's/^TESTBED: STEP //' || true)
-    printf 'post-check: dma-fault: %s\n' "${line:-no TESTBED: STEP $s line in $TESTBED_LOG}"
+for b in $backends; do
+    for s in dma-fault-nvme-status dma-fault-iommu-log trace-sq3tdbl sigkill-mid-io sigterm-clean; do
+        line=$(tr -d '\r' <"$TESTBED_LOG" | grep -m 1 "^TESTBED: STEP $s-$b " | sed 's/^TESTBED: STEP //' || true)
+        printf 'post-check: %s\n' "${line:-no TESTBED: STEP $s-$b line in $TESTBED_LOG}"
+    done
 done
 [ "$fails" -eq 0 ] || { echo "post-check: $fails check(s) failed"; exit 1; }
 echo "post-check: PASS"

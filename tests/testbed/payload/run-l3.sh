@@ -1,16 +1,24 @@
 #!/bin/sh
-# The L3 passthrough runs of issue 7, run by L2's /init (busybox sh) once the NVMe is bound to vfio-pci and
-# `refvmm check` says it is ready. Environment from /init: NVME_BDF, NVME_ID, NVME_SERIAL, PATTERN_LBA, GROUP,
-# KVER. Three runs of the same guest (/payload/nvme_e2e.elf, tests/guests) with `refvmm run --device NVME_BDF`:
+# The L3 passthrough runs of issues 7, 12, 13 and 16, run by L2's /init (busybox sh) once the NVMe is bound to
+# vfio-pci and `refvmm check` says it is ready. Environment from /init: NVME_BDF, NVME_ID, NVME_SERIAL, PATTERN_LBA,
+# GROUP, KVER, L3_IOMMU (the IOMMU back ends to run over, in order: `type1`, `iommufd`). For each back end, the same
+# guest (/payload/nvme_e2e.elf, tests/guests) under `refvmm run --device NVME_BDF --iommu BACKEND`:
 #
 #   default    trap-map's default plan: the doorbell page is a KVM memory slot over the VFIO mmap
-#   trap-all   every BAR access traps (--policy trap-all): same guest, one exit per doorbell write
+#   trap-all   every BAR access traps (--policy trap-all): same guest, one exit per doorbell write; with
+#              --trace on the doorbell range, whose lines must name SQ3TDBL (issue 16)
 #   dma-fault  default plan, and the guest also reads into an address outside its RAM (nvme_e2e dma-fault)
+#   kill       refvmm gets SIGKILL in the middle of the guest's I/O loop; then a new refvmm on the same device
+#              must pass (issue 12)
+#   term       refvmm gets SIGTERM in the middle of the I/O loop: it stops the guest, detaches the device (reset,
+#              DMA unmapped) and exits 128+15; then a new refvmm on the same device must pass (issue 12)
+#
+# Then, once: vfio-pci's `reattach` example attaches, detaches and attaches the NVMe again in one process (issue 12).
 #
 # For each run it prints refvmm's whole output (indented), then checks refvmm's counters against what the guest
-# says it did, one `TESTBED: STEP name OK|FAIL (t=..s) detail` line per check, and a machine-readable
-# `TESTBED: L3 name key=value...` summary that payload/post-check.sh (on the host) turns into the comparison table.
-# Exit status: the number of failed steps (0: all passed).
+# says it did, one `TESTBED: STEP name-BACKEND OK|FAIL (t=..s) detail` line per check, and a machine-readable
+# `TESTBED: L3 name-BACKEND key=value...` summary that payload/post-check.sh (on the host) turns into the
+# comparison table. Exit status: the number of failed steps (0: all passed).
 #
 # No `set -e`: every check must run and be reported, so failures are counted, not fatal. `set -u` catches a
 # misspelt variable; /init's environment is checked up front.
@@ -22,11 +30,16 @@ L3_TIMEOUT=${L3_TIMEOUT:-40} # seconds per refvmm run (refvmm --timeout: the gue
 # 1-2 s. Kept below run.sh's TESTBED_QUIET_TIMEOUT (60 s), so a stuck L3 run is a FAIL here, not a silent L2.
 # bars=keep: refvmm places the BARs firmware-style before the guest runs; the guest keeps those addresses.
 GUEST_CMDLINE="bars=keep serial=$NVME_SERIAL lba=$PATTERN_LBA"
+BACKENDS=${L3_IOMMU:-type1}
+# Where refvmm puts the (only) passed-through device on the guest's bus: the first slot after the host bridge.
+# It prints it at start ("refvmm: BDF at 00:01.0"); the trace check names it when they differ.
+GUEST_BDF=00:01.0
 FAILS=0
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# step NAME STATUS DETAIL: NAME gets the back end the run used as a suffix (l3-default-type1).
 step() {
-    _name=$1 _status=$2
+    _name=$1${IOMMU:+-$IOMMU} _status=$2
     shift 2
     [ "$_status" = FAIL ] && FAILS=$((FAILS + 1))
     echo "TESTBED: STEP $_name $_status (t=$(uptime_s)s) $*"
@@ -86,17 +99,20 @@ mmio_lines() {
 }
 
 # ---- one run ------------------------------------------------------------------------------------------------
-# run_l3 NAME POLICY EXTRA-CMDLINE: runs refvmm; sets LOG, RC, WALL (L2 seconds, refvmm start to exit). Its output
-# goes to the console as it comes (indented), so a hang shows how far the guest got. busybox `timeout` is a second
-# bound in case refvmm's own --timeout cannot stop the vCPU (exit 143/137 then).
+# run_l3 NAME POLICY EXTRA-CMDLINE [REFVMM-ARG...]: runs refvmm over back end $IOMMU; sets LOG, RC, WALL (L2
+# seconds, refvmm start to exit). Its output goes to the console as it comes (indented), so a hang shows how far
+# the guest got. busybox `timeout` is a second bound in case refvmm's own --timeout cannot stop the vCPU (exit
+# 143/137 then).
 run_l3() {
     LOG=/tmp/l3-$1.log
+    _policy=$2
     _extra=${3:+ $3}
-    echo "  \$ refvmm run --guest $ELF --device $NVME_BDF --policy $2 --cmdline '$GUEST_CMDLINE$_extra' --show-counters --show-mtree --timeout $L3_TIMEOUT"
+    shift 3
+    echo "  \$ refvmm run --guest $ELF --device $NVME_BDF --iommu $IOMMU --policy $_policy --cmdline '$GUEST_CMDLINE$_extra' --show-counters --show-mtree --timeout $L3_TIMEOUT $*"
     _t0=$(uptime_s)
     {
-        timeout -s KILL $((L3_TIMEOUT + 10)) refvmm run --guest "$ELF" --device "$NVME_BDF" --policy "$2" \
-            --cmdline "$GUEST_CMDLINE$_extra" --show-counters --show-mtree --timeout "$L3_TIMEOUT" 2>&1
+        timeout -s KILL $((L3_TIMEOUT + 10)) refvmm run --guest "$ELF" --device "$NVME_BDF" --iommu "$IOMMU" \
+            --policy "$_policy" --cmdline "$GUEST_CMDLINE$_extra" --show-counters --show-mtree --timeout "$L3_TIMEOUT" "$@" 2>&1
         echo $? >/tmp/l3-rc
     } | tee "$LOG" | sed 's/^/  | /'
     RC=$(cat /tmp/l3-rc)
@@ -151,7 +167,7 @@ summarize() {
 l3_line() {
     _page=trapped
     [ -n "$DB_SLOT" ] && _page=mapped
-    echo "TESTBED: L3 $1 rc=$RC wall=${WALL}s bar0=$(printf '%#x' "$BAR0") doorbell-page=$_page doorbell-writes=${DOORBELLS:-?} io-doorbell-writes=${IO_DOORBELLS:-?} register-writes=${REGWRITES:-?} bar0-write-exits=$REGDB_EXITS doorbell-exits=${DB_EXITS:-?} conf1-reads=$CONF1_R conf1-writes=$CONF1_W msix-table-reads=$MSIX_R msix-table-writes=$MSIX_W mmio-read-exits=$MMIO_R mmio-write-exits=$MMIO_W completions=${COMPLETIONS:-?} via-msix=${VIA_MSIX:-?} via-poll=${POLLED:-?} pending-delivered=$PENDING irqfd-vectors=$IRQFD us-per-io=${US_PER_IO:-?}"
+    echo "TESTBED: L3 $1-$IOMMU iommu=$IOMMU rc=$RC wall=${WALL}s bar0=$(printf '%#x' "$BAR0") doorbell-page=$_page doorbell-writes=${DOORBELLS:-?} io-doorbell-writes=${IO_DOORBELLS:-?} register-writes=${REGWRITES:-?} bar0-write-exits=$REGDB_EXITS doorbell-exits=${DB_EXITS:-?} conf1-reads=$CONF1_R conf1-writes=$CONF1_W msix-table-reads=$MSIX_R msix-table-writes=$MSIX_W mmio-read-exits=$MMIO_R mmio-write-exits=$MMIO_W completions=${COMPLETIONS:-?} via-msix=${VIA_MSIX:-?} via-poll=${POLLED:-?} pending-delivered=$PENDING irqfd-vectors=$IRQFD us-per-io=${US_PER_IO:-?}"
 }
 
 # The interrupt path, in both policies: every completion by its MSI-X vector, none injected from userspace.
@@ -162,90 +178,212 @@ check_irqfd() {
     check "irqfd-$1" $_ok "guest: ${COMPLETIONS:-?} completions, ${VIA_MSIX:-?} signalled by MSI-X, ${POLLED:-?} found by polling; refvmm: $IRQFD MSI-X vectors bound to a KVM irqfd, msix-pending-delivered=$PENDING (messages refvmm injected itself)"
 }
 
+# check_trace: issue 16. The trap-all run traced the doorbell page (`--trace BDF:bar0+0x1000..0x2000`, one line per
+# access: "   0.190169 vcpu0 0000:00:01.0 bar0+0x1018 4 W 0x00000008 SQ3TDBL (tail 8)"), and --show-counters closed
+# with a line per register ("  0000:00:01.0 bar0+0x1018 SQ3TDBL: written 24 time(s), last value 8; ..."). The
+# guest uses I/O queue pair 3, so its I/O doorbells must show by the NVMe engineers' names.
+check_trace() {
+    _sq_lines=$(grep -c ' W 0x[0-9a-f]* SQ3TDBL' "$TRACE" 2>/dev/null)
+    _cq_lines=$(grep -c ' W 0x[0-9a-f]* CQ3HDBL' "$TRACE" 2>/dev/null)
+    _summary=$(grep -m 1 ' SQ3TDBL: written ' "$LOG")
+    _written=$(echo "$_summary" | sed -n 's/.* SQ3TDBL: written \([0-9]*\) time.*/\1/p')
+    echo "  trace $TRACE: $(wc -l <"$TRACE" 2>/dev/null || echo 0) lines; the first I/O-queue doorbell writes:"
+    grep -m 6 -E ' (SQ3TDBL|CQ3HDBL)' "$TRACE" 2>/dev/null | sed 's/^/  trace| /'
+    # The guest counts its I/O-queue doorbell writes itself (NOTE doorbell-writes io-queue=N): every one is a
+    # SQ3TDBL or CQ3HDBL line, and the summary counts the same SQ3TDBL writes as the lines.
+    _ok=1
+    [ "${_sq_lines:-0}" -gt 0 ] && [ -n "$_written" ] && [ "$_written" = "$_sq_lines" ] &&
+        [ "$((${_sq_lines:-0} + ${_cq_lines:-0}))" = "${IO_DOORBELLS:-?}" ] && _ok=0
+    check trace-sq3tdbl $_ok "trace of $GUEST_BDF:bar0+0x1000..0x2000: ${_sq_lines:-0} SQ3TDBL and ${_cq_lines:-0} CQ3HDBL writes (the guest counted ${IO_DOORBELLS:-?} I/O-queue doorbell writes); --show-counters: ${_summary:-no SQ3TDBL summary line}${_summary:+ }$(grep -m 1 '^refvmm: .* at ' "$LOG" | sed 's/^refvmm: /(device: /; s/$/)/')"
+}
+
+# ---- SIGKILL and SIGTERM in the middle of I/O (issue 12) -------------------------------------------------------
+# start_mid_io NAME: starts refvmm in the background with a long I/O loop (repeat=10000 reads: 10-30 s under TCG),
+# and waits until the guest is in it (its read-pattern step passed, io-timing not reached). Sets LOG, PID, IN_IO.
+start_mid_io() {
+    LOG=/tmp/l3-$1.log
+    echo "  \$ refvmm run --guest $ELF --device $NVME_BDF --iommu $IOMMU --cmdline '$GUEST_CMDLINE repeat=10000' --timeout $L3_TIMEOUT &"
+    RUST_LOG=refvmm::devices=debug refvmm run --guest "$ELF" --device "$NVME_BDF" --iommu "$IOMMU" \
+        --cmdline "$GUEST_CMDLINE repeat=10000" --timeout "$L3_TIMEOUT" >"$LOG" 2>&1 &
+    PID=$!
+    _i=0
+    while [ "$_i" -lt 300 ] && kill -0 "$PID" 2>/dev/null && ! grep -q '^GUEST: STEP read-pattern ' "$LOG"; do
+        usleep 100000
+        _i=$((_i + 1))
+    done
+    usleep 500000 # well inside the loop: a few hundred reads of 1-3 ms each
+    IN_IO=no
+    grep -q '^GUEST: STEP read-pattern PASS' "$LOG" && ! grep -q '^GUEST: STEP io-timing ' "$LOG" && kill -0 "$PID" 2>/dev/null && IN_IO=yes
+}
+# stop_mid_io SIGNAL: sends SIGNAL to refvmm and waits for it; sets RC and prints its output.
+stop_mid_io() {
+    kill -"$1" "$PID" 2>/dev/null
+    wait "$PID"
+    RC=$?
+    sed 's/^/  | /' "$LOG"
+    echo "  (SIG$1 while the guest was in its I/O loop: $IN_IO; exit $RC)"
+}
+# again NAME: a new refvmm on the same device, default plan: the guest must pass.
+again() {
+    run_l3 "$1" default ""
+    check_guest "$1"
+}
+kill_pass() {
+    start_mid_io kill
+    stop_mid_io KILL
+    _ok=1
+    [ "$IN_IO" = yes ] && [ "$RC" -eq 137 ] && _ok=0
+    check sigkill-mid-io $_ok "refvmm killed (exit $RC, 137 expected) with the guest in its I/O loop: $IN_IO ($(grep -m 1 '^GUEST: STEP read-pattern ' "$LOG" | cut -d' ' -f3-4 || echo 'read-pattern not reached'), no io-timing yet); the device's fds were closed by the kernel, not by refvmm"
+    again after-kill
+}
+term_pass() {
+    start_mid_io term
+    stop_mid_io TERM
+    # refvmm's own handler: it stops the vCPUs, prints "got signal 15", detaches the device (interrupts unwired,
+    # guest RAM unmapped from the IOMMU, function reset: "BDF: detached" at debug level) and exits 128+15. An
+    # unhandled SIGTERM would give the same 143 from `wait`, but neither line.
+    _got=$(grep -m 1 '^refvmm: got signal 15' "$LOG")
+    _detached=$(grep -m 1 ': detached' "$LOG")
+    _err=$(grep -m 1 'detach: \|still held by the bus' "$LOG")
+    _ok=1
+    [ "$IN_IO" = yes ] && [ "$RC" -eq 143 ] && [ -n "$_got" ] && [ -n "$_detached" ] && [ -z "$_err" ] && _ok=0
+    check sigterm-clean $_ok "SIGTERM with the guest in its I/O loop: $IN_IO; exit $RC (143 expected); ${_got:-no 'got signal 15' line}; ${_detached:-no 'detached' line}${_err:+; $_err}"
+    again after-term
+}
+
+IOMMU=""
 [ -f "$ELF" ] || { step l3-default FAIL "no $ELF in the payload"; exit 1; }
 echo "  refvmm $(refvmm --version 2>&1); guest $ELF ($(wc -c <"$ELF") bytes); L3 timeout ${L3_TIMEOUT}s"
 
-# ---- A. the default plan ------------------------------------------------------------------------------------
+# ---- helpers of the passes -------------------------------------------------------------------------------------
 # doorbell_exits_mapped: with the default plan a doorbell write exits only if a trapped range overlaps the page.
 doorbell_exits_mapped() {
     DB_EXITS=0
     [ "$DB_TRAPS" -eq 0 ] || DB_EXITS="?"
 }
-
-run_l3 default default ""
-check_guest default
-summarize
-doorbell_exits_mapped
-# The doorbell page is a memory slot and no trapped range overlaps it, so no doorbell write can exit; and no MMIO
-# exit went unhandled (an unhandled exit would be an access no range or slot covered).
-_ok=1
-[ -n "$DB_SLOT" ] && [ "$DB_TRAPS" -eq 0 ] && [ "$UNHANDLED" = 0 ] && [ "${DOORBELLS:-0}" -gt 0 ] && _ok=0
-check doorbell-no-exits $_ok "doorbell page $(printf '%#x-%#x' "$DB_START" "$DB_END") is ${DB_SLOT:-not a memory slot}; $DB_TRAPS trapped ranges overlap it; the guest wrote ${DOORBELLS:-?} doorbells; unhandled-mmio=$UNHANDLED"
-_ok=1
-[ "$CONF1_R" -gt 0 ] && [ "$CONF1_W" -gt 0 ] && _ok=0
-check config-trapped $_ok "pci-conf1 reads=$CONF1_R writes=$CONF1_W"
-_ok=1
-[ "$MSIX_R" -gt 0 ] && [ "$MSIX_W" -gt 0 ] && _ok=0
-check msix-table-trapped $_ok "BAR0 msix-table reads=$MSIX_R writes=$MSIX_W"
-check_irqfd default
-l3_line default
-
-# ---- B. trap everything -------------------------------------------------------------------------------------
-run_l3 trap-all trap-all ""
-check_guest trap-all
-summarize
-# Every write to BAR0 +0x0-0x1fff exits; the guest counted its register writes and its doorbell writes apart.
-DB_EXITS="?"
-[ -n "$REGWRITES" ] && DB_EXITS=$((REGDB_EXITS - REGWRITES))
-_ok=1
-[ -z "$DB_SLOT" ] && [ -n "$DOORBELLS" ] && [ "$DOORBELLS" -gt 0 ] && [ "$DB_EXITS" = "$DOORBELLS" ] && _ok=0
-check doorbell-one-exit-each $_ok "doorbell page ${DB_SLOT:-trapped}; write exits on BAR0 +0x0-0x1fff: $REGDB_EXITS = ${REGWRITES:-?} register writes + $DB_EXITS doorbell exits; the guest wrote ${DOORBELLS:-?} doorbells"
-check_irqfd trap-all
-l3_line trap-all
-
-# ---- C. DMA outside guest RAM -------------------------------------------------------------------------------
-# nvme_e2e dma-fault (tests/guests/README.md): a read whose PRP list is at 0xE000_0000 (not RAM, not mapped in the
-# IOMMU), so the controller must DMA-read outside the guest; then a read whose data buffer is there (a DMA write).
-# Expected: the first command fails with an NVMe error status, the L2 kernel logs DMAR faults for both, refvmm and
-# the guest carry on to the end.
 FAULT_ADDR=0xe0000000
-dmar_faults() { dmesg | grep -E 'DMAR: \[DMA (Read|Write)' | grep -c "fault addr $FAULT_ADDR"; }
-DMAR_BEFORE=$(dmar_faults)
-run_l3 dma-fault default "dma-fault=$FAULT_ADDR"
-check_guest dma-fault
-summarize
-doorbell_exits_mapped
-_line=$(guest_step "$LOG" dma-fault)
-case $_line in
-*" PASS "*) step dma-fault-nvme-status OK "${_line#GUEST: STEP dma-fault PASS (t=*ms) }" ;;
-*) step dma-fault-nvme-status FAIL "${_line:-no dma-fault step in the guest output}" ;;
-esac
-_wnote=$(grep -m 1 '^GUEST: NOTE dma-fault-write ' "$LOG" | sed 's/^GUEST: NOTE dma-fault-write //')
-note "dma-fault data-buffer write: ${_wnote:-no NOTE dma-fault-write from the guest}"
-# The fault is reported by the IOMMU's interrupt: give it a moment.
+# dmar_faults Read|Write: how many such DMAR faults at FAULT_ADDR L2's kernel has logged so far. A run over the
+# second back end finds the first one's faults in the log: each run must add its own.
+dmar_faults() { dmesg | grep -E "DMAR: \[DMA $1" | grep -c "fault addr $FAULT_ADDR"; }
+# wait_faults: the fault is reported by the IOMMU's interrupt: give the data-buffer write's fault a moment.
 wait_faults() {
     _i=0
     while [ "$_i" -lt 20 ]; do
-        dmesg | grep -q "DMA Write.*fault addr $FAULT_ADDR" && break
+        [ "$(dmar_faults Write)" -gt "$WRITE_BEFORE" ] && break
         usleep 100000
         _i=$((_i + 1))
     done
 }
-wait_faults
-dmesg | grep -E 'DMAR: (DRHD|\[DMA)' | tail -n 8 | sed 's/^/  dmesg| /'
-DMAR_AFTER=$(dmar_faults)
-_read=$(dmesg | grep -E 'DMAR: \[DMA Read' | grep "fault addr $FAULT_ADDR" | tail -n 1 | sed 's/^\[[^]]*\] //')
-_write=$(dmesg | grep -E 'DMAR: \[DMA Write' | grep "fault addr $FAULT_ADDR" | tail -n 1 | sed 's/^\[[^]]*\] //')
-_ok=1
-[ "$DMAR_BEFORE" -eq 0 ] && [ -n "$_read" ] && [ -n "$_write" ] && _ok=0
-check dma-fault-iommu-log $_ok "$((DMAR_AFTER - DMAR_BEFORE)) DMAR faults at $FAULT_ADDR in L2's kernel log ($DMAR_BEFORE before this run); read: ${_read:-none}; write: ${_write:-none}"
-_ok=1
-grep -q '^GUEST: RESULT ' "$LOG" && grep -q '^GUEST: STEP shutdown PASS' "$LOG" && [ "$RC" -eq 0 ] && _ok=0
-if [ "$_ok" -eq 0 ]; then
-    step dma-fault-vmm-survives OK "refvmm exit 0 (the guest's status byte); the guest went on to shutdown and its RESULT after the faults"
-else
-    step dma-fault-vmm-survives FAIL "refvmm exit $RC; shutdown: $(guest_step "$LOG" shutdown | cut -d' ' -f4 | grep . || echo 'not reached'); $(grep -m 1 '^GUEST: RESULT ' "$LOG" || echo 'no GUEST: RESULT line')"
-fi
-l3_line dma-fault
 
+# passes: the default, trap-all and dma-fault runs and their checks, over the back end $IOMMU.
+passes() {
+    # ---- A. the default plan ------------------------------------------------------------------------------------
+
+    run_l3 default default ""
+    check_guest default
+    summarize
+    doorbell_exits_mapped
+    # The doorbell page is a memory slot and no trapped range overlaps it, so no doorbell write can exit; and no MMIO
+    # exit went unhandled (an unhandled exit would be an access no range or slot covered).
+    _ok=1
+    [ -n "$DB_SLOT" ] && [ "$DB_TRAPS" -eq 0 ] && [ "$UNHANDLED" = 0 ] && [ "${DOORBELLS:-0}" -gt 0 ] && _ok=0
+    check doorbell-no-exits $_ok "doorbell page $(printf '%#x-%#x' "$DB_START" "$DB_END") is ${DB_SLOT:-not a memory slot}; $DB_TRAPS trapped ranges overlap it; the guest wrote ${DOORBELLS:-?} doorbells; unhandled-mmio=$UNHANDLED"
+    _ok=1
+    [ "$CONF1_R" -gt 0 ] && [ "$CONF1_W" -gt 0 ] && _ok=0
+    check config-trapped $_ok "pci-conf1 reads=$CONF1_R writes=$CONF1_W"
+    _ok=1
+    [ "$MSIX_R" -gt 0 ] && [ "$MSIX_W" -gt 0 ] && _ok=0
+    check msix-table-trapped $_ok "BAR0 msix-table reads=$MSIX_R writes=$MSIX_W"
+    check_irqfd default
+    l3_line default
+
+    # ---- B. trap everything -------------------------------------------------------------------------------------
+    TRACE=/tmp/trace-$IOMMU.txt
+    run_l3 trap-all trap-all "" --trace "$GUEST_BDF:bar0+0x1000..0x2000" --trace-file "$TRACE"
+    check_guest trap-all
+    summarize
+    # Every write to BAR0 +0x0-0x1fff exits; the guest counted its register writes and its doorbell writes apart.
+    DB_EXITS="?"
+    [ -n "$REGWRITES" ] && DB_EXITS=$((REGDB_EXITS - REGWRITES))
+    _ok=1
+    [ -z "$DB_SLOT" ] && [ -n "$DOORBELLS" ] && [ "$DOORBELLS" -gt 0 ] && [ "$DB_EXITS" = "$DOORBELLS" ] && _ok=0
+    check doorbell-one-exit-each $_ok "doorbell page ${DB_SLOT:-trapped}; write exits on BAR0 +0x0-0x1fff: $REGDB_EXITS = ${REGWRITES:-?} register writes + $DB_EXITS doorbell exits; the guest wrote ${DOORBELLS:-?} doorbells"
+    check_irqfd trap-all
+    check_trace
+    l3_line trap-all
+
+    # ---- C. DMA outside guest RAM -------------------------------------------------------------------------------
+    # nvme_e2e dma-fault (tests/guests/README.md): a read whose PRP list is at 0xE000_0000 (not RAM, not mapped in the
+    # IOMMU), so the controller must DMA-read outside the guest; then a read whose data buffer is there (a DMA write).
+    # Expected: the first command fails with an NVMe error status, the L2 kernel logs DMAR faults for both, refvmm and
+    # the guest carry on to the end.
+    # QEMU's emulated VT-d has one fault recording register (DMAR_FRCD_REG_NR = 1): a fault that comes while the
+    # previous one is still pending in it is dropped (the overflow bit PFO), and under TCG L2's fault handler can be
+    # slower than the guest's second command. So when this run's write fault is missing, the run is repeated once,
+    # and the step says so.
+    _attempt=1
+    while :; do
+        READ_BEFORE=$(dmar_faults Read)
+        WRITE_BEFORE=$(dmar_faults Write)
+        run_l3 dma-fault default "dma-fault=$FAULT_ADDR"
+        wait_faults
+        READ_AFTER=$(dmar_faults Read)
+        WRITE_AFTER=$(dmar_faults Write)
+        if [ "$WRITE_AFTER" -gt "$WRITE_BEFORE" ] || [ "$_attempt" -ge 2 ]; then
+            break
+        fi
+        note "dma-fault over $IOMMU: no new DMAR write fault in L2's log ($((READ_AFTER - READ_BEFORE)) read); QEMU's VT-d records one fault at a time and drops one that comes while another is pending: once more"
+        _attempt=$((_attempt + 1))
+    done
+    _again=""
+    [ "$_attempt" -gt 1 ] && _again=" (second attempt: the first logged no write fault)"
+    check_guest dma-fault
+    summarize
+    doorbell_exits_mapped
+    _line=$(guest_step "$LOG" dma-fault)
+    case $_line in
+    *" PASS "*) step dma-fault-nvme-status OK "${_line#GUEST: STEP dma-fault PASS (t=*ms) }" ;;
+    *) step dma-fault-nvme-status FAIL "${_line:-no dma-fault step in the guest output}" ;;
+    esac
+    _wnote=$(grep -m 1 '^GUEST: NOTE dma-fault-write ' "$LOG" | sed 's/^GUEST: NOTE dma-fault-write //')
+    note "dma-fault data-buffer write: ${_wnote:-no NOTE dma-fault-write from the guest}"
+    dmesg | grep -E 'DMAR: (DRHD|\[DMA)' | tail -n 8 | sed 's/^/  dmesg| /'
+    _read=$(dmesg | grep -E 'DMAR: \[DMA Read' | grep "fault addr $FAULT_ADDR" | tail -n 1 | sed 's/^\[[^]]*\] //')
+    _write=$(dmesg | grep -E 'DMAR: \[DMA Write' | grep "fault addr $FAULT_ADDR" | tail -n 1 | sed 's/^\[[^]]*\] //')
+    _ok=1
+    [ "$READ_AFTER" -gt "$READ_BEFORE" ] && [ "$WRITE_AFTER" -gt "$WRITE_BEFORE" ] && _ok=0
+    check dma-fault-iommu-log $_ok "$((READ_AFTER - READ_BEFORE)) read and $((WRITE_AFTER - WRITE_BEFORE)) write DMAR faults at $FAULT_ADDR in L2's kernel log during this run ($((READ_BEFORE + WRITE_BEFORE)) before it)$_again; read: ${_read:-none}; write: ${_write:-none}"
+    _ok=1
+    grep -q '^GUEST: RESULT ' "$LOG" && grep -q '^GUEST: STEP shutdown PASS' "$LOG" && [ "$RC" -eq 0 ] && _ok=0
+    if [ "$_ok" -eq 0 ]; then
+        step dma-fault-vmm-survives OK "refvmm exit 0 (the guest's status byte); the guest went on to shutdown and its RESULT after the faults"
+    else
+        step dma-fault-vmm-survives FAIL "refvmm exit $RC; shutdown: $(guest_step "$LOG" shutdown | cut -d' ' -f4 | grep . || echo 'not reached'); $(grep -m 1 '^GUEST: RESULT ' "$LOG" || echo 'no GUEST: RESULT line')"
+    fi
+    l3_line dma-fault
+}
+
+for IOMMU in $BACKENDS; do
+    echo "  ==== L3 nvme_e2e runs over --iommu $IOMMU ===="
+    passes
+    kill_pass
+    term_pass
+done
+
+# ---- a second attach in one process (issue 12, item 6) --------------------------------------------------------
+# vfio-pci's example `reattach` (built by run.sh like refvmm): attach the NVMe to a VM, detach it, attach it again,
+# in one process. A teardown that leaves the group in its container makes the second attach fail, or vfio-ioctls
+# log "Could not unbind VFIO group" / "VFIO_GROUP_UNSET_CONTAINER ... busy": the example exits 1 on either.
+IOMMU=""
+if [ -x /payload/reattach ]; then
+    echo "  \$ /payload/reattach $NVME_BDF"
+    { /payload/reattach "$NVME_BDF" 2>&1; echo $? >/tmp/l3-rc; } | tee /tmp/reattach.log | sed 's/^/  | /'
+    RC=$(cat /tmp/l3-rc)
+    _line=$(grep -m 1 'attached, detached and attached again; teardown clean' /tmp/reattach.log)
+    _ok=1
+    [ "$RC" -eq 0 ] && [ -n "$_line" ] && _ok=0
+    check reattach-same-process $_ok "exit $RC; ${_line:-$(tail -n 1 /tmp/reattach.log)}"
+else
+    step reattach-same-process SKIP "no /payload/reattach (TESTBED_REFVMM given: run.sh built no example)"
+fi
 exit "$FAILS"
