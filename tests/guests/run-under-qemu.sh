@@ -14,7 +14,8 @@
 #                   e1000e raises when the guest writes its Interrupt Cause Set register.
 #
 # QEMU: $QEMU if set (a qemu-system-x86_64; $QEMU_LD_LIBRARY_PATH and $QEMU_DATADIRS, colon-separated -L
-# directories, may go with it), else the one the test bed unpacked into build/testbed/qemu-*/ (run
+# directories, may go with it), else the one the test bed unpacked into $TESTBED_CACHE (default
+# build/testbed)/qemu-*/ (run
 # tests/testbed/run.sh once to fetch it), else qemu-system-x86_64 from PATH.
 # Other knobs: GUESTS_QEMU_TIMEOUT (seconds per run, default 60), GUESTS_WORK (default build/guests).
 set -euo pipefail
@@ -40,7 +41,7 @@ if [ -n "${QEMU:-}" ]; then
     IFS=: read -ra dirs <<<"${QEMU_DATADIRS:-}"
     for d in "${dirs[@]}"; do [ -z "$d" ] || qemu_fw+=(-L "$d"); done
 else
-    root=$(ls -dt "$repo"/build/testbed/qemu-*/ 2>/dev/null | head -n 1 || true)
+    root=$(ls -dt "${TESTBED_CACHE:-$repo/build/testbed}"/qemu-*/ 2>/dev/null | head -n 1 || true)
     if [ -n "$root" ] && [ -x "$root/usr/bin/qemu-system-x86_64" ]; then
         root=${root%/}
         qemu=$root/usr/bin/qemu-system-x86_64
