@@ -313,7 +313,7 @@ fn print_startup(args: &RunArgs, [ram, devices, total]: [Duration; 3], attached:
     );
 }
 
-/// The host CPU's physical address bits (CPUID 0x80000008 EAX[7:0]); 36, the oldest x86-64
+/// The host CPU's physical address bits (CPUID 0x80000008 EAX bits 7:0); 36, the oldest x86-64
 /// width, when the leaf is absent. The 64-bit BAR window ends there.
 fn host_phys_bits() -> u8 {
     use std::arch::x86_64::__cpuid;
