@@ -543,14 +543,14 @@ fn check_memlock(options: &CheckOptions) -> CheckItem {
             CheckStatus::Warn,
             format!(
                 "limit {limit}: guests with more RAM than that cannot be mapped for DMA \
-                 (pass --memory SIZE to check against your guest)"
+                 (give the guest's RAM size to check against it)"
             ),
         )
         .host_fix(raise),
         (limit, None) => CheckItem::new(
             CheckKind::Memlock,
             CheckStatus::Ok,
-            format!("limit {limit} (pass --memory SIZE to check against your guest)"),
+            format!("limit {limit} (give the guest's RAM size to check against it)"),
         ),
     }
 }
