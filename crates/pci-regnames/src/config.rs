@@ -347,7 +347,7 @@ fn header_fields(device: &DeviceFacts) -> Vec<Field> {
 /// The named fields of one capability, from its header to its end.
 fn cap_fields(device: &DeviceFacts, cap: &Capability) -> Vec<Field> {
     let mut fields = Vec::new();
-    let p = prefix(cap.id);
+    let p = instance_prefix(device, cap);
     let what = format!(
         "{} capability at {:#x}",
         cap.id.name().unwrap_or("unknown"),
@@ -389,6 +389,23 @@ fn cap_fields(device: &DeviceFacts, cap: &Capability) -> Vec<Field> {
         at += size as u16;
     }
     fields
+}
+
+/// The prefix of `cap`'s names, unique on the device: a capability whose ID an earlier one in
+/// the chain already has (several vendor-specific capabilities, as virtio devices have; or a
+/// malformed chain) gets its offset too (`VNDR@0x50`), so each name finds one register.
+fn instance_prefix(device: &DeviceFacts, cap: &Capability) -> String {
+    let p = prefix(cap.id);
+    let repeated = device
+        .capabilities()
+        .iter()
+        .take_while(|c| c.offset != cap.offset)
+        .any(|c| c.id == cap.id);
+    if repeated {
+        format!("{p}@{:#x}", cap.offset)
+    } else {
+        p
+    }
 }
 
 /// Every named field of configuration space, header first then capabilities in chain order.
@@ -533,6 +550,34 @@ mod tests {
         c[0x60..0x64].copy_from_slice(&[0x01, 0x80, 0x03, 0x00]);
         c[0x80..0x84].copy_from_slice(&[0x10, 0x00, 0x92, 0x00]);
         DeviceFacts::from_config(&c)
+    }
+
+    /// What the register_names fuzz target found: two capabilities with one ID named the same
+    /// register twice, so a name led to the wrong one. The second instance carries its offset.
+    #[test]
+    fn repeated_capabilities_have_names_of_their_own() {
+        let mut c = vec![0u8; 256];
+        c[0x06] = 0x10;
+        c[0x34] = 0x40;
+        c[0x40..0x43].copy_from_slice(&[0x09, 0x50, 0x08]);
+        c[0x50..0x53].copy_from_slice(&[0x09, 0x00, 0x08]);
+        let d = DeviceFacts::from_config(&c);
+        let r = Registry::builtin();
+        for at in [0x40u64, 0x50] {
+            let decoded = r.decode(&d, Location::new(Region::Config, at), 1, None);
+            let field = &decoded.parts[0].field;
+            let query = format!("{}:{}", field.decoder, field.name);
+            assert_eq!(
+                r.find(&d, &query).unwrap().location,
+                field.location,
+                "{query}"
+            );
+        }
+        let second = r.decode(&d, Location::new(Region::Config, 0x50), 1, None);
+        assert!(
+            second.parts[0].field.name.starts_with("VNDR@0x50"),
+            "{second}"
+        );
     }
 
     #[test]
