@@ -20,7 +20,7 @@ CACHE=${TESTBED_CACHE:-$REPO/build/testbed}
 INTERACTIVE=${TESTBED_INTERACTIVE:-0}      # 1: QEMU in the foreground, a shell in L2 at the end
 TIMEOUT=${TESTBED_TIMEOUT:-420}            # seconds per L2 boot, hard limit
 [ "$INTERACTIVE" != 1 ] || TIMEOUT=${TESTBED_TIMEOUT:-3600}
-RETRIES=${TESTBED_RETRIES:-2}              # extra boots after a hang (timeout, silence, RCU stall or lockup), never after a FAIL
+RETRIES=${TESTBED_RETRIES:-2}              # extra boots after a hang (timeout, silence, RCU stall or lockup) or an L2 reset, never after a FAIL
 QUIET=${TESTBED_QUIET_TIMEOUT:-60}         # seconds without serial output that count as a hang (0: off)
 KEEP=${TESTBED_KEEP:-0}                    # 1: keep the disk image and initramfs of a passing run
 APT_UPDATE=${TESTBED_APT_UPDATE:-auto}     # auto (when lists are missing or older than APT_MAX_AGE days) | always | never
@@ -63,11 +63,12 @@ case $L2_KERNEL in own | debian) ;; *)
     ;;
 esac
 if [ -z "$L3_LINUX" ]; then
-    # On the own L2 kernel QEMU's L3 Linux pass hangs: the guest never returns from its first `sleep 1` (its
-    # TSC-deadline timer never fires; with lapic=notscdeadline it passes) and its tty output stops (README.md,
-    # "What it covers"); refvmm's pass, without that timer, works there. Both run on Debian's kernel.
+    # L3 Linux runs on Debian's L2 kernel only. Nested SVM under TCG is not dependable on the own 6.12 kernel:
+    # QEMU's L3 Linux never returns from its first `sleep 1` there (its TSC-deadline timer never fires), and
+    # of 5 refvmm L3 Linux passes there, 2 triple-faulted at random points of the boot and 1 reset L2 itself
+    # (README.md, "What it covers"). On Debian's kernel both passed every run.
     L3_LINUX="qemu refvmm"
-    [ "$L2_KERNEL" = own ] && [ -z "$KERNEL_IMAGE" ] && L3_LINUX=refvmm
+    [ "$L2_KERNEL" = own ] && [ -z "$KERNEL_IMAGE" ] && L3_LINUX=off
 fi
 if [ -z "$IOMMU_BACKENDS" ]; then
     # Debian's kernels have no CONFIG_IOMMUFD (kernel/README.md); a TESTBED_KERNEL is assumed to be like the own one.
@@ -657,7 +658,7 @@ qemu_cmd() { # the command line from TESTBED.md, with the unpacked firmware
         -kernel "$VMLINUZ" -initrd "$INITRD" -append "${append% }"
         -nographic -no-reboot -nodefaults -serial "$serial" $QEMU_EXTRA)
 }
-# boot_once N: one L2 boot; sets BOOT_OUTCOME to exited|timeout|stall|quiet|nopoweroff, and BOOT_LOG.
+# boot_once N: one L2 boot; sets BOOT_OUTCOME to exited|timeout|stall|quiet|reset|nopoweroff, and BOOT_LOG.
 boot_once() {
     local n=$1 pid rc=0 t0 t_init="" t_result="" size=-1 t_size
     BOOT_LOG=$RUN/serial-$n.log
@@ -700,6 +701,13 @@ boot_once() {
     done
     wait "$pid" || rc=$?
     [ "$rc" -eq 124 ] && [ "$BOOT_OUTCOME" = exited ] && BOOT_OUTCOME=timeout
+    # QEMU runs with -no-reboot, so L2 resetting itself ends QEMU like a power-off. /init powers off only after its
+    # RESULT line; without that line and without a kernel panic, L2 was reset under it (nested SVM under TCG has
+    # done that during an L3 run): a broken boot, like a hang, not a verdict.
+    if [ "$BOOT_OUTCOME" = exited ] && [ -z "$t_result" ] && ! grep -aq '^TESTBED: RESULT' "$BOOT_LOG" &&
+        ! grep -aqE "$PANIC_RE" "$BOOT_LOG"; then
+        BOOT_OUTCOME=reset
+    fi
     say "attempt $n: QEMU ended ($BOOT_OUTCOME, exit $rc) after $(since "$t0")s; serial log $BOOT_LOG"
 }
 stage_boot() {
@@ -719,10 +727,11 @@ stage_boot() {
     while :; do
         boot_once "$n"
         case $BOOT_OUTCOME in
-        timeout | stall | quiet)
+        timeout | stall | quiet | reset)
             if [ "$n" -le "$RETRIES" ]; then
                 local why=$BOOT_OUTCOME
                 [ "$why" = stall ] && why="RCU stall in L2: $(grep -aE -m 1 "$STALL_RE" "$BOOT_LOG" | tr -d '\r')"
+                [ "$why" = reset ] && why="L2 reset itself before its RESULT line, no kernel panic; last: $(grep -av '^ *$' "$BOOT_LOG" | tail -n 1 | tr -d '\r' | cut -c1-120)"
                 [ "$why" = quiet ] && why="no serial output for ${QUIET}s, last: $(grep -av '^ *$' "$BOOT_LOG" | tail -n 1 | tr -d '\r' | cut -c1-120)"
                 say "attempt $n hung ($why): booting again"
                 n=$((n + 1))
@@ -759,6 +768,7 @@ stage_verify() {
     timeout) die "L2 did not finish within TESTBED_TIMEOUT=${TIMEOUT}s (last lines: tail $BOOT_LOG)" ;;
     stall) die "L2 hit an RCU stall or soft lockup on every attempt (see $BOOT_LOG)" ;;
     quiet) die "L2 went silent for TESTBED_QUIET_TIMEOUT=${QUIET}s on every attempt (see $BOOT_LOG)" ;;
+    reset) die "L2 reset itself before its RESULT line on every attempt (see $BOOT_LOG)" ;;
     esac
     grep -aqE "$PANIC_RE" "$BOOT_LOG" && die "L2 kernel panic: $(grep -aE -m 1 "$PANIC_RE" "$BOOT_LOG" | tr -d '\r')"
     [ -n "$result" ] || die "L2 printed no RESULT line (see $BOOT_LOG)"

@@ -9,8 +9,8 @@
 //!
 //! Every device goes at function 0 of the next free slot (00:01.0, 00:02.0, ...) and is named by
 //! that guest address in logs, bus ranges and memory slots. Its BARs are placed before the guest
-//! starts, as firmware would. A function's INTx pin A is wired to GSI `16 + device % 4` (the
-//! IOAPIC pins PCI interrupts use; the usual swizzle for pin A).
+//! starts, as firmware would. A function's INTx is wired to GSI `16 + device % 4`
+//! ([`crate::pci::intx_gsi`], which the DSDT's `_PRT` also reads).
 
 use std::fmt;
 use std::str::FromStr;
@@ -299,7 +299,7 @@ fn passthrough<B: DeviceBackend + 'static>(
     let ports = Arc::new(KvmPorts::new(vm.clone()));
     let mut ctx = AttachContext {
         dma: DmaSetup::GuestMemory(vm.memory().clone()),
-        intx_gsi: Some(16 + u32::from(bdf.device % 4)),
+        intx_gsi: Some(crate::pci::intx_gsi(bdf.device)),
         reserved: reserved.to_vec(),
         ..AttachContext::new(ports.clone(), MsiWindow::x86())
     };

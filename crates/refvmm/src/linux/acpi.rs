@@ -33,7 +33,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 
-use crate::pci::{CONF1_PORT, ECAM_BASE, IO_WINDOW, MEM32_WINDOW};
+use crate::pci::{CONF1_PORT, ECAM_BASE, IO_WINDOW, MEM32_WINDOW, intx_gsi};
 use crate::serial::{COM1_GSI, COM1_PORT};
 
 use super::ACPI_TABLES;
@@ -137,19 +137,16 @@ fn madt(cpus: u32) -> MADT {
     madt
 }
 
-/// The first GSI of PCI INTx: the IOAPIC pins above the 16 ISA ones.
-const FIRST_PCI_GSI: u32 = 16;
-
 /// `_PRT` entries (ACPI 6.5, 6.2.13 "_PRT (PCI Routing Table)"): (address `slot << 16 | 0xFFFF`,
 /// pin 0-3 for INTA-INTD, source 0 = a GSI, the GSI). refvmm wires the INTx of the device in
-/// slot d to GSI 16 + d % 4 whatever pin it uses (devices.rs, `intx_gsi`); the table says the
+/// slot d to one GSI whatever pin it uses ([`crate::pci::intx_gsi`]); the table says the
 /// same for every pin of slots 1-31, so Linux routes an INTx-only device (with MSI or MSI-X it
 /// needs none). Direct GSIs are level-triggered and active-low by the spec; KVM's IOAPIC takes
 /// the line level as it is raised, whatever polarity the guest programs.
 fn prt_entries() -> Vec<(u32, u8, u8, u32)> {
-    (1u32..32)
+    (1u8..32)
         .flat_map(|slot| {
-            (0u8..4).map(move |pin| (slot << 16 | 0xffff, pin, 0u8, FIRST_PCI_GSI + slot % 4))
+            (0u8..4).map(move |pin| (u32::from(slot) << 16 | 0xffff, pin, 0u8, intx_gsi(slot)))
         })
         .collect()
 }

@@ -9,3 +9,13 @@ pub use pci_bus::layout::*;
 pub use pci_bus::{
     AssignedBar, BarAllocator, BarAssignError, BusError, Conf1, Ecam, HostBridge, PciBus,
 };
+
+/// The first GSI of PCI INTx: the IOAPIC pins above the 16 ISA ones.
+pub const FIRST_PCI_GSI: u32 = 16;
+
+/// The GSI the INTx of the device in `slot` is wired to, whatever pin it uses: 16 + slot % 4, the
+/// usual swizzle of four shared lines. One place, because the passthrough device raises this GSI
+/// and the DSDT's `_PRT` tells Linux the same wiring.
+pub fn intx_gsi(slot: u8) -> u32 {
+    FIRST_PCI_GSI + u32::from(slot % 4)
+}
