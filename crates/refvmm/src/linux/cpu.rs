@@ -14,6 +14,8 @@ use super::{LinuxError, STACK_TOP, TABLES_ADDR};
 
 /// CPUID.1:ECX bit 31, "hypervisor present".
 const CPUID1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 24, the local APIC's TSC-deadline timer mode.
+const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.1:EDX bit 28, HTT: EBX bits 23:16 holds the number of logical processors in the package.
 const CPUID1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 0xB/0x1F level types (SDM vol. 2A, CPUID leaf 0BH).
@@ -45,7 +47,18 @@ const DELIVERY_EXTINT: u32 = 0b111;
 const DELIVERY_NMI: u32 = 0b100;
 
 /// KVM's supported CPUID entries adjusted for the vCPU with APIC ID `apic_id` out of `cpus`.
-pub fn cpuid_for(supported: &[kvm_cpuid_entry2], apic_id: u32, cpus: u32) -> Vec<kvm_cpuid_entry2> {
+///
+/// `tsc_deadline`: KVM has `KVM_CAP_TSC_DEADLINE_TIMER`. Its in-kernel LAPIC emulates the
+/// TSC-deadline timer, but `KVM_GET_SUPPORTED_CPUID` never reports the bit (the KVM API
+/// documentation, "KVM_GET_SUPPORTED_CPUID"): the VMM sets it, as QEMU, cloud-hypervisor and
+/// Firecracker do. Linux then arms its timer with one MSR write instead of the one-shot LAPIC
+/// timer's register writes, and the guest sees what it sees under those VMMs.
+pub fn cpuid_for(
+    supported: &[kvm_cpuid_entry2],
+    apic_id: u32,
+    cpus: u32,
+    tsc_deadline: bool,
+) -> Vec<kvm_cpuid_entry2> {
     let amd = supported
         .iter()
         .find(|e| e.function == 0)
@@ -59,6 +72,9 @@ pub fn cpuid_for(supported: &[kvm_cpuid_entry2], apic_id: u32, cpus: u32) -> Vec
             1 => {
                 e.ebx = (e.ebx & 0xffff) | (apic_id << 24) | (cpus.min(255) << 16);
                 e.ecx |= CPUID1_ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= CPUID1_ECX_TSC_DEADLINE;
+                }
                 if cpus > 1 {
                     e.edx |= CPUID1_EDX_HTT;
                 } else {
@@ -104,9 +120,14 @@ fn kvm_err(
 }
 
 /// Sets CPUID, the MSRs, the FPU and the local APIC's LINT pins of `vcpu` (any vCPU: INIT and
-/// SIPI keep all of these).
-pub fn configure(vcpu: &Vcpu, supported: &CpuId, cpus: u32) -> Result<(), LinuxError> {
-    let entries = cpuid_for(supported.as_slice(), vcpu.id(), cpus);
+/// SIPI keep all of these). `tsc_deadline` as for [`cpuid_for`].
+pub fn configure(
+    vcpu: &Vcpu,
+    supported: &CpuId,
+    cpus: u32,
+    tsc_deadline: bool,
+) -> Result<(), LinuxError> {
+    let entries = cpuid_for(supported.as_slice(), vcpu.id(), cpus, tsc_deadline);
     let cpuid = CpuId::from_entries(&entries).map_err(|_| LinuxError::Kvm {
         step: format!("building {} CPUID entries", entries.len()),
         source: kvm_runloop::reexports::kvm_ioctls::Error::new(libc::E2BIG),
@@ -235,7 +256,7 @@ mod tests {
         let mut l4 = entry(4, 2);
         l4.eax = (3 << 5) | 3; // L3 unified
         let supported = [entry(1, 0), l4, entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
-        let out = cpuid_for(&supported, 2, 3);
+        let out = cpuid_for(&supported, 2, 3, false);
         let get = |f, i| {
             *out.iter()
                 .find(|e| e.function == f && e.index == i)
@@ -267,9 +288,22 @@ mod tests {
     fn one_cpu_has_no_htt() {
         let mut l1 = entry(1, 0);
         l1.edx = CPUID1_EDX_HTT;
-        let out = cpuid_for(&[l1], 0, 1);
+        let out = cpuid_for(&[l1], 0, 1, false);
         assert_eq!(out[0].edx & CPUID1_EDX_HTT, 0);
         assert_eq!(out[0].ebx >> 16, 1);
+    }
+
+    #[test]
+    fn tsc_deadline_bit_follows_kvms_capability() {
+        let l1 = entry(1, 0);
+        assert_ne!(
+            cpuid_for(&[l1], 0, 1, true)[0].ecx & CPUID1_ECX_TSC_DEADLINE,
+            0
+        );
+        assert_eq!(
+            cpuid_for(&[l1], 0, 1, false)[0].ecx & CPUID1_ECX_TSC_DEADLINE,
+            0
+        );
     }
 
     #[test]
@@ -288,7 +322,12 @@ mod tests {
             .get_supported_cpuid(kvm_runloop::reexports::kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .unwrap();
         let vcpu = vm.create_vcpu(1).unwrap();
-        configure(&vcpu, &supported, 2).unwrap();
+        // KVM accepts the TSC-deadline bit where it has the capability (every KVM with an
+        // in-kernel LAPIC since Linux 3.2).
+        let tsc_deadline = vm
+            .kvm()
+            .check_extension(kvm_runloop::reexports::kvm_ioctls::Cap::TscDeadlineTimer);
+        configure(&vcpu, &supported, 2, tsc_deadline).unwrap();
 
         let cpuid = vcpu
             .fd()
@@ -296,6 +335,11 @@ mod tests {
             .unwrap();
         let l1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();
         assert_eq!(l1.ebx >> 24, 1, "vCPU 1 reports APIC ID 1");
+        assert_eq!(
+            l1.ecx & CPUID1_ECX_TSC_DEADLINE != 0,
+            tsc_deadline,
+            "the TSC-deadline bit as KVM's capability says"
+        );
 
         let mut msrs = Msrs::from_entries(
             &BOOT_MSRS

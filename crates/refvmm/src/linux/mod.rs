@@ -214,10 +214,13 @@ pub fn setup(vm: &Vm, spec: &LinuxSpec, ram: &[(u64, u64)]) -> Result<LinuxMachi
             step: "KVM_GET_SUPPORTED_CPUID".into(),
             source,
         })?;
+    let tsc_deadline = vm
+        .kvm()
+        .check_extension(kvm_runloop::reexports::kvm_ioctls::Cap::TscDeadlineTimer);
     let mut vcpus = Vec::with_capacity(spec.cpus as usize);
     for id in 0..spec.cpus {
         let vcpu = vm.create_vcpu(id)?;
-        cpu::configure(&vcpu, &supported, spec.cpus)?;
+        cpu::configure(&vcpu, &supported, spec.cpus, tsc_deadline)?;
         if id == 0 {
             cpu::enter_64bit(vm, &vcpu, loaded.entry, ZERO_PAGE)?;
         } else {
