@@ -7,8 +7,9 @@
 //! lists each with its reads and writes and the reason) instead of warned about. Each is what a
 //! modern PC (a PCH without the legacy blocks) answers:
 //!
-//! - the i8237 DMA page registers 0x81-0x8F: Intel removed the legacy DMA controller from the PCH
-//!   (Skylake on), and Linux probes page register 0x87 and expects 0xff then
+//! - the i8237 DMA page register block 0x81-0x8F: Intel removed the legacy DMA controller from the
+//!   PCH (Skylake on), and with it the page registers 81h-83h, 87h, 89h-8Bh and 8Fh (the spare
+//!   ports between them answer the same); Linux probes 87h and takes 0xff for "no i8237"
 //!   (arch/x86/kernel/i8237.c). Port 0x80 is left out: it is the POST-code port, not a page
 //!   register, and Linux's `io_delay` writes there are a no-op under KVM
 //!   (`KVM_FEATURE_NOP_IO_DELAY`), so an access to it is worth the warning.
