@@ -6,6 +6,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod builtin_guest;
+mod cmos;
 mod console_input;
 mod demo;
 mod devices;

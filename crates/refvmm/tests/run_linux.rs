@@ -84,6 +84,36 @@ fn boot_protocol_checker() -> Vec<u8> {
     c
 }
 
+/// What Linux does to the legacy ports before its drivers run, checked: writes the warm-reset
+/// shutdown byte to CMOS 0x0F (its index with the NMI-disable bit set, as firmware writes it), reads it
+/// back, reads register D (0x80), probes the i8237 page register 0x87 and both Super I/O ID ports
+/// (0xff: absent); powers off if every answer is right, else resets.
+fn legacy_port_prober() -> Vec<u8> {
+    let mut c = Vec::new();
+    let mut fails = Vec::new();
+    let mut expect = |c: &mut Vec<u8>, value: u8| {
+        c.extend_from_slice(&[0x3c, value, 0x75, 0]); // cmp $value, %al; jne fail
+        fails.push(c.len() - 1);
+    };
+    c.extend_from_slice(&[0xb0, 0x8f, 0xe6, 0x70]); // mov $0x8f, %al; out %al, $0x70
+    c.extend_from_slice(&[0xb0, 0x0a, 0xe6, 0x71]); // mov $0x0a, %al; out %al, $0x71
+    c.extend_from_slice(&[0xb0, 0x0f, 0xe6, 0x70, 0xe4, 0x71]); // index 0x0f; in $0x71, %al
+    expect(&mut c, 0x0a);
+    c.extend_from_slice(&[0xb0, 0x0d, 0xe6, 0x70, 0xe4, 0x71]); // register D
+    expect(&mut c, 0x80);
+    for port in [0x87, 0x2f, 0x4f] {
+        c.extend_from_slice(&[0xe4, port]); // in $port, %al
+        expect(&mut c, 0xff);
+    }
+    c.extend(out_then_hlt(0x600, 0x34)); // SLP_TYP=5 | SLP_EN
+    let fail = c.len();
+    c.extend(out_then_hlt(0x602, 1)); // the reset register
+    for at in fails {
+        c[at] = (fail - (at + 1)) as u8;
+    }
+    c
+}
+
 fn run_kernel(name: &str, code: &[u8], extra: &[&str]) -> common::Run {
     let kernel = tmp_file(name, &tiny_vmlinux(code));
     let mut args = vec!["--kernel", kernel.to_str().unwrap(), "--memory", "64M"];
@@ -279,4 +309,26 @@ fn sigterm_stops_the_guest_and_says_so() {
         stderr.contains("got signal 15; the guest was stopped"),
         "{stderr}"
     );
+}
+
+#[test]
+fn legacy_ports_linux_probes_are_answered_and_named_not_warned_about() {
+    let Some(_) = kvm_runloop::testing::kvm_or_skip() else {
+        return;
+    };
+    let r = run_kernel(
+        "vmlinux-legacy",
+        &legacy_port_prober(),
+        &["--show-counters"],
+    );
+    assert_eq!(r.code, 0, "the prober got a wrong answer: {}", r.all());
+    assert_eq!(r.range_counts("cmos-rtc"), (2, 4), "{}", r.all());
+    assert_eq!(
+        r.range_counts("absent: i8237 DMA page (reads 0xff, no legacy DMA)"),
+        (1, 0)
+    );
+    r.range("absent: Super I/O config at 0x2e (reads 0xff, no Super I/O chip)");
+    r.range("absent: Super I/O config at 0x4e (reads 0xff, no Super I/O chip)");
+    r.stdout_has("bus unhandled-pio=0 ");
+    assert!(!r.stderr.contains("unhandled PIO"), "{}", r.all());
 }

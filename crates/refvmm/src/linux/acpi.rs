@@ -13,7 +13,7 @@
 //! |---|---|
 //! | RSDP | the XSDT (also in the zero page's `acpi_rsdp_addr`) |
 //! | XSDT | FADT, MADT, MCFG |
-//! | FADT | hardware-reduced ACPI (no PM1 blocks, SCI, PM timer or legacy PIC: Linux then skips the PIT and 8259, `acpi_generic_reduced_hw_init`), the sleep control/status registers, the reset register, no 8042, VGA or CMOS RTC |
+//! | FADT | hardware-reduced ACPI (no PM1 blocks, SCI, PM timer or legacy PIC: Linux then skips the PIT and 8259, `acpi_generic_reduced_hw_init`), the sleep control/status registers, the reset register, no 8042 or VGA, and no CMOS RTC for Linux's `rtc_cmos` (the CMOS ports answer; see `IAPC_BOOT_ARCH`) |
 //! | DSDT | `\_SB.PCI0` (PNP0A08, bus 0-255, its I/O and memory windows: the windows refvmm places BARs in, so Linux claims those BARs as they are and does not move them; `_PRT`: the INTx wiring), `\_SB.COM1` (PNP0501 with its port and IRQ 4), and `\_S5` |
 //! | MADT | one local APIC per vCPU (APIC ID = vCPU id), the IOAPIC at 0xFEC0_0000 with GSIs 0-23; no overrides: KVM's default routing sends ISA IRQ n to IOAPIC pin n, which is also Linux's default |
 //! | MCFG | ECAM at [`ECAM_BASE`] for bus 0-255, reserved in e820 so Linux accepts it. Linux then reads and writes the first 256 bytes of each function through conf1 (arch/x86/pci/common.c: type 1 is preferred for the base space when it works) and the extended space through ECAM; without the MCFG it would have no extended space |
@@ -49,6 +49,12 @@ pub const IOAPIC_BASE: u32 = 0xfec0_0000;
 const IOAPIC_ID: u8 = 0;
 /// FADT `IAPC_BOOT_ARCH` (ACPI 6.5, 5.2.9.3): bit 2 VGA not present, bit 4 PCIe ASPM
 /// controls (the OS must not touch ASPM), bit 5 CMOS RTC not present. Bit 1 (8042) stays clear.
+///
+/// The CMOS at 0x70/0x71 does answer (its NVRAM and time registers, `crate::cmos`), but it is
+/// not offered to Linux as an RTC: its `rtc_cmos` driver would take IRQ 8 for alarms and update
+/// interrupts, which this machine never raises, so `hwclock` would wait for them until it times
+/// out. Linux under KVM takes its wall clock from kvmclock; with bit 5 set it registers no
+/// `rtc_cmos` platform device (arch/x86/kernel/acpi/boot.c, `ACPI_FADT_NO_CMOS_RTC`).
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 4) | (1 << 5);
 
 /// The tables, laid out for [`ACPI_TABLES`]: the RSDP first, each table 16-byte aligned.

@@ -8,6 +8,7 @@
 //! | `acpi.rs` | the firmware tables: RSDP, XSDT, FADT, DSDT, MADT, MCFG |
 //! | `cpu.rs` | per-vCPU state: CPUID topology, MSRs, FPU, LAPIC LINT0/LINT1, the 64-bit entry registers |
 //! | `power.rs` | the power-off and reset registers the FADT names, and the i8042 reset line |
+//! | `legacy.rs` | the legacy PC ports Linux touches: the CMOS RTC/NVRAM at 0x70/0x71 ([`crate::cmos`]), and the absent i8237 DMA page registers (0x81-0x8F) and Super I/O configuration ports (0x2E/0x2F, 0x4E/0x4F), which read all-ones without a warning |
 //!
 //! # Low memory
 //!
@@ -26,6 +27,7 @@ mod acpi;
 mod boot;
 mod cpu;
 mod e820;
+mod legacy;
 mod power;
 
 use std::path::PathBuf;
@@ -171,7 +173,7 @@ pub struct LinuxMachine {
 }
 
 /// Sets up `vm` (which must have the in-kernel irqchip and RAM as `ram`) to boot `spec`: the
-/// PIT, the power registers, the ACPI tables, the kernel, initramfs, zero page and every vCPU.
+/// PIT, the power registers, the CMOS and the absent legacy ports, the ACPI tables, the kernel, initramfs, zero page and every vCPU.
 pub fn setup(vm: &Vm, spec: &LinuxSpec, ram: &[(u64, u64)]) -> Result<LinuxMachine, LinuxError> {
     let max = (vm.kvm().get_max_vcpus() as u32).min(255);
     if spec.cpus == 0 || spec.cpus > max {
@@ -200,6 +202,7 @@ pub fn setup(vm: &Vm, spec: &LinuxSpec, ram: &[(u64, u64)]) -> Result<LinuxMachi
         vm.address_map().reserve(Space::Io, start, size, name)?;
     }
     let power = PowerRegisters::install(vm)?;
+    legacy::install(vm)?;
 
     let tables = acpi::AcpiTables::build(spec.cpus, spec.mem64_window);
     vm.write_memory(ACPI_TABLES, &tables.bytes)?;
