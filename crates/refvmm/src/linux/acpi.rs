@@ -14,9 +14,9 @@
 //! | RSDP | the XSDT (also in the zero page's `acpi_rsdp_addr`) |
 //! | XSDT | FADT, MADT, MCFG |
 //! | FADT | hardware-reduced ACPI (no PM1 blocks, SCI, PM timer or legacy PIC: Linux then skips the PIT and 8259, `acpi_generic_reduced_hw_init`), the sleep control/status registers, the reset register, no 8042 or VGA, and no CMOS RTC for Linux's `rtc_cmos` (the CMOS ports answer; see `IAPC_BOOT_ARCH`) |
-//! | DSDT | `\_SB.PCI0` (PNP0A08, bus 0-255, its I/O and memory windows: the windows refvmm places BARs in, so Linux claims those BARs as they are and does not move them; `_PRT`: the INTx wiring), `\_SB.COM1` (PNP0501 with its port and IRQ 4), and `\_S5` |
+//! | DSDT | `\_SB.PCI0` (PNP0A08, bus 0, its I/O and memory windows: the windows refvmm places BARs in, so Linux claims those BARs as they are and does not move them; `_PRT`: the INTx wiring), `\_SB.COM1` (PNP0501 with its port and IRQ 4), and `\_S5` |
 //! | MADT | one local APIC per vCPU (APIC ID = vCPU id), the IOAPIC at 0xFEC0_0000 with GSIs 0-23; no overrides: KVM's default routing sends ISA IRQ n to IOAPIC pin n, which is also Linux's default |
-//! | MCFG | ECAM at [`ECAM_BASE`] for bus 0-255, reserved in e820 so Linux accepts it. Linux then reads and writes the first 256 bytes of each function through conf1 (arch/x86/pci/common.c: type 1 is preferred for the base space when it works) and the extended space through ECAM; without the MCFG it would have no extended space |
+//! | MCFG | ECAM at [`ECAM_BASE`] for bus 0 (the one bus; see [`LAST_BUS`]), reserved in e820 so Linux accepts it. Linux then reads and writes the first 256 bytes of each function through conf1 (arch/x86/pci/common.c: type 1 is preferred for the base space when it works) and the extended space through ECAM; without the MCFG it would have no extended space |
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt, Name, Package, Path,
@@ -78,7 +78,7 @@ impl AcpiTables {
         let fadt = t.push(*b"FACP", &fadt(dsdt));
         let madt = t.push(*b"APIC", &madt(cpus));
         let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-        mcfg.add_ecam(ECAM_BASE, 0, 0, 255);
+        mcfg.add_ecam(ECAM_BASE, 0, 0, LAST_BUS);
         let mcfg = t.push(*b"MCFG", &mcfg);
         let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
         for table in [fadt, madt, mcfg] {
@@ -175,12 +175,19 @@ fn com1(sink: &mut dyn AmlSink) {
     Device::new(Path::new("_SB_.COM1"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
 }
 
+/// The last bus number the tables give the root bridge and the ECAM window: refvmm has bus 0 and
+/// no bridges. Not 255: x86 Linux takes the MCFG's last bus as the highest bus to probe for peer
+/// host bridges, and reads a vendor ID from 32 functions of every bus up to it through conf1
+/// (arch/x86/pci/legacy.c, `pcibios_fixup_peer_bridges`): about 16,000 exits at boot for buses
+/// that do not exist. cloud-hypervisor's MCFG gives each segment bus 0 only as well.
+const LAST_BUS: u8 = 0;
+
 /// The DSDT's AML: `\_SB.PCI0`, `\_SB.COM1` and `\_S5`.
 fn dsdt(mem64_window: (u64, u64)) -> Sdt {
     let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // The root bridge's windows: bus numbers, the conf1 ports it decodes, I/O below and above
     // them (ISA devices such as COM1 sit there too, as on a PC) and the two BAR windows.
-    let buses = AddressSpace::new_bus_number(0u16, 0xff);
+    let buses = AddressSpace::new_bus_number(0u16, u16::from(LAST_BUS));
     let conf1 = IO::new(CONF1_PORT, CONF1_PORT, 1, 8);
     let io_low = AddressSpace::new_io(0u16, CONF1_PORT - 1, None);
     let io_high = AddressSpace::new_io(CONF1_PORT + 8, (IO_WINDOW.1 - 1) as u16, None);
@@ -330,7 +337,7 @@ mod tests {
         let mcfg = table(&t, t.addresses[4].1, b"MCFG");
         assert_eq!(mcfg.len(), 44 + 16);
         assert_eq!(u64_at(&mcfg, 44), ECAM_BASE);
-        assert_eq!(&mcfg[52..56], &[0, 0, 0, 255], "segment 0, buses 0-255");
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 0], "segment 0, bus 0 only");
     }
 
     #[test]
@@ -370,5 +377,10 @@ mod tests {
         assert!(has(&mem64));
         // The I/O window refvmm places I/O BARs in lies in the high I/O range.
         assert!(has(&[0x00, 0x0d, 0xff, 0xff]), "WordIO 0x0d00-0xffff");
+        // WordBusNumber: descriptor 0x88, resource type 2 (bus numbers), then granularity 0,
+        // minimum 0, maximum 0, translation 0, length 1: bus 0 only.
+        let bus = dsdt.windows(4).position(|w| w[0] == 0x88 && w[3] == 2);
+        let bus = &dsdt[bus.expect("a WordBusNumber descriptor") + 6..][..10];
+        assert_eq!(bus, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "bus 0 only");
     }
 }
