@@ -143,7 +143,7 @@ else
         n=$((n + 1))
     fi
     if differs "${V[qemu.perio]}" "${V[refvmm.perio]}"; then
-        echo "- exits per I/O: QEMU ${V[qemu.perio]}, refvmm ${V[refvmm.perio]} (by kind above). Halt, interrupt-window and injection counts follow the guest's idle loop and its interrupt handling between completions, which depend on the CPU features and clock each VMM gives the guest; port I/O and MMIO exits are exits to the VMM's own devices (the 16550 that prints the marks' lines is one)."
+        echo "- exits per I/O: QEMU ${V[qemu.perio]}, refvmm ${V[refvmm.perio]} (by kind above). Halt, interrupt-window and injection counts follow the guest's idle loop and its interrupt handling between completions (dd runs pinned to vCPU 0 in both guests), which depend on the CPU features and clock each VMM gives the guest; port I/O and MMIO exits are exits to the VMM's own devices (the 16550 that prints the marks' lines is one)."
         n=$((n + 1))
     fi
     if differs "${V[qemu.total]}" "${V[refvmm.total]}"; then
