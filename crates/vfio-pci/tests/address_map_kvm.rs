@@ -9,6 +9,10 @@ use kvm_runloop::{Space, Vm, VmConfig};
 use pci_config::capability::BarOffset;
 use pci_config::capability::MsixCapability;
 use pci_config::{BarDef, ConfigSize, ConfigSpace, DeviceIds, HeaderType, PciFunction};
+
+#[path = "support/ivshmem_ids.rs"]
+mod ivshmem_ids;
+use ivshmem_ids::IVSHMEM_IDS;
 use vfio_pci::ports::{KvmPorts, MsiWindow};
 use vfio_pci::sim::{SimBackend, SimBar, SimSpec};
 use vfio_pci::{AttachContext, PassthroughDevice, PassthroughOptions};
@@ -36,17 +40,9 @@ fn attach(ports: &Arc<KvmPorts>, sim: SimBackend) -> PassthroughDevice {
 
 /// A device whose only BAR (4 KiB, memory) the host lets us mmap whole: it becomes one slot.
 fn plain(name: &str) -> SimBackend {
-    let ids = DeviceIds {
-        vendor_id: 0x1af4,
-        device_id: 0x1110,
-        class_code: 0x050000,
-        revision: 1,
-        subsystem_vendor_id: 0x1af4,
-        subsystem_id: 0x1100,
-    };
     SimBackend::new(SimSpec {
         name: name.into(),
-        config: ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, ids),
+        config: ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, IVSHMEM_IDS),
         bars: vec![SimBar {
             index: 0,
             def: BarDef::memory32(0x1000).at(0xfea0_0000),

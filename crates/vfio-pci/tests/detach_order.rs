@@ -9,7 +9,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use pci_config::{BarDef, ConfigSize, ConfigSpace, DeviceIds, HeaderType, PciFunction};
+use pci_config::{BarDef, ConfigSize, ConfigSpace, HeaderType, PciFunction};
+
+#[path = "support/ivshmem_ids.rs"]
+mod ivshmem_ids;
+use ivshmem_ids::IVSHMEM_IDS;
 use vfio_pci::ports::{AddressSpace, InMemoryPorts, MsiWindow};
 use vfio_pci::sim::{SimBackend, SimBar, SimSpec};
 use vfio_pci::{AttachContext, PassthroughDevice, PassthroughOptions};
@@ -17,17 +21,9 @@ use vfio_pci::{AttachContext, PassthroughDevice, PassthroughOptions};
 /// Like QEMU's `ivshmem-plain` (1af4:1110): 256 bytes of registers the host does not let us
 /// mmap, and 64 KiB of shared memory it does.
 fn ivshmem(name: &str) -> SimBackend {
-    let ids = DeviceIds {
-        vendor_id: 0x1af4,
-        device_id: 0x1110,
-        class_code: 0x050000,
-        revision: 1,
-        subsystem_vendor_id: 0x1af4,
-        subsystem_id: 0x1100,
-    };
     SimBackend::new(SimSpec {
         name: name.into(),
-        config: ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, ids),
+        config: ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, IVSHMEM_IDS),
         bars: vec![
             SimBar {
                 index: 0,

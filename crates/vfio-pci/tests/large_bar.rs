@@ -7,7 +7,11 @@
 use std::sync::Arc;
 
 use kvm_runloop::{Vm, VmConfig};
-use pci_config::{BarDef, ConfigSize, ConfigSpace, DeviceIds, HeaderType, PciFunction};
+use pci_config::{BarDef, ConfigSize, ConfigSpace, HeaderType, PciFunction};
+
+#[path = "support/ivshmem_ids.rs"]
+mod ivshmem_ids;
+use ivshmem_ids::IVSHMEM_IDS;
 use vfio_pci::ports::{KvmPorts, MsiWindow};
 use vfio_pci::sim::{SimBackend, SimBar, SimSpec};
 use vfio_pci::{AttachContext, PassthroughDevice, PassthroughOptions};
@@ -17,12 +21,6 @@ const GIB: u64 = 1 << 30;
 /// `1af4:1110` (QEMU's ivshmem-plain): BAR0 256 bytes of registers, BAR2 `size` bytes of
 /// shared memory, 64-bit prefetchable.
 fn ivshmem(size: u64) -> Arc<SimBackend> {
-    let ids = DeviceIds {
-        vendor_id: 0x1af4,
-        device_id: 0x1110,
-        class_code: 0x050000,
-        ..Default::default()
-    };
     let bar = |index, def| SimBar {
         index,
         def,
@@ -32,7 +30,7 @@ fn ivshmem(size: u64) -> Arc<SimBackend> {
     Arc::new(
         SimBackend::new(SimSpec {
             name: "0000:00:03.0".into(),
-            config: ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, ids),
+            config: ConfigSpace::new(HeaderType::Endpoint, ConfigSize::Conventional, IVSHMEM_IDS),
             bars: vec![
                 bar(0, BarDef::memory32(256)),
                 bar(2, BarDef::memory64(size).prefetchable()),
