@@ -29,7 +29,9 @@ HERE=/speed
 METER=$HERE/vmmeter
 QEMU_DIR=/l3/qemu
 KVMDBG=/sys/kernel/debug/kvm
-RUN_TIMEOUT=60 # seconds per VMM run (the meter kills it): a start-up takes a few seconds under TCG
+# Seconds per VMM run (the meter kills it): a start-up takes 1-8 s under TCG. Below run.sh's
+# TESTBED_QUIET_TIMEOUT (60 s), so a stuck run is this step's failure, not a silent L2.
+RUN_TIMEOUT=45
 FAILS=0
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
@@ -69,16 +71,17 @@ meter_line() { sed -n "s/^METER $2 //p" "$1" | tail -n 1; }
 after_of() { meter_line "$1" "$2" | sed -n 's/.*after=\([0-9.]*\).*/\1/p'; }
 
 # ---- the runs -----------------------------------------------------------------------------------------------
-# measure NAME [METER OPTIONS] -- VMM...: one VMM run under the meter, its output in /tmp/speed-NAME.out (and the
-# console, indented); sets FIRST (seconds from start to the first exit, empty when none) and STATUS.
+# measure NAME [METER OPTIONS] -- VMM...: one VMM run under the meter, its output in /tmp/speed-NAME.out and on
+# the console as it comes (indented: run.sh sees a live L2); sets FIRST (seconds from start to the first exit,
+# empty when none), VMC and STATUS (the VMM's exit status, from the meter's end line).
 measure() {
     _n=$1
     shift
     _out=/tmp/speed-$_n.out
     echo "  \$ vmmeter $*"
-    "$METER" "$@" >"$_out" 2>&1
-    STATUS=$?
-    sed 's/^/  /' "$_out"
+    "$METER" "$@" 2>&1 | tee "$_out" | sed 's/^/  /'
+    STATUS=$(sed -n 's/^METER end status=\([0-9]*\).*/\1/p' "$_out")
+    STATUS=${STATUS:-none}
     FIRST=$(after_of "$_out" first-exit)
     VMC=$(after_of "$_out" vm-created)
 }
@@ -123,7 +126,7 @@ run_pair() {
     _rextra=""
     if [ "$_label" = ivshmem ]; then
         # --show-mtree's "Host pages behind each memory slot" line of BAR2: its guest range and host pages.
-        _slot=$(grep ' in slot .*BAR2' "/tmp/speed-$_name.out" | head -n 1)
+        _slot=$(sed -n 's/^  | //p' "/tmp/speed-$_name.out" | grep ' in slot .*BAR2' | head -n 1)
         _rextra=" bar-gpa=$(echo "$_slot" | awk '{ sub(/-.*/, "", $1); print $1 }') bar-pages=$(echo "$_slot" | sed -n 's/.* \(pages=[^ ]*\).*/\1/p')"
     fi
     set -- $_split
@@ -264,7 +267,7 @@ GUEST=$(sed -n 's/.*NOTE bar-stores //p' "$OUT" | head -n 1)
 # KVM's counters at the guest's marks: the warm pass's exits (all kinds) and MMIO exits to refvmm.
 mark() { sed -n "s/^METER mark=$1 .* $2=\([0-9-]*\).*/\1/p" "$OUT" | head -n 1; }
 d() { _a=$(mark "$1" "$3") _b=$(mark "$2" "$3"); if [ -n "$_a" ] && [ -n "$_b" ]; then echo $((_b - _a)); else echo "?"; fi; }
-echo "TESTBED: SPEED stores side=guest status=$STATUS $GUEST cold-exits=$(d cold warm exits) cold-pf-fixed=$(d cold warm pf_fixed) warm-exits=$(d warm end exits) warm-mmio-exits=$(d warm end mmio_exits) warm-pf-fixed=$(d warm end pf_fixed) all-mmio-exits=$(d cold end mmio_exits)"
+echo "TESTBED: SPEED stores side=guest status=$STATUS $GUEST cold-exits=$(d cold warm exits) cold-pf-fixed=$(d cold warm pf_fixed) warm-exits=$(d warm hot exits) warm-mmio-exits=$(d warm hot mmio_exits) warm-pf-fixed=$(d warm hot pf_fixed) hot-exits=$(d hot end exits) all-mmio-exits=$(d cold end mmio_exits)"
 if [ "$STATUS" = 0 ] && [ -n "$GUEST" ] && [ "$(d cold end mmio_exits)" = 0 ]; then
     step speed-stores-guest OK "the guest stored into BAR2 (a memory slot over the VFIO mmap) with 0 MMIO exits (KVM's mmio_exits from its first to its last mark): $GUEST"
 else
