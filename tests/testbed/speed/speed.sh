@@ -79,7 +79,7 @@ measure() {
     shift
     _out=/tmp/speed-$_n.out
     echo "  \$ vmmeter $*"
-    "$METER" "$@" 2>&1 | tee "$_out" | sed 's/^/  /'
+    "$METER" "$@" </dev/null 2>&1 | tee "$_out" | sed 's/^/  /'
     STATUS=$(sed -n 's/^METER end status=\([0-9]*\).*/\1/p' "$_out")
     STATUS=${STATUS:-none}
     FIRST=$(after_of "$_out" first-exit)
