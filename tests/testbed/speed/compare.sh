@@ -50,6 +50,11 @@ for m in $sizes; do
     printf '  %-9s %-22s %-22s %-22s\n' "$m MiB" "$(fmt "$(get "vmm=refvmm backing=thp mib=$m device=nvme" ram)") / $(fmt "$(get "vmm=refvmm backing=thp mib=$m device=nvme" devices)")" "" \
         "$(fmt "$(get "vmm=refvmm backing=hugetlb mib=$m device=nvme" ram)") / $(fmt "$(get "vmm=refvmm backing=hugetlb mib=$m device=nvme" devices)")"
 done
+echo "  guest RAM's host pages in refvmm (--show-mtree, from smaps):"
+for m in $sizes; do
+    printf '  %-9s thp: %s; hugetlb: %s\n' "$m MiB" "$(get "vmm=refvmm backing=thp mib=$m device=nvme" ram-pages | tr ',' ' ')" \
+        "$(get "vmm=refvmm backing=hugetlb mib=$m device=nvme" ram-pages | tr ',' ' ')"
+done
 small=$(head -n 1 <<<"$sizes")
 large=$(tail -n 1 <<<"$sizes")
 if [ "$small" != "$large" ]; then

@@ -115,19 +115,21 @@ run_pair() {
     _mib=$(mib_of "$_size")
     # refvmm: its built-in guest lists the bus and reports status 0 (the first instruction is its first port
     # write); --iommu type1, the container QEMU 7.2 uses.
-    _rb=thp _mtree=""
-    # For the large BAR, refvmm's memory map: the BAR's guest address and the host pages behind its slot.
-    [ "$_label" = ivshmem ] && _mtree=--show-mtree
+    _rb=thp
     [ "$_back" = hugetlb ] && _rb=hugetlb
     _name=refvmm-$_rb-$_mib-$_label
     measure "$_name" --timeout "$RUN_TIMEOUT" -- refvmm run --memory "$_size" --memory-backing "$_rb" \
-        --device "$_bdf" --iommu type1 $_mtree
+        --device "$_bdf" --iommu type1 --show-mtree
     _split=$(refvmm_split "/tmp/speed-$_name.out")
-    _rextra=""
+    # --show-mtree's "Host pages behind each memory slot": guest RAM's (the first slot that is not a BAR), e.g.
+    # "pages=4K thp=1G rss=1G": whether THP or hugetlb pages really back it.
+    _ram=$(sed -n 's/^  | //p' "/tmp/speed-$_name.out" | grep ' in slot ' | grep -v BAR | head -n 1 |
+        sed -n 's/.* \(pages=.*\) "[^"]*"$/\1/p' | tr ' ' ',')
+    _rextra=" ram-pages=${_ram:-?}"
     if [ "$_label" = ivshmem ]; then
         # --show-mtree's "Host pages behind each memory slot" line of BAR2: its guest range and host pages.
         _slot=$(sed -n 's/^  | //p' "/tmp/speed-$_name.out" | grep ' in slot .*BAR2' | head -n 1)
-        _rextra=" bar-gpa=$(echo "$_slot" | awk '{ sub(/-.*/, "", $1); print $1 }') bar-pages=$(echo "$_slot" | sed -n 's/.* \(pages=[^ ]*\).*/\1/p')"
+        _rextra="$_rextra bar-gpa=$(echo "$_slot" | awk '{ sub(/-.*/, "", $1); print $1 }') bar-pages=$(echo "$_slot" | sed -n 's/.* \(pages=[^ ]*\).*/\1/p')"
     fi
     set -- $_split
     echo "TESTBED: SPEED vmm=refvmm backing=$_rb mib=$_mib device=$_label status=$STATUS vm-created=${VMC:-?} first-exit=${FIRST:-?} ram=${1:-?} devices=${2:-?} dma-map=${3:-?} self-first=${4:-?}$_rextra"
