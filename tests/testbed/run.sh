@@ -37,7 +37,7 @@ SERIAL=${TESTBED_SERIAL:-REFVMM-TESTBED-0001}
 PATTERN_LBA=${TESTBED_PATTERN_LBA:-100}
 DISK_MIB=${TESTBED_DISK_MIB:-64}
 SMP=${TESTBED_SMP:-2}
-MEM=${TESTBED_MEM:-}                       # L2's RAM; default 2G, 4G with the speed pass (below)
+MEM=${TESTBED_MEM:-2G}                     # L2's RAM (the speed pass's 1 GiB guests and huge pages fit in 2G)
 APPEND_EXTRA=${TESTBED_APPEND:-}           # extra kernel command-line words
 QEMU_EXTRA=${TESTBED_QEMU_ARGS:-}          # extra QEMU arguments (word-split)
 RUST_LOG_L2=${TESTBED_RUST_LOG:-}          # RUST_LOG for refvmm inside L2
@@ -84,11 +84,6 @@ case $SPEED in on | off) ;; *)
     exit 2
     ;;
 esac
-if [ -z "$MEM" ]; then
-    # The speed pass gives L3 up to 1 GiB and reserves as many huge pages, next to L2's own ~0.5 GiB.
-    MEM=2G
-    [ "$SPEED" = on ] && MEM=4G
-fi
 for _s in $SPEED_SIZES; do
     [[ $_s =~ ^[1-9][0-9]*[MG]$ ]] || {
         echo "testbed: TESTBED_SPEED_SIZES lists sizes like 256M or 1G, not '$_s'" >&2
