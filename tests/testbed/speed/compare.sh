@@ -135,7 +135,9 @@ if isnum "$(get side=l2 warm-tsc)" || isnum "$(get side=guest warm-tsc)"; then
     echo "Stores into the same BAR: L2 through its VFIO mmap, the L3 guest through refvmm's memory slot over that mmap (TSC, the same rate in both):"
     printf '  %-62s %-12s %-12s %-8s\n' "" "L2" "L3 guest" "ratio"
     for pass in warm hot; do
-        what="warm: bytes per TSC cycle, 8-byte stores over $(($(get side=guest warm-bytes) >> 20)) MiB of the BAR"
+        wb=$(get side=l2 warm-bytes)
+        isnum "$wb" || wb=0
+        what="warm: bytes per TSC cycle, 8-byte stores over $((wb >> 20)) MiB of the BAR"
         [ $pass = hot ] && what="hot: the same over its first 1 MiB only (no TLB misses)"
         printf '  %-62s %-12s %-12s %-8s\n' "$what" "$(rate "$(get side=l2 $pass-bytes)" "$(get side=l2 $pass-tsc)")" \
             "$(rate "$(get side=guest $pass-bytes)" "$(get side=guest $pass-tsc)")" "$(ratio $pass)"
