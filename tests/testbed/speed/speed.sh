@@ -184,6 +184,10 @@ hugepages() {
 }
 
 # ---- set-up -------------------------------------------------------------------------------------------------
+# L2 sometimes goes silent while a VM starts (README.md, "The speed pass"): if a task is stuck in the kernel rather
+# than a vCPU frozen, the kernel names it and prints its stack after 20 s (the default, 120 s, is past run.sh's
+# 60 s silence limit), so the serial log shows where.
+echo 20 >/proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
 grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs none /sys/kernel/debug
 if [ ! -d "$KVMDBG" ] || [ ! -x "$METER" ]; then
     step speed-meter FAIL "no $KVMDBG (debugfs) or no $METER: no meter"
