@@ -53,6 +53,7 @@ SPEED=${TESTBED_SPEED:-}                   # on | off: the speed pass (issue 15,
 SPEED_SIZES=${TESTBED_SPEED_SIZES:-256M 512M 1G} # guest RAM sizes of the start-up comparison
 SPEED_BAR_MIB=${TESTBED_SPEED_BAR_MIB:-256} # the ivshmem-plain BAR2 (a power of two)
 SPEED_STORE_MIB=${TESTBED_SPEED_STORE_MIB:-64} # MiB of warm stores into it, by L2 and by the guest
+SPEED_PREFAULT=${TESTBED_SPEED_PREFAULT:-}  # extra refvmm thp runs with these --prefault-threads counts (e.g. "1 0")
 
 # What QEMU is given with -nodefaults (TESTBED.md): the NVMe is the first device after the host bridge.
 NVME_BDF=0000:00:01.0
@@ -84,6 +85,12 @@ case $SPEED in on | off) ;; *)
     exit 2
     ;;
 esac
+for _s in $SPEED_PREFAULT; do
+    [[ $_s =~ ^[0-9]+$ ]] || {
+        echo "testbed: TESTBED_SPEED_PREFAULT lists numbers of threads, not '$_s'" >&2
+        exit 2
+    }
+done
 for _s in $SPEED_SIZES; do
     [[ $_s =~ ^[1-9][0-9]*[MG]$ ]] || {
         echo "testbed: TESTBED_SPEED_SIZES lists sizes like 256M or 1G, not '$_s'" >&2
@@ -683,7 +690,8 @@ stage_initramfs() {
         -e "s|@RUST_LOG@|$RUST_LOG_L2|" -e "s|@KVM_AMD_OPTS@|$KVM_AMD_OPTS|" -e "s|@L3_PASSES@|$L3_LINUX|" \
         -e "s|@L3_MEM_MIB@|$L3_MEM_MIB|" -e "s|@L3_CPUS@|$L3_CPUS|" -e "s|@L3_IOS@|$L3_IOS|" \
         -e "s|@L3_TIMEOUT@|$L3_TIMEOUT|" -e "s|@L3_APPEND@|$L3_APPEND|" -e "s|@L3_IOMMU@|$IOMMU_BACKENDS|" \
-        -e "s|@SPEED_SIZES@|$SPEED_SIZES|" -e "s|@SPEED_STORE_MIB@|$SPEED_STORE_MIB|" "$HERE/init.sh.in" >"$st/init"
+        -e "s|@SPEED_SIZES@|$SPEED_SIZES|" -e "s|@SPEED_STORE_MIB@|$SPEED_STORE_MIB|" \
+        -e "s|@SPEED_PREFAULT@|$SPEED_PREFAULT|" "$HERE/init.sh.in" >"$st/init"
     chmod 755 "$st/init"
     ! grep -n '@[A-Z_]*@' "$st/init" || die "init.sh.in has a token run.sh does not fill in"
     # Not compressed: with QEMU and its libraries it is ~110 MB, and inflating gzip in L2 under TCG took 7 s of

@@ -55,6 +55,16 @@ for m in $sizes; do
     printf '  %-9s thp: %s; hugetlb: %s\n' "$m MiB" "$(get "vmm=refvmm backing=thp mib=$m device=nvme" ram-pages | tr ',' ' ')" \
         "$(get "vmm=refvmm backing=hugetlb mib=$m device=nvme" ram-pages | tr ',' ' ')"
 done
+pf=$(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^backing=thp-prefault/) print substr($i, 9) }' <<<"$lines" | sort -u)
+if [ -n "$pf" ]; then
+    echo "  refvmm (thp) with other --prefault-threads (TESTBED_SPEED_PREFAULT): first exit / RAM ready / DMA map, s:"
+    for m in $sizes; do
+        for b in $pf; do
+            printf '  %-9s %-20s %s / %s / %s\n' "$m MiB" "${b#thp-}" "$(fmt "$(get "vmm=refvmm backing=$b mib=$m" first-exit)")" \
+                "$(fmt "$(get "vmm=refvmm backing=$b mib=$m" ram)")" "$(fmt "$(get "vmm=refvmm backing=$b mib=$m" dma-map)")"
+        done
+    done
+fi
 small=$(head -n 1 <<<"$sizes")
 large=$(tail -n 1 <<<"$sizes")
 if [ "$small" != "$large" ]; then

@@ -21,9 +21,10 @@
 # not depend on speed (zero MMIO exits while the guest stores into a mapped BAR) does not hold.
 #
 # Environment from /init: NVME_BDF, SPEED_SIZES (e.g. "256M 512M 1G"), SPEED_BAR_ID (1af4:1110),
-# SPEED_STORE_MIB (MiB of warm stores per side). Exit status: the number of failed steps.
+# SPEED_STORE_MIB (MiB of warm stores per side), SPEED_PREFAULT (optional: extra refvmm thp runs with these
+# --prefault-threads counts, to see what its prefault threads cost). Exit status: the number of failed steps.
 set -u
-: "${NVME_BDF:?set by /init}" "${SPEED_SIZES:?}" "${SPEED_BAR_ID:?}" "${SPEED_STORE_MIB:?}"
+: "${NVME_BDF:?set by /init}" "${SPEED_SIZES:?}" "${SPEED_BAR_ID:?}" "${SPEED_STORE_MIB:?}" "${SPEED_PREFAULT=}"
 
 HERE=/speed
 METER=$HERE/vmmeter
@@ -220,6 +221,17 @@ refvmm --version >/dev/null 2>&1
 for SIZE in $SPEED_SIZES; do
     MIB=$(mib_of "$SIZE")
     run_pair "$SIZE" default "$NVME_BDF" nvme
+    for N in $SPEED_PREFAULT; do
+        measure "refvmm-thp-$MIB-prefault$N" --timeout "$RUN_TIMEOUT" -- refvmm run --memory "$SIZE" \
+            --memory-backing thp --prefault-threads "$N" --device "$NVME_BDF" --iommu type1
+        set -- $(refvmm_split "/tmp/speed-refvmm-thp-$MIB-prefault$N.out")
+        echo "TESTBED: SPEED vmm=refvmm backing=thp-prefault$N mib=$MIB device=nvme status=$STATUS vm-created=${VMC:-?} first-exit=${FIRST:-?} ram=${1:-?} devices=${2:-?} dma-map=${3:-?} self-first=${4:-?}"
+        if [ -n "$FIRST" ] && [ "$STATUS" = 0 ]; then
+            step "speed-refvmm-thp-$MIB-prefault$N" OK "--prefault-threads $N: first guest exit ${FIRST}s after start; RAM ${1:-?}s, devices ${2:-?}s (DMA map ${3:-?}s)"
+        else
+            step "speed-refvmm-thp-$MIB-prefault$N" FAIL "refvmm exit $STATUS, first exit '${FIRST:-none}' (output above)"
+        fi
+    done
     if [ "$HUGE" = 0 ]; then
         step "speed-hugetlb-$MIB" SKIP "no hugetlbfs in L2 (/proc/sys/vm/nr_hugepages): the own L2 kernel has none"
         continue
