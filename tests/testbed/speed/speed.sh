@@ -11,7 +11,7 @@
 #                qemu -m SIZE -object memory-backend-file,mem-path=/dev/hugepages,prealloc=on ...
 #              the start to the first guest exit (the first instruction), and each VMM's own split (refvmm's
 #              `start-up:` line; QEMU's trace of its DMA maps)
-#   large BAR  the same with QEMU's ivshmem-plain (a 64-bit prefetchable BAR2 of SPEED_BAR_MIB, backed by L1's
+#   large BAR  the same with QEMU's ivshmem-plain (a 64-bit prefetchable BAR2, TESTBED_SPEED_BAR_MIB, backed by L1's
 #              RAM) instead of the NVMe: when the BAR is mapped into the guest, by the same meter
 #   stores     the L3 guest bar_stores (tests/guests) storing into that BAR under refvmm, against L2's own
 #              stores into the VFIO mmap of the same BAR (/speed/barstores): the rate ratio and KVM's exits
@@ -91,10 +91,10 @@ measure() {
 refvmm_split() {
     sed -n 's/.*refvmm: start-up: guest RAM [0-9]* MiB ([^)]*) \([0-9.]*\) s, devices \([0-9.]*\) s (DMA map \([0-9.]*\) s), first instruction at \([0-9.]*\) s.*/\1 \2 \3 \4/p' "$1" | head -n 1
 }
-# QEMU's trace (-msg timestamp=on: `PID@SECONDS.USEC:event ...`, the wall clock) of a run: the seconds from the
-# VMM's start (the meter's `wall=`) to the first vfio_listener_region_add_ram (the DMA map of guest RAM starts)
-# and from it to vfio_get_device (the group is attached and RAM mapped: QEMU 7.2's vfio_realize maps all RAM in
-# vfio_get_group, before it gets the device fd). Prints "DMA-MAP" or nothing.
+# qemu_dma_map TRACE: from QEMU's trace of a run (-msg timestamp=on: `PID@SECONDS.USEC:event ...`, the wall
+# clock), the seconds from its first vfio_listener_region_add_ram (the DMA map of guest RAM starts) to
+# vfio_get_device (QEMU 7.2's vfio_realize maps all RAM in vfio_get_group, before it gets the device fd), or
+# nothing.
 qemu_dma_map() {
     awk -F'[@: ]' '/:vfio_listener_region_add_ram/ && !a { a = $2 } /:vfio_get_device/ && a && !g { g = $2 }
         END { if (a && g) printf "%.3f", g - a }' "$1"
