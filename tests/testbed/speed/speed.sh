@@ -1,8 +1,8 @@
 #!/bin/sh
 # shellcheck disable=SC2016,SC2086,SC2046 # awk programs in single quotes; lists and key=value pairs are word-split on purpose
 # The speed pass of issue 15, run by L2's /init (busybox sh) after the payload and the L3 Linux passes: refvmm
-# and QEMU side by side, measured by one meter (/speed/vmmeter: KVM's per-VM debugfs directory appearing and its
-# `exits` statistic first becoming non-zero, on L2's clock), never by the VMMs themselves.
+# and QEMU side by side, measured by one meter (/speed/vmmeter: the VMM's KVM VM file descriptor appearing and
+# the VM's `exits` statistic in KVM's debugfs first becoming non-zero, on L2's clock), never by the VMMs themselves.
 #
 #   start-up   for each guest RAM size in SPEED_SIZES, with the NVMe passed through (type1 container):
 #                refvmm run --memory SIZE --device NVME                          (default backing: thp)

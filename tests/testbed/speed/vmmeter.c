@@ -6,11 +6,12 @@
  * Starts the VMM with its standard output and error on a pipe, and times it on L2's clock (CLOCK_BOOTTIME, the
  * clock of /proc/uptime) from KVM's side, which no VMM can bend:
  *
- *   - vm-created:  KVM's per-VM debugfs directory /sys/kernel/debug/kvm/<pid>-<fd> appeared (KVM_CREATE_VM);
+ *   - vm-created:  the VMM holds a VM file descriptor (KVM_CREATE_VM), whose statistics are in KVM's per-VM
+ *                  debugfs directory /sys/kernel/debug/kvm/<pid>-<fd>;
  *   - first-exit:  that VM's `exits` statistic (every vCPU exit, summed over the vCPUs) first became non-zero:
  *                  a vCPU ran guest code. Every VMM's first guest instruction is followed by an exit within a
  *                  few instructions (a port access of the firmware or guest, or the host's next timer tick), so
- *                  this is "start to first instruction" to within the poll period (1 ms) and one tick.
+ *                  this is "start to first instruction" to within the poll period (2 ms) and one tick.
  *
  * Every line of the VMM's output is copied to standard output as `  | LINE`. A line with `MARK <name>` in it
  * (a guest's marks) makes the meter print the VM's counters at that moment. The meter's own lines:
@@ -49,21 +50,26 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* The VM directory of process `pid` (NAME "PID-FD" into `dir`), or 0 when KVM has none yet. */
+/* The VM directory of process `pid` (NAME "PID-FD" into `dir`), or 0 when it has no VM yet. KVM names the directory
+ * after the VM's file descriptor, which /proc/PID/fd shows as "anon_inode:kvm-vm": finding it there does not read
+ * the debugfs directory while KVM_CREATE_VM is adding to it. */
 static int find_vm_dir(pid_t pid, char *dir, size_t len)
 {
-    char prefix[32];
-    int n = snprintf(prefix, sizeof prefix, "%d-", (int)pid);
-    DIR *d = opendir(KVM_DEBUGFS);
+    char path[64], link[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
     struct dirent *e;
     int found = 0;
     if (!d)
         return 0;
-    while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, prefix, (size_t)n) == 0) {
-            snprintf(dir, len, "%s", e->d_name);
+    while (!found && (e = readdir(d)) != NULL) {
+        ssize_t n = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
+        if (n <= 0)
+            continue;
+        link[n] = 0;
+        if (strcmp(link, "anon_inode:kvm-vm") == 0) {
+            snprintf(dir, len, "%d-%d", (int)pid, atoi(e->d_name));
             found = 1;
-            break;
         }
     }
     closedir(d);
@@ -152,7 +158,8 @@ int main(int argc, char **argv)
     int open_pipe = 1, status = 0, exited = 0;
     while (open_pipe || !exited) {
         struct pollfd p = {.fd = out[0], .events = POLLIN};
-        int ready = open_pipe ? poll(&p, 1, 1) : (usleep(1000), 0);
+        /* A 2 ms period: the VMM shares L2's two emulated CPUs with the meter. */
+        int ready = open_pipe ? poll(&p, 1, 2) : (usleep(2000), 0);
         double t = now();
         if (ready > 0) {
             ssize_t r = read(out[0], line + used, sizeof line - 1 - used);
