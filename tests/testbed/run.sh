@@ -52,7 +52,7 @@ HEARTBEAT=${TESTBED_HEARTBEAT:-15}         # seconds between progress lines of a
 SPEED=${TESTBED_SPEED:-}                   # on | off: the speed pass (issue 15, speed/); default: on with Debian's L2 kernel
 SPEED_SIZES=${TESTBED_SPEED_SIZES:-256M 512M 1G} # guest RAM sizes of the start-up comparison
 SPEED_BAR_MIB=${TESTBED_SPEED_BAR_MIB:-256} # the ivshmem-plain BAR2 (a power of two)
-SPEED_STORE_MIB=${TESTBED_SPEED_STORE_MIB:-64} # MiB of warm stores into it, by L2 and by the guest
+SPEED_STORE_MIB=${TESTBED_SPEED_STORE_MIB:-512} # MiB of stores per pass into it, by L2 and by the guest (a pass of 64 MiB took only 20-50 ms, too short against L2's timer ticks)
 SPEED_PREFAULT=${TESTBED_SPEED_PREFAULT:-}  # extra refvmm thp runs with these --prefault-threads counts (e.g. "1 0")
 
 # What QEMU is given with -nodefaults (TESTBED.md): the NVMe is the first device after the host bridge.
