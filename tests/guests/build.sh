@@ -3,7 +3,7 @@
 #
 #   tests/guests/build.sh [OUT_DIR]
 #
-# Prints the path of each ELF on stdout, one per line (sizes go to stderr). With OUT_DIR, also copies them
+# Prints the path of each ELF (pci_probe, nvme_e2e, bar_stores) on stdout, one per line (sizes go to stderr). With OUT_DIR, also copies them
 # there as <name>.elf. Environment:
 #   GUESTS_TARGET_DIR   cargo target directory (default: <repo>/target/guests)
 #   GUEST_NVME_SERIAL   nvme_e2e's expected serial (default: $TESTBED_SERIAL, else REFVMM-TESTBED-0001)
@@ -26,7 +26,7 @@ unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_BUILD_TARGET
 CARGO_TARGET_DIR=$target cargo build --release --locked --features image --bins >&2
 
 [ -z "$out" ] || mkdir -p "$out"
-for name in pci_probe nvme_e2e; do
+for name in pci_probe nvme_e2e bar_stores; do
     elf=$target/release/$name
     [ -f "$elf" ] || { echo "build.sh: $elf was not built" >&2; exit 1; }
     # The multiboot header must be in the first 8 KiB (QEMU looks no further); the a.out-kludge

@@ -37,7 +37,7 @@ SERIAL=${TESTBED_SERIAL:-REFVMM-TESTBED-0001}
 PATTERN_LBA=${TESTBED_PATTERN_LBA:-100}
 DISK_MIB=${TESTBED_DISK_MIB:-64}
 SMP=${TESTBED_SMP:-2}
-MEM=${TESTBED_MEM:-2G}
+MEM=${TESTBED_MEM:-2G}                     # L2's RAM (the speed pass's 1 GiB guests and huge pages fit in 2G)
 APPEND_EXTRA=${TESTBED_APPEND:-}           # extra kernel command-line words
 QEMU_EXTRA=${TESTBED_QEMU_ARGS:-}          # extra QEMU arguments (word-split)
 RUST_LOG_L2=${TESTBED_RUST_LOG:-}          # RUST_LOG for refvmm inside L2
@@ -49,6 +49,11 @@ L3_IOS=${TESTBED_L3_IOS:-2048}             # 4 KiB direct reads of the L3 worklo
 L3_TIMEOUT=${TESTBED_L3_TIMEOUT:-120}      # seconds per L3 Linux pass (busybox timeout in L2)
 L3_APPEND=${TESTBED_L3_APPEND:-}           # extra words for L3's kernel command line
 HEARTBEAT=${TESTBED_HEARTBEAT:-15}         # seconds between progress lines of a long stage (0: none)
+SPEED=${TESTBED_SPEED:-}                   # on | off: the speed pass (issue 15, speed/); default: on with Debian's L2 kernel
+SPEED_SIZES=${TESTBED_SPEED_SIZES:-256M 512M 1G} # guest RAM sizes of the start-up comparison
+SPEED_BAR_MIB=${TESTBED_SPEED_BAR_MIB:-256} # the ivshmem-plain BAR2 (a power of two)
+SPEED_STORE_MIB=${TESTBED_SPEED_STORE_MIB:-512} # MiB of stores per pass into it, by L2 and by the guest (a pass of 64 MiB took only 20-50 ms, too short against L2's timer ticks)
+SPEED_PREFAULT=${TESTBED_SPEED_PREFAULT:-}  # extra refvmm thp runs with these --prefault-threads counts (e.g. "1 0")
 
 # What QEMU is given with -nodefaults (TESTBED.md): the NVMe is the first device after the host bridge.
 NVME_BDF=0000:00:01.0
@@ -70,6 +75,33 @@ if [ -z "$L3_LINUX" ]; then
     L3_LINUX="qemu refvmm"
     [ "$L2_KERNEL" = own ] && [ -z "$KERNEL_IMAGE" ] && L3_LINUX=off
 fi
+if [ -z "$SPEED" ]; then
+    # The start-up comparison needs transparent and hugetlbfs huge pages in L2, which only Debian's kernel has
+    # (kernel/l2.config leaves them out); QEMU's L3 also works only there (README.md, "What it covers").
+    SPEED=off
+    [ "$L2_KERNEL" = debian ] && [ -z "$KERNEL_IMAGE" ] && SPEED=on
+fi
+case $SPEED in on | off) ;; *)
+    echo "testbed: TESTBED_SPEED must be on or off, not '$SPEED'" >&2
+    exit 2
+    ;;
+esac
+for _s in $SPEED_PREFAULT; do
+    [[ $_s =~ ^[0-9]+$ ]] || {
+        echo "testbed: TESTBED_SPEED_PREFAULT lists numbers of threads, not '$_s'" >&2
+        exit 2
+    }
+done
+for _s in $SPEED_SIZES; do
+    [[ $_s =~ ^[1-9][0-9]*[MG]$ ]] || {
+        echo "testbed: TESTBED_SPEED_SIZES lists sizes like 256M or 1G, not '$_s'" >&2
+        exit 2
+    }
+done
+[[ $SPEED_BAR_MIB =~ ^[0-9]+$ && $SPEED_BAR_MIB -ge 1 && $((SPEED_BAR_MIB & (SPEED_BAR_MIB - 1))) -eq 0 && $SPEED_STORE_MIB =~ ^[1-9][0-9]*$ ]] || {
+    echo "testbed: TESTBED_SPEED_BAR_MIB takes a power of two, TESTBED_SPEED_STORE_MIB a whole number" >&2
+    exit 2
+}
 if [ -z "$IOMMU_BACKENDS" ]; then
     # Debian's kernels have no CONFIG_IOMMUFD (kernel/README.md); a TESTBED_KERNEL is assumed to be like the own one.
     IOMMU_BACKENDS="type1 iommufd"
@@ -546,9 +578,10 @@ stage_l3linux() {
     rm -rf "$L3_OUT"
     if [ -z "$L3_LINUX" ]; then
         say "TESTBED_L3_LINUX is off: no L3 Linux passes"
+        [ "$SPEED" = off ] || copy_qemu
         return 0
     fi
-    local st=$RUN/l3-initramfs.d f lib
+    local st=$RUN/l3-initramfs.d f
     # L3 boots the Debian kernel, with L2's own or not: copy_modules reads KVER and KMODS.
     local VMLINUZ=$DEB_VMLINUZ KVER=$DEB_KVER KMODS=$DEB_KMODS
     mkdir -p "$L3_OUT" "$st"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,lib/modules/"$KVER"}
@@ -573,9 +606,13 @@ stage_l3linux() {
     [ $(($(stat -c %s "$RUN/console.cpio") % 4)) -eq 0 ] || die "the hand-made dev/console cpio is not 4-byte aligned"
     (cd "$st" && find . | sort | "$BUSYBOX" cpio -o -H newc | cat - "$RUN/console.cpio" | gzip -9 >"$L3_OUT/initramfs.cpio.gz")
     say "L3: $L3_OUT/initramfs.cpio.gz $(($(stat -c %s "$L3_OUT/initramfs.cpio.gz") / 1024)) KiB ($count modules for nvme), kernel $KVER"
-    # QEMU for the qemu pass: the binary, every library ldd resolves (from the unpacked tree or this host: the
-    # host is bookworm too), the loader, and the firmware.
-    case " $L3_LINUX " in *" qemu "*) ;; *) return 0 ;; esac
+    case " $L3_LINUX " in *" qemu "*) ;; *) [ "$SPEED" = on ] || return 0 ;; esac
+    copy_qemu
+}
+# copy_qemu: QEMU for the qemu pass and the speed pass, in $L3_OUT/qemu: the binary, every library ldd resolves
+# (from the unpacked tree or this host: the host is bookworm too), the loader, and the firmware.
+copy_qemu() {
+    local f lib
     mkdir -p "$L3_OUT/qemu"/{bin,lib,share}
     cp "$QEMU" "$L3_OUT/qemu/bin/"
     LD_LIBRARY_PATH=$QEMU_LD ldd "$QEMU" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\/.*ld-linux/ { print $1 }' >"$RUN/qemu-libs"
@@ -587,6 +624,32 @@ stage_l3linux() {
         cp -L "$lib" "$L3_OUT/qemu/share/"
     done
     say "L3: QEMU with $(wc -l <"$RUN/qemu-libs") libraries and 3 firmware files: $(du -sk "$L3_OUT/qemu" | cut -f1) KiB"
+}
+
+# ---- 6c. the speed pass (issue 15) ----------------------------------------------------------------------------
+# $RUN/speed becomes /speed in L2: speed/speed.sh, the meter and L2's BAR-store helper (static C: the initramfs
+# has no libc), and the L3 guest bar_stores (tests/guests, built by the payload stage's tests/guests/build.sh).
+stage_speed() {
+    SPEED_OUT=$RUN/speed
+    rm -rf "$SPEED_OUT"
+    if [ "$SPEED" = off ]; then
+        say "TESTBED_SPEED is off: no speed pass"
+        return 0
+    fi
+    mkdir -p "$SPEED_OUT"
+    local cc=${CC:-cc} t
+    command -v "$cc" >/dev/null || die "no C compiler ($cc) for speed/vmmeter.c and speed/barstores.c (gcc and libc6-dev)"
+    for t in vmmeter barstores; do
+        "$cc" -static -O2 -Wall -Wextra -Werror -o "$SPEED_OUT/$t" "$HERE/speed/$t.c"
+    done
+    cp "$HERE/speed/speed.sh" "$SPEED_OUT/"
+    local guest=${TESTBED_GUESTS_TARGET_DIR:-$REPO/target/guests}/release/bar_stores
+    if [ -f "$guest" ]; then
+        cp "$guest" "$SPEED_OUT/bar_stores.elf"
+    else
+        say "no $guest: the guest side of the BAR-store comparison is skipped"
+    fi
+    say "speed pass: sizes $SPEED_SIZES, ivshmem BAR ${SPEED_BAR_MIB} MiB, ${SPEED_STORE_MIB} MiB of stores; L2 RAM $MEM; $(find "$SPEED_OUT" -type f -printf '%f ')"
 }
 
 stage_initramfs() {
@@ -612,6 +675,7 @@ stage_initramfs() {
     cp "$REFVMM" "$st/bin/refvmm"
     cp "$RUN/pattern.bin" "$st/etc/testbed/pattern.bin"
     cp -a "$PAYLOAD_OUT"/. "$st/payload/"
+    [ ! -d "$SPEED_OUT" ] || cp -a "$SPEED_OUT" "$st/speed"
     # The L3 Linux passes; QEMU's dynamic loader where its binary looks for it (TESTBED.md).
     if [ -d "$L3_OUT" ]; then
         cp -a "$L3_OUT" "$st/l3"
@@ -626,7 +690,9 @@ stage_initramfs() {
         -e "s|@BUILTIN@|${BUILTIN_MODS% }|" -e "s|@HOST_TOOL@|$HOST_TOOL|" -e "s|@INTERACTIVE@|$INTERACTIVE|" \
         -e "s|@RUST_LOG@|$RUST_LOG_L2|" -e "s|@KVM_AMD_OPTS@|$KVM_AMD_OPTS|" -e "s|@L3_PASSES@|$L3_LINUX|" \
         -e "s|@L3_MEM_MIB@|$L3_MEM_MIB|" -e "s|@L3_CPUS@|$L3_CPUS|" -e "s|@L3_IOS@|$L3_IOS|" \
-        -e "s|@L3_TIMEOUT@|$L3_TIMEOUT|" -e "s|@L3_APPEND@|$L3_APPEND|" -e "s|@L3_IOMMU@|$IOMMU_BACKENDS|" "$HERE/init.sh.in" >"$st/init"
+        -e "s|@L3_TIMEOUT@|$L3_TIMEOUT|" -e "s|@L3_APPEND@|$L3_APPEND|" -e "s|@L3_IOMMU@|$IOMMU_BACKENDS|" \
+        -e "s|@SPEED_SIZES@|$SPEED_SIZES|" -e "s|@SPEED_STORE_MIB@|$SPEED_STORE_MIB|" \
+        -e "s|@SPEED_PREFAULT@|$SPEED_PREFAULT|" "$HERE/init.sh.in" >"$st/init"
     chmod 755 "$st/init"
     ! grep -n '@[A-Z_]*@' "$st/init" || die "init.sh.in has a token run.sh does not fill in"
     # Not compressed: with QEMU and its libraries it is ~110 MB, and inflating gzip in L2 under TCG took 7 s of
@@ -657,6 +723,10 @@ qemu_cmd() { # the command line from TESTBED.md, with the unpacked firmware
         -device e1000e,netdev=u0 -netdev user,id=u0
         -kernel "$VMLINUZ" -initrd "$INITRD" -append "${append% }"
         -nographic -no-reboot -nodefaults -serial "$serial" $QEMU_EXTRA)
+    # The speed pass's large BAR (issue 15): ivshmem-plain's BAR2 is 64-bit prefetchable, as large as its memory
+    # backend, and backed by this QEMU's RAM; L2 binds it to vfio-pci and finds it by its ID, 1af4:1110.
+    # shellcheck disable=SC2054 # the commas are QEMU's option syntax
+    [ "$SPEED" = off ] || QEMU_CMD+=(-object "memory-backend-ram,id=hm,size=${SPEED_BAR_MIB}M" -device ivshmem-plain,memdev=hm)
 }
 # boot_once N: one L2 boot; sets BOOT_OUTCOME to exited|timeout|stall|quiet|reset|nopoweroff, and BOOT_LOG.
 boot_once() {
@@ -764,6 +834,13 @@ stage_verify() {
         cat "$RUN/l3linux-compare.txt"
         sed 's/^/    /' "$RUN/l3linux-compare.txt" >&3
     fi
+    # The speed pass (issue 15): the side-by-side start-up and large-BAR tables; reported, never a verdict.
+    if grep -aq '^TESTBED: SPEED ' "$BOOT_LOG"; then
+        say "running $HERE/speed/compare.sh"
+        TESTBED_LOG="$BOOT_LOG" bash "$HERE/speed/compare.sh" >"$RUN/speed-compare.txt" 2>&1 || true
+        cat "$RUN/speed-compare.txt"
+        sed 's/^/    /' "$RUN/speed-compare.txt" >&3
+    fi
     case $BOOT_OUTCOME in
     timeout) die "L2 did not finish within TESTBED_TIMEOUT=${TIMEOUT}s (last lines: tail $BOOT_LOG)" ;;
     stall) die "L2 hit an RCU stall or soft lockup on every attempt (see $BOOT_LOG)" ;;
@@ -795,6 +872,7 @@ stage "build refvmm" stage_refvmm
 stage "payload" stage_payload
 stage "disk image" stage_disk
 stage "L3 Linux" stage_l3linux
+stage "speed pass" stage_speed
 stage "initramfs" stage_initramfs
 stage "boot L2" stage_boot
 [ "$INTERACTIVE" = 1 ] && { printf 'testbed: interactive run over after %ss; log %s\n' "$(since "$T0")" "$BOOT_LOG" >&3; exit 0; }
