@@ -11,7 +11,7 @@ use crate::bar::{BarKind, flags, probe_field};
 use crate::capability::{self, CapId, CapabilityId, MsixCapability};
 use crate::events::{BridgeWindow, ConfigEvent};
 use crate::header::{Command, HeaderType, offset};
-use crate::registers::{lanes, load_le};
+use crate::registers::{get_le, lanes};
 
 /// One guest write of 1, 2 or 4 bytes, as the side-effect rules see it. Values are the access's
 /// bytes as a little-endian number (byte `i` of the access in bits `8i..8i+8`).
@@ -124,19 +124,19 @@ fn lanes_of(codes: u32, code: u8) -> u32 {
 }
 
 impl ConfigSpace {
-    /// The index codes of the `len` bytes at `start`, one per byte lane ([`UNWATCHED`] where no
+    /// The index codes of the `N` bytes at `start`, one per byte lane ([`UNWATCHED`] where no
     /// register with side effects lives).
     #[inline(always)]
-    pub(super) fn watches_at(&self, start: usize, len: usize) -> u32 {
+    pub(super) fn watches_n<const N: usize>(&self, start: usize) -> u32 {
         if start < 256 {
-            load_le(&self.watch_at[..], start, len)
+            get_le::<N>(&self.watch_at, start).unwrap_or(0)
         } else {
             0
         }
     }
 
     /// Runs the side-effect rules of each register the write touched (`watched`, from
-    /// [`watches_at`](Self::watches_at)), once each, in address order.
+    /// [`watches_n`](Self::watches_n)), once each, in address order.
     #[inline(always)]
     pub(super) fn react_all(
         &mut self,
@@ -309,7 +309,7 @@ impl ConfigSpace {
     }
 
     /// [`react_bar`](Self::react_bar) for a write of the whole dword at `reg` (BAR `index`'s lower
-    /// dword, or the upper one of a 64-bit BAR) with `written`, leaving the register at `now`:
+    /// dword, or the upper one of a 64-bit BAR) with `written`, already applied to the register:
     /// the same rule, without working out which bytes of which dword the access covered.
     #[inline(always)]
     pub(super) fn bar_dword_written(
@@ -317,29 +317,19 @@ impl ConfigSpace {
         index: usize,
         reg: usize,
         written: u32,
-        now: u32,
         ev: &mut impl FnMut(ConfigEvent),
     ) {
         let Some(Some(slot)) = self.bars.get_mut(index) else {
             return;
         };
         let base = offset::BAR0 as usize + 4 * index;
-        let field = probe_field(Some(slot.def.kind), false);
-        if reg == base {
-            slot.probing[0] = written & field == field;
-        } else {
-            slot.probing[1] = written == u32::MAX;
-        }
-        if slot.probing[0] || slot.probing[1] {
+        let upper = reg != base;
+        let field = if upper { u32::MAX } else { slot.field };
+        slot.probing[upper as usize] = written & field == field;
+        if slot.probing != [false; 2] {
             return;
         }
-        // The dword not written is read back; the written one is `now`.
-        let (lo, hi) = match (slot.def.kind == BarKind::Memory64, reg == base) {
-            (false, _) => (now, 0),
-            (true, true) => (now, self.regs.load(base + 4, 4)),
-            (true, false) => (self.regs.load(base, 4), now),
-        };
-        let new = (hi as u64) << 32 | (lo & field) as u64;
+        let new = self.regs.load_u64(base) & slot.address_mask;
         let old = slot.def.address;
         if new != old {
             slot.def.address = new;
