@@ -445,12 +445,8 @@ impl RegisterFile {
     /// hidden capability).
     pub(crate) fn blank(&mut self, offset: usize, len: usize) {
         let end = (offset + len).min(self.len());
-        let t = &mut *self.tables;
-        for at in offset.min(end)..end {
-            t[DATA][at] = 0;
-            t[WMASK][at] = 0;
-            t[W1CMASK][at] = 0;
-            t[RSVDMASK][at] = 0;
+        for table in self.tables.iter_mut() {
+            table[offset.min(end)..end].fill(0);
         }
     }
 }
