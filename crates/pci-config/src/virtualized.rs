@@ -44,7 +44,7 @@ use crate::capability::{self, CapId, CapabilityError, CapabilityId, HiddenCapabi
 use crate::error::AccessError;
 use crate::events::{ConfigEvent, ConfigEvents};
 use crate::header::{Status, offset};
-use crate::registers::{RegisterFile, TABLE_BYTES, get_le, lanes, load_le};
+use crate::registers::{TABLE_BYTES, get_le, lanes, load_le};
 use crate::space::{ConfigSpace, write_refused};
 
 /// The device behind a [`VirtualizedConfig`]: its configuration space, e.g. the VFIO config
@@ -239,54 +239,69 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     #[inline(always)]
     pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
         let at = offset as usize;
-        // One dispatch on the width (see `ConfigSpace::write_with`).
+        // One dispatch on the width (see `ConfigSpace::write_with`), then the accesses a guest
+        // makes nearly always: inside the space, and either all emulated or naturally aligned.
         if at + buf.len() <= self.model.len() {
             if let Ok(b) = <&mut [u8; 4]>::try_from(&mut *buf) {
-                *b = (self.read_n::<4>(at)).to_le_bytes();
-                return Ok(());
-            }
-            if let Ok(b) = <&mut [u8; 2]>::try_from(&mut *buf) {
-                *b = (self.read_n::<2>(at) as u16).to_le_bytes();
-                return Ok(());
-            }
-            if let [b] = buf {
-                *b = self.read_n::<1>(at) as u8;
-                return Ok(());
+                if let Some(v) = self.read_n::<4>(at) {
+                    *b = v.to_le_bytes();
+                    return Ok(());
+                }
+            } else if let Ok(b) = <&mut [u8; 2]>::try_from(&mut *buf) {
+                if let Some(v) = self.read_n::<2>(at) {
+                    *b = (v as u16).to_le_bytes();
+                    return Ok(());
+                }
+            } else if let [b] = buf {
+                if let Some(v) = self.read_n::<1>(at) {
+                    *b = v as u8;
+                    return Ok(());
+                }
             }
         }
-        Err(RegisterFile::read_refused(offset, buf, self.model.len()))
+        self.read_general(offset, buf)
     }
 
     /// The `N` bytes at `at` (checked to be in the space) as the guest sees them: the model's
-    /// emulated bits, the device's passthrough bits. The device is not asked when every bit is
-    /// emulated.
+    /// emulated bits, the device's passthrough bits, the device read with one access of `N`
+    /// bytes; the device is not asked when every bit is emulated. `None` for an access that
+    /// is not naturally aligned and has passthrough bits (see
+    /// [`read_general`](Self::read_general)).
     #[inline(always)]
-    fn read_n<const N: usize>(&self, at: usize) -> u32 {
+    fn read_n<const N: usize>(&self, at: usize) -> Option<u32> {
         let emulated = get_le::<N>(&self.emulated[..], at).unwrap_or(0);
         let model = self.model.registers().load_n::<N>(at);
         if emulated == lanes(N) {
-            return model;
+            return Some(model);
         }
-        let device = self.read_device(at as u16, N);
-        (model & emulated) | (device & !emulated)
+        if at & (N - 1) != 0 {
+            return None;
+        }
+        let mut dev = [0u8; N];
+        let device = match self.backend.read(at as u16, &mut dev) {
+            Ok(()) => load_le(&dev, 0, N),
+            Err(e) => {
+                self.backend_failed("read", at as u16, N, &e);
+                u32::MAX
+            }
+        };
+        Some((model & emulated) | (device & !emulated))
     }
 
-    /// Reads the `len` device bytes of an access; failed pieces read as all-ones.
-    ///
-    /// Inlined into the width-specialised read so that the common case (one naturally aligned
-    /// access: what a guest makes nearly always) is a backend call with a length known at compile
-    /// time, and the alignment test a mask rather than a division.
-    #[inline(always)]
-    fn read_device(&self, offset: u16, len: usize) -> u32 {
-        if offset as usize & (len - 1) != 0 {
-            return self.read_device_pieces(offset, len);
-        }
-        let mut dev = [0u8; 4];
-        if let Err(e) = self.backend.read(offset, &mut dev[..len]) {
-            self.backend_failed("read", offset, len, &e);
-            return u32::MAX;
-        }
-        load_le(&dev, 0, len)
+    /// [`read`](Self::read) of the accesses [`read_n`](Self::read_n) does not take: refused
+    /// ones, and unaligned ones with passthrough bits, whose device bytes are read in naturally
+    /// aligned pieces (failed pieces read as all-ones).
+    #[cold]
+    #[inline(never)]
+    fn read_general(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.model.read(offset, buf)?;
+        let len = buf.len();
+        let emulated = load_le(&self.emulated[..], offset as usize, len);
+        let model = load_le(buf, 0, len);
+        let device = self.read_device_pieces(offset, len);
+        let value = (model & emulated) | (device & !emulated);
+        buf.copy_from_slice(&value.to_le_bytes()[..len]);
+        Ok(())
     }
 
     /// [`read_device`](Self::read_device) of an unaligned access, split into aligned pieces.
@@ -353,9 +368,9 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     }
 
     /// A guest write of the `N` bytes `val` at `at` (checked to be in the space): through the
-    /// model, then what holds passthrough bits to the device. An aligned access with no
-    /// emulated bit (Command, most device registers) is forwarded as it is, inline; the others
-    /// are split by [`forward`](Self::forward).
+    /// model, then what holds passthrough bits to the device. The model's fast paths and an
+    /// aligned access with no emulated bit (Command, most device registers) or only emulated
+    /// ones (BARs) are inline; the rest is [`write_general`](Self::write_general).
     #[inline(always)]
     fn write_n<const N: usize>(
         &mut self,
@@ -363,7 +378,10 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
         val: u32,
         on_event: &mut impl FnMut(ConfigEvent),
     ) {
-        self.model.write_n::<N>(at, val, on_event);
+        if !self.model.write_fast::<N>(at, val, on_event) {
+            self.write_general(at, val, N, on_event);
+            return;
+        }
         let emulated = get_le::<N>(&self.emulated[..], at).unwrap_or(0);
         if emulated == lanes(N) {
             return;
@@ -375,6 +393,22 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
             }
         } else {
             self.forward(offset, val, N, emulated);
+        }
+    }
+
+    /// [`write_n`](Self::write_n) of a write the model's fast paths do not take, out of line.
+    #[inline(never)]
+    fn write_general(
+        &mut self,
+        at: usize,
+        val: u32,
+        len: usize,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        self.model.write_general(at, val, len, on_event);
+        let emulated = load_le(&self.emulated[..], at, len);
+        if emulated != lanes(len) {
+            self.forward(at as u16, val, len, emulated);
         }
     }
 

@@ -324,51 +324,72 @@ impl ConfigSpace {
     }
 
     /// A guest write of the `N` bytes `val` (little-endian) at `at`, checked to be inside the
-    /// space.
-    ///
-    /// The writes a guest makes most (a whole BAR dword, the Command word) take a path of their
-    /// own, inlined; every other write to a register with side effects goes through the general
-    /// rules, out of line so that they do not weigh on the rest.
+    /// space: [`write_fast`](Self::write_fast), else [`write_general`](Self::write_general).
     #[inline(always)]
-    pub(crate) fn write_n<const N: usize>(
+    fn write_n<const N: usize>(
         &mut self,
         at: usize,
         val: u32,
         on_event: &mut impl FnMut(ConfigEvent),
     ) {
+        if !self.write_fast::<N>(at, val, on_event) {
+            self.write_general(at, val, N, on_event);
+        }
+    }
+
+    /// The writes a guest makes most, inlined: a write to no register with side effects, a
+    /// whole BAR dword, the Command word. Returns false, having done nothing, for any other
+    /// write (`N` bytes `val` at `at`, checked to be inside the space): those take
+    /// [`write_general`](Self::write_general), out of line, with the rule of every register.
+    /// Each fast path gives exactly what the general rules give (`tests/fast_paths.rs`).
+    #[inline(always)]
+    pub(crate) fn write_fast<const N: usize>(
+        &mut self,
+        at: usize,
+        val: u32,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) -> bool {
         let watched = self.watches_n::<N>(at);
         if watched == 0 {
             self.regs.write_n::<N>(at, val);
-            return;
+            return true;
         }
         if let Some(index) = side_effects::whole_bar_dword(watched, at, N) {
             self.regs.write_n::<N>(at, val);
             self.bar_dword_written(index, at, val, on_event);
-            return;
+            return true;
         }
         if side_effects::is_command_word(watched, at, N) {
             let (before, after) = self.regs.write_n::<N>(at, val);
             Self::command_changed((before ^ after) as u16, Command(after as u16), on_event);
-            return;
+            return true;
         }
-        self.write_watched(at, val, N, watched, on_event);
+        false
     }
 
-    /// A write of the `len` (1, 2 or 4) bytes `val` at `start`, touching registers with side
-    /// effects (`watched`, see [`write_n`](Self::write_n)): the general rules.
+    /// Any write of the `len` (1, 2 or 4) bytes `val` at `start`, checked to be inside the
+    /// space: through the masks, then the side-effect rules of each register it touched.
     #[inline(never)]
-    fn write_watched(
+    pub(crate) fn write_general(
         &mut self,
         start: usize,
         val: u32,
         len: usize,
-        watched: u32,
         on_event: &mut impl FnMut(ConfigEvent),
     ) {
-        let (before, after) = match len {
-            1 => self.regs.write_n::<1>(start, val),
-            2 => self.regs.write_n::<2>(start, val),
-            _ => self.regs.write_n::<4>(start, val),
+        let (watched, (before, after)) = match len {
+            1 => (
+                self.watches_n::<1>(start),
+                self.regs.write_n::<1>(start, val),
+            ),
+            2 => (
+                self.watches_n::<2>(start),
+                self.regs.write_n::<2>(start, val),
+            ),
+            _ => (
+                self.watches_n::<4>(start),
+                self.regs.write_n::<4>(start, val),
+            ),
         };
         let write = Written {
             start,

@@ -99,7 +99,11 @@ pub(super) const INDEX_BYTES: usize = 256 + 3;
 #[inline(always)]
 pub(super) fn whole_bar_dword(watched: u32, start: usize, len: usize) -> Option<usize> {
     let code = watched as u8;
-    (len == 4 && start % 4 == 0 && (BAR0..=BAR5).contains(&code) && watched == splat(code))
+    // Rotating by a byte leaves the word unchanged exactly when its four lanes are equal.
+    (len == 4
+        && start % 4 == 0
+        && (BAR0..=BAR5).contains(&code)
+        && watched.rotate_left(8) == watched)
         .then(|| (code - BAR0) as usize)
 }
 
@@ -325,8 +329,12 @@ impl ConfigSpace {
         let base = offset::BAR0 as usize + 4 * index;
         let upper = reg != base;
         let field = if upper { u32::MAX } else { slot.field };
-        slot.probing[upper as usize] = written & field == field;
-        if slot.probing != [false; 2] {
+        let probing = written & field == field;
+        // The other dword's flag is read before this one's is stored: reading the pair back
+        // after a one-byte store would wait for the store (no store-to-load forwarding).
+        let other = slot.probing[!upper as usize];
+        slot.probing[upper as usize] = probing;
+        if probing || other {
             return;
         }
         let new = self.regs.load_u64(base) & slot.address_mask;
