@@ -286,8 +286,8 @@ impl RegisterFile {
         get_le::<N>(&self.tables[DATA], at).unwrap_or(0)
     }
 
-    /// The 8 register bytes at `at` (checked to be in the space; past its end they read as
-    /// zero) as a little-endian number: both dwords of a 64-bit BAR with one load.
+    /// The 8 register bytes at `at` (checked to be in the space) as a little-endian number:
+    /// both dwords of a 64-bit BAR with one load.
     #[inline(always)]
     pub(crate) fn load_u64(&self, at: usize) -> u64 {
         match self.tables[DATA].get(at..at + 8) {

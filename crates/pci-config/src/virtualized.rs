@@ -45,7 +45,7 @@ use crate::error::AccessError;
 use crate::events::{ConfigEvent, ConfigEvents};
 use crate::header::{Status, offset};
 use crate::registers::{TABLE_BYTES, get_le, lanes, load_le};
-use crate::space::{ConfigSpace, write_refused};
+use crate::space::{ConfigSpace, refused};
 
 /// The device behind a [`VirtualizedConfig`]: its configuration space, e.g. the VFIO config
 /// region (`pread`/`pwrite` at the region offset plus `offset`).
@@ -364,7 +364,7 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
                 return Ok(());
             }
         }
-        Err(write_refused(offset, data.len(), self.model.len()))
+        Err(refused(offset, data.len(), self.model.len()))
     }
 
     /// A guest write of the `N` bytes `val` at `at` (checked to be in the space): through the

@@ -52,8 +52,8 @@ struct BarSlot {
     def: BarDef,
     /// A sizing probe is in progress in the lower / upper dword.
     probing: [bool; 2],
-    /// The address field of the lower dword (what a sizing probe sets there).
-    field: u32,
+    /// The address field of the lower and of the upper dword (what a sizing probe sets).
+    fields: [u32; 2],
     /// The bits of the BAR's register(s), read as one little-endian `u64` from its lower dword,
     /// that make up its address: the lower dword's address field, and the upper dword of a
     /// 64-bit BAR. Precomputed so that a BAR write works out the new address with one load.
@@ -71,7 +71,7 @@ impl BarSlot {
         BarSlot {
             def,
             probing: [false; 2],
-            field,
+            fields: [field, u32::MAX],
             address_mask: upper | field as u64,
         }
     }
@@ -320,7 +320,7 @@ impl ConfigSpace {
                 return Ok(());
             }
         }
-        Err(write_refused(offset, data.len(), self.regs.len()))
+        Err(refused(offset, data.len(), self.regs.len()))
     }
 
     /// A guest write of the `N` bytes `val` (little-endian) at `at`, checked to be inside the
@@ -455,13 +455,13 @@ impl ConfigSpace {
     }
 }
 
-/// The error of a guest write that is not 1, 2 or 4 bytes inside a space of `size` bytes.
+/// The error of a guest access that is not 1, 2 or 4 bytes inside a space of `size` bytes.
 #[cold]
 #[inline(never)]
-pub(crate) fn write_refused(offset: u16, len: usize, size: usize) -> AccessError {
+pub(crate) fn refused(offset: u16, len: usize, size: usize) -> AccessError {
     match check_access(offset, len, size) {
         Err(e) => e,
-        // Unreachable: the write paths take every valid access. Keeps the error total.
+        // Unreachable: the access paths take every valid access. Keeps the error total.
         Ok(()) => AccessError::OutOfRange { offset, len, size },
     }
 }

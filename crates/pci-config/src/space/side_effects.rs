@@ -314,7 +314,8 @@ impl ConfigSpace {
 
     /// [`react_bar`](Self::react_bar) for a write of the whole dword at `reg` (BAR `index`'s lower
     /// dword, or the upper one of a 64-bit BAR) with `written`, already applied to the register:
-    /// the same rule, without working out which bytes of which dword the access covered.
+    /// the same rule, without working out which bytes of which dword the access covered, and
+    /// without a branch on which dword it is.
     #[inline(always)]
     pub(super) fn bar_dword_written(
         &mut self,
@@ -327,16 +328,19 @@ impl ConfigSpace {
             return;
         };
         let base = offset::BAR0 as usize + 4 * index;
-        let upper = reg != base;
-        let field = if upper { u32::MAX } else { slot.field };
+        // 0 for the lower dword, 1 for the upper one (`reg` is one of the two).
+        let half = (reg.wrapping_sub(base) >> 2) & 1;
+        let field = slot.fields[half];
         let probing = written & field == field;
         // The other dword's flag is read before this one's is stored: reading the pair back
         // after a one-byte store would wait for the store (no store-to-load forwarding).
-        let other = slot.probing[!upper as usize];
-        slot.probing[upper as usize] = probing;
+        let other = slot.probing[half ^ 1];
+        slot.probing[half] = probing;
         if probing || other {
             return;
         }
+        // Both dwords with one load (the written one was stored just before: the load waits
+        // for that store, which costs less here than working out which dword is which).
         let new = self.regs.load_u64(base) & slot.address_mask;
         let old = slot.def.address;
         if new != old {
