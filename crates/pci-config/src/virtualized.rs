@@ -293,10 +293,13 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     /// aligned pieces (failed pieces read as all-ones).
     #[cold]
     #[inline(never)]
-    fn read_general(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
+    pub(crate) fn read_general(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
         self.model.read(offset, buf)?;
         let len = buf.len();
         let emulated = load_le(&self.emulated[..], offset as usize, len);
+        if emulated == lanes(len) {
+            return Ok(());
+        }
         let model = load_le(buf, 0, len);
         let device = self.read_device_pieces(offset, len);
         let value = (model & emulated) | (device & !emulated);
@@ -398,7 +401,7 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
 
     /// [`write_n`](Self::write_n) of a write the model's fast paths do not take, out of line.
     #[inline(never)]
-    fn write_general(
+    pub(crate) fn write_general(
         &mut self,
         at: usize,
         val: u32,

@@ -150,7 +150,7 @@ impl ConfigSpace {
     ) {
         // Nearly every access is to one register, from its first byte: every lane has its code.
         let first = watched as u8;
-        if watched == splat(first) & lanes(write.len) {
+        if first != UNWATCHED && watched == splat(first) & lanes(write.len) {
             self.react(first, lanes(write.len), write, on_event);
             return;
         }
@@ -268,7 +268,10 @@ impl ConfigSpace {
                 }
             }
             _ => {
-                let Some(&cap) = self.interrupt_caps.get((code - INTERRUPT_CAP0) as usize) else {
+                let Some(&cap) = code
+                    .checked_sub(INTERRUPT_CAP0)
+                    .and_then(|k| self.interrupt_caps.get(k as usize))
+                else {
                     return;
                 };
                 let control = self.regs.get(cap.control as usize, 2) as u16;
