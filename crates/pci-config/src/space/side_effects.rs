@@ -96,15 +96,15 @@ pub(super) const INDEX_BYTES: usize = 256 + 3;
 
 /// The BAR whose dword the access covers exactly (`len` 4, dword-aligned, every lane that BAR's),
 /// given the access's index codes.
+///
+/// Only the first lane's code is looked at: BAR registers are whole dwords, dword-aligned, and
+/// the index gives every byte of them their BAR's code (only Command is listed before them, and
+/// it does not overlap them; [`ConfigSpace::rebuild_watches`] checks this in debug builds), so
+/// an aligned dword access whose first byte is a BAR's covers that BAR's dword exactly.
 #[inline(always)]
 pub(super) fn whole_bar_dword(watched: u32, start: usize, len: usize) -> Option<usize> {
     let code = watched as u8;
-    // Rotating by a byte leaves the word unchanged exactly when its four lanes are equal.
-    (len == 4
-        && start % 4 == 0
-        && (BAR0..=BAR5).contains(&code)
-        && watched.rotate_left(8) == watched)
-        .then(|| (code - BAR0) as usize)
+    (len == 4 && start % 4 == 0 && (BAR0..=BAR5).contains(&code)).then(|| (code - BAR0) as usize)
 }
 
 /// True when the access is the Command register exactly (2 bytes at its offset).
@@ -212,6 +212,12 @@ impl ConfigSpace {
                 }
             }
         }
+        // What `whole_bar_dword` relies on: a BAR code at a dword's first byte is in all four.
+        debug_assert!(
+            self.watch_at[..256]
+                .chunks(4)
+                .all(|d| { !(BAR0..=BAR5).contains(&d[0]) || d.iter().all(|&c| c == d[0]) })
+        );
     }
 
     /// Re-reads committed BAR/ROM addresses from the registers (after device-side stores).
