@@ -8,6 +8,8 @@ mod bdf;
 pub mod capability;
 mod error;
 pub mod events;
+#[cfg(test)]
+mod fast_path_tests;
 mod function;
 pub mod header;
 #[cfg(feature = "lspci")]

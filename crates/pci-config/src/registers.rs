@@ -92,17 +92,6 @@ pub(crate) fn load_le(bytes: &[u8], at: usize, len: usize) -> u32 {
     }
 }
 
-/// Stores the low `len` bytes (1, 2 or 4) of `v` at `at`, little-endian, with one store of that
-/// width (see [`load_le`]).
-#[inline(always)]
-pub(crate) fn store_le(bytes: &mut [u8], at: usize, len: usize, v: u32) {
-    match len {
-        1 => bytes[at] = v as u8,
-        2 => bytes[at..at + 2].copy_from_slice(&(v as u16).to_le_bytes()),
-        _ => bytes[at..at + 4].copy_from_slice(&v.to_le_bytes()),
-    }
-}
-
 /// Checks that an access of `len` bytes at `offset` is valid for a space of `size` bytes.
 #[inline(always)]
 pub(crate) fn check_access(offset: u16, len: usize, size: usize) -> Result<(), AccessError> {
@@ -123,42 +112,99 @@ pub(crate) fn check_range(offset: u16, len: usize, size: usize) -> Result<(), Ac
     Ok(())
 }
 
+/// Bytes in the largest space (PCI Express).
+pub(crate) const MAX_BYTES: usize = 4096;
+
+/// Length of the per-byte tables: the largest space whatever the space's size, plus 3 bytes of
+/// padding (always zero) so that an access of up to 4 bytes at any offset below [`MAX_BYTES`]
+/// is inside the table by construction. An access checked against the space's size then needs
+/// no other bounds check: its offset, masked with [`in_table`], is provably in range.
+pub(crate) const TABLE_BYTES: usize = MAX_BYTES + 3;
+
+/// `at`, an offset already checked to be inside the space (so below [`MAX_BYTES`]), in a form
+/// the compiler can see is inside a table of [`TABLE_BYTES`] with room for 4 bytes: the mask
+/// changes nothing and saves a second bounds check on every access.
+#[inline(always)]
+pub(crate) const fn in_table(at: usize) -> usize {
+    at & (MAX_BYTES - 1)
+}
+
+/// The register bytes and their masks, each table the size of the largest space so that an
+/// access checked against the space's size needs no further bounds checks, and all four tables
+/// in one allocation: one pointer to load, each table at a fixed distance from it. Indexed by
+/// [`DATA`], [`WMASK`], [`W1CMASK`] and [`RSVDMASK`].
+type Tables = [[u8; TABLE_BYTES]; 4];
+/// The register bytes in [`Tables`].
+const DATA: usize = 0;
+/// The read-write mask in [`Tables`].
+const WMASK: usize = 1;
+/// The write-1-to-clear mask in [`Tables`].
+const W1CMASK: usize = 2;
+/// The reserved mask in [`Tables`].
+const RSVDMASK: usize = 3;
+
+/// `N` (1, 2 or 4) bytes of `table` at `at` as a little-endian number, one load of that width;
+/// `None` past the end of the table.
+#[inline(always)]
+pub(crate) fn get_le<const N: usize>(table: &[u8], at: usize) -> Option<u32> {
+    let at = in_table(at);
+    let bytes: [u8; N] = table.get(at..at + N)?.try_into().ok()?;
+    Some(match N {
+        1 => bytes[0] as u32,
+        2 => u16::from_le_bytes([bytes[0], bytes[1]]) as u32,
+        _ => u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+    })
+}
+
 /// Configuration bytes with their read-write, write-1-to-clear and reserved masks.
 ///
 /// Bits in none of the masks are read-only. The masks are disjoint by construction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RegisterFile {
-    data: Box<[u8]>,
-    wmask: Box<[u8]>,
-    w1cmask: Box<[u8]>,
-    rsvdmask: Box<[u8]>,
+    /// Size of the space in bytes (256 or 4096); the tables past it stay zero.
+    len: usize,
+    tables: Box<Tables>,
+}
+
+impl std::fmt::Debug for RegisterFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterFile")
+            .field("data", &self.bytes())
+            .field("wmask", &self.wmask())
+            .field("w1cmask", &self.w1cmask())
+            .field("rsvdmask", &self.rsvdmask())
+            .finish()
+    }
 }
 
 impl RegisterFile {
     /// A space of the given size with every bit read-only and zero.
     pub fn new(size: ConfigSize) -> Self {
-        let len = size.bytes();
+        // Zeroed on the heap, not built on the stack and moved (16 KiB).
+        let tables: Box<Tables> = vec![[0; TABLE_BYTES]; 4]
+            .into_boxed_slice()
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("a vector of 4 tables"));
         RegisterFile {
-            data: vec![0; len].into_boxed_slice(),
-            wmask: vec![0; len].into_boxed_slice(),
-            w1cmask: vec![0; len].into_boxed_slice(),
-            rsvdmask: vec![0; len].into_boxed_slice(),
+            len: size.bytes(),
+            tables,
         }
     }
 
     /// Size in bytes (256 or 4096).
+    #[inline(always)]
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
 
     /// Always false: a configuration space has at least 256 bytes.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.len == 0
     }
 
     /// The size class of this space.
     pub fn size(&self) -> ConfigSize {
-        if self.data.len() == 4096 {
+        if self.len == 4096 {
             ConfigSize::Extended
         } else {
             ConfigSize::Conventional
@@ -167,7 +213,7 @@ impl RegisterFile {
 
     /// The raw register contents.
     pub fn bytes(&self) -> &[u8] {
-        &self.data
+        &self.tables[DATA][..self.len]
     }
 
     /// Guest read: copies `buf.len()` bytes from `offset`.
@@ -175,25 +221,79 @@ impl RegisterFile {
     /// On error `buf` is filled with `0xff`.
     #[inline]
     pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
-        if let Err(e) = check_access(offset, buf.len(), self.len()) {
-            buf.fill(0xff);
-            return Err(e);
+        if self.read_fast(offset, buf) {
+            Ok(())
+        } else {
+            Err(Self::read_refused(offset, buf, self.len))
         }
+    }
+
+    /// A valid read (1, 2 or 4 bytes, inside the space): one load and one store of its width,
+    /// the width dispatched once. False, with `buf` untouched, for any other access.
+    #[inline(always)]
+    pub(crate) fn read_fast(&self, offset: u16, buf: &mut [u8]) -> bool {
         let at = offset as usize;
-        // One dispatch on the width, then a load and a store of that width.
-        match buf.len() {
-            1 => store_le(buf, 0, 1, load_le(&self.data, at, 1)),
-            2 => store_le(buf, 0, 2, load_le(&self.data, at, 2)),
-            _ => store_le(buf, 0, 4, load_le(&self.data, at, 4)),
+        if at + buf.len() > self.len {
+            return false;
         }
-        Ok(())
+        Self::copy_out::<4>(&self.tables[DATA], at, buf)
+            || Self::copy_out::<2>(&self.tables[DATA], at, buf)
+            || Self::copy_out::<1>(&self.tables[DATA], at, buf)
+    }
+
+    /// Copies the `N` bytes of `table` at `at` to `buf`, if `buf` is `N` bytes long and the
+    /// table has them.
+    #[inline(always)]
+    pub(crate) fn copy_out<const N: usize>(
+        table: &[u8; TABLE_BYTES],
+        at: usize,
+        buf: &mut [u8],
+    ) -> bool {
+        let Ok(dst) = <&mut [u8; N]>::try_from(buf) else {
+            return false;
+        };
+        let at = in_table(at);
+        dst.copy_from_slice(&table[at..at + N]);
+        true
+    }
+
+    /// The error of a read [`read_fast`](Self::read_fast) refused; fills `buf` with all-ones.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn read_refused(offset: u16, buf: &mut [u8], size: usize) -> AccessError {
+        buf.fill(0xff);
+        match check_access(offset, buf.len(), size) {
+            Err(e) => e,
+            // Unreachable: read_fast takes every valid access. Keeps the error total.
+            Ok(()) => AccessError::OutOfRange {
+                offset,
+                len: buf.len(),
+                size,
+            },
+        }
     }
 
     /// The `len` (1, 2 or 4) register bytes at `offset` as a little-endian number; the range has
     /// been checked.
     #[inline(always)]
     pub(crate) fn load(&self, offset: usize, len: usize) -> u32 {
-        load_le(&self.data, offset, len)
+        load_le(&self.tables[DATA], offset, len)
+    }
+
+    /// The `N` register bytes at `at` (checked to be in the space) as a little-endian number.
+    #[inline(always)]
+    pub(crate) fn load_n<const N: usize>(&self, at: usize) -> u32 {
+        get_le::<N>(&self.tables[DATA], at).unwrap_or(0)
+    }
+
+    /// The 8 register bytes at `at` (checked to be in the space) as a little-endian number:
+    /// both dwords of a 64-bit BAR with one load.
+    #[inline(always)]
+    pub(crate) fn load_u64(&self, at: usize) -> u64 {
+        match self.tables[DATA].get(at..at + 8) {
+            Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            None => 0,
+        }
     }
 
     /// Guest write through the masks.
@@ -209,13 +309,31 @@ impl RegisterFile {
     /// register bytes before and after, little-endian (the side-effect rules need both).
     #[inline(always)]
     pub(crate) fn apply_write(&mut self, offset: u16, buf: &[u8]) -> (u32, u32) {
-        let (at, len) = (offset as usize, buf.len());
-        let val = load_le(buf, 0, len);
-        let w = load_le(&self.wmask, at, len);
-        let c = load_le(&self.w1cmask, at, len);
-        let old = load_le(&self.data, at, len);
+        let at = offset as usize;
+        let val = load_le(buf, 0, buf.len());
+        match buf.len() {
+            1 => self.write_n::<1>(at, val),
+            2 => self.write_n::<2>(at, val),
+            _ => self.write_n::<4>(at, val),
+        }
+    }
+
+    /// [`apply_write`](Self::apply_write) of the `N` bytes `val` (little-endian) at `at`,
+    /// checked to be in the space: loads of the register and its two masks, one store.
+    #[inline(always)]
+    pub(crate) fn write_n<const N: usize>(&mut self, at: usize, val: u32) -> (u32, u32) {
+        let t = &mut *self.tables;
+        let (Some(w), Some(c), Some(old)) = (
+            get_le::<N>(&t[WMASK], at),
+            get_le::<N>(&t[W1CMASK], at),
+            get_le::<N>(&t[DATA], at),
+        ) else {
+            return (0, 0);
+        };
         let new = ((old & !w) | (val & w)) & !(val & c);
-        store_le(&mut self.data, at, len, new);
+        if let Some(dst) = t[DATA].get_mut(at..at + N) {
+            dst.copy_from_slice(&new.to_le_bytes()[..N]);
+        }
         (old, new)
     }
 
@@ -224,8 +342,9 @@ impl RegisterFile {
     pub fn set(&mut self, offset: u16, bytes: &[u8]) -> Result<(), AccessError> {
         check_range(offset, bytes.len(), self.len())?;
         let start = offset as usize;
+        let t = &mut *self.tables;
         for (i, &b) in bytes.iter().enumerate() {
-            self.data[start + i] = b & !self.rsvdmask[start + i];
+            t[DATA][start + i] = b & !t[RSVDMASK][start + i];
         }
         Ok(())
     }
@@ -233,12 +352,12 @@ impl RegisterFile {
     /// Raw little-endian read of up to 4 bytes for internal decoding; out-of-range bytes read 0.
     #[inline]
     pub(crate) fn get(&self, offset: usize, len: usize) -> u32 {
-        if matches!(len, 1 | 2 | 4) && offset + len <= self.data.len() {
-            return load_le(&self.data, offset, len);
+        if matches!(len, 1 | 2 | 4) && offset + len <= self.len {
+            return load_le(&self.tables[DATA], offset, len);
         }
         let mut v = 0u32;
         for i in 0..len.min(4) {
-            let b = self.data.get(offset + i).copied().unwrap_or(0);
+            let b = self.bytes().get(offset + i).copied().unwrap_or(0);
             v |= (b as u32) << (8 * i);
         }
         v
@@ -249,18 +368,19 @@ impl RegisterFile {
     pub fn set_bits(&mut self, offset: u16, mask: &[u8], kind: BitKind) -> Result<(), AccessError> {
         check_range(offset, mask.len(), self.len())?;
         let start = offset as usize;
+        let t = &mut *self.tables;
         for (i, &m) in mask.iter().enumerate() {
             let at = start + i;
-            self.wmask[at] &= !m;
-            self.w1cmask[at] &= !m;
-            self.rsvdmask[at] &= !m;
+            t[WMASK][at] &= !m;
+            t[W1CMASK][at] &= !m;
+            t[RSVDMASK][at] &= !m;
             match kind {
                 BitKind::ReadOnly => {}
-                BitKind::ReadWrite => self.wmask[at] |= m,
-                BitKind::WriteOneToClear => self.w1cmask[at] |= m,
+                BitKind::ReadWrite => t[WMASK][at] |= m,
+                BitKind::WriteOneToClear => t[W1CMASK][at] |= m,
                 BitKind::Reserved => {
-                    self.rsvdmask[at] |= m;
-                    self.data[at] &= !m;
+                    t[RSVDMASK][at] |= m;
+                    t[DATA][at] &= !m;
                 }
             }
         }
@@ -294,11 +414,12 @@ impl RegisterFile {
             return None;
         }
         let m = 1u8 << bit;
-        Some(if self.wmask[at] & m != 0 {
+        let t = &self.tables;
+        Some(if t[WMASK][at] & m != 0 {
             BitKind::ReadWrite
-        } else if self.w1cmask[at] & m != 0 {
+        } else if t[W1CMASK][at] & m != 0 {
             BitKind::WriteOneToClear
-        } else if self.rsvdmask[at] & m != 0 {
+        } else if t[RSVDMASK][at] & m != 0 {
             BitKind::Reserved
         } else {
             BitKind::ReadOnly
@@ -307,28 +428,25 @@ impl RegisterFile {
 
     /// Read-write mask table.
     pub fn wmask(&self) -> &[u8] {
-        &self.wmask
+        &self.tables[WMASK][..self.len]
     }
 
     /// Write-1-to-clear mask table.
     pub fn w1cmask(&self) -> &[u8] {
-        &self.w1cmask
+        &self.tables[W1CMASK][..self.len]
     }
 
     /// Reserved-bit mask table.
     pub fn rsvdmask(&self) -> &[u8] {
-        &self.rsvdmask
+        &self.tables[RSVDMASK][..self.len]
     }
 
     /// Makes every bit in `offset..offset+len` read-only and sets it to zero (used to blank a
     /// hidden capability).
     pub(crate) fn blank(&mut self, offset: usize, len: usize) {
         let end = (offset + len).min(self.len());
-        for at in offset.min(end)..end {
-            self.data[at] = 0;
-            self.wmask[at] = 0;
-            self.w1cmask[at] = 0;
-            self.rsvdmask[at] = 0;
+        for table in self.tables.iter_mut() {
+            table[offset.min(end)..end].fill(0);
         }
     }
 }

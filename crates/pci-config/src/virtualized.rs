@@ -44,8 +44,8 @@ use crate::capability::{self, CapId, CapabilityError, CapabilityId, HiddenCapabi
 use crate::error::AccessError;
 use crate::events::{ConfigEvent, ConfigEvents};
 use crate::header::{Status, offset};
-use crate::registers::{lanes, load_le, store_le};
-use crate::space::ConfigSpace;
+use crate::registers::{TABLE_BYTES, get_le, lanes, load_le};
+use crate::space::{ConfigSpace, refused};
 
 /// The device behind a [`VirtualizedConfig`]: its configuration space, e.g. the VFIO config
 /// region (`pread`/`pwrite` at the region offset plus `offset`).
@@ -105,7 +105,10 @@ fn aligned_pieces(start: u16, len: usize, mut f: impl FnMut(u16, std::ops::Range
 #[derive(Debug)]
 pub struct VirtualizedConfig<B> {
     model: ConfigSpace,
-    emulated: Box<[u8]>,
+    /// One byte per config byte, the size of the largest space whatever the model's, so that an
+    /// access checked against the model's size needs no further bounds check (see
+    /// `RegisterFile`).
+    emulated: Box<[u8; TABLE_BYTES]>,
     backend: B,
     backend_errors: AtomicU64,
 }
@@ -115,10 +118,9 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     /// [`ConfigSpace::from_bytes`] of the device's current config). Mark bits emulated with
     /// [`emulate`](Self::emulate).
     pub fn new(model: ConfigSpace, backend: B) -> Self {
-        let len = model.len();
         VirtualizedConfig {
             model,
-            emulated: vec![0; len].into_boxed_slice(),
+            emulated: Box::new([0; TABLE_BYTES]),
             backend,
             backend_errors: AtomicU64::new(0),
         }
@@ -153,7 +155,7 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
 
     /// Marks the bits set in `mask` (little-endian bytes at `offset`) as emulated.
     pub fn emulate(&mut self, offset: u16, mask: &[u8]) -> Result<(), AccessError> {
-        crate::registers::check_range(offset, mask.len(), self.emulated.len())?;
+        crate::registers::check_range(offset, mask.len(), self.model.len())?;
         for (i, m) in mask.iter().enumerate() {
             self.emulated[offset as usize + i] |= m;
         }
@@ -162,7 +164,7 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
 
     /// Marks the bits set in `mask` as passed through.
     pub fn pass_through(&mut self, offset: u16, mask: &[u8]) -> Result<(), AccessError> {
-        crate::registers::check_range(offset, mask.len(), self.emulated.len())?;
+        crate::registers::check_range(offset, mask.len(), self.model.len())?;
         for (i, m) in mask.iter().enumerate() {
             self.emulated[offset as usize + i] &= !m;
         }
@@ -170,14 +172,14 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     }
 
     fn emulate_range(&mut self, offset: u16, len: usize) {
-        let start = (offset as usize).min(self.emulated.len());
-        let end = (offset as usize + len).min(self.emulated.len());
+        let start = (offset as usize).min(self.model.len());
+        let end = (offset as usize + len).min(self.model.len());
         self.emulated[start..end].fill(0xff);
     }
 
     /// The per-bit emulation mask (1 = emulated), one byte per config byte.
     pub fn emulated_mask(&self) -> &[u8] {
-        &self.emulated
+        &self.emulated[..self.model.len()]
     }
 
     /// True when bit `bit` of the byte at `offset` is emulated.
@@ -234,46 +236,75 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
     }
 
     /// Guest read of 1, 2 or 4 bytes. On an access error `buf` is all-ones.
-    #[inline]
+    #[inline(always)]
     pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
+        let at = offset as usize;
+        // One dispatch on the width (see `ConfigSpace::write_with`), then the accesses a guest
+        // makes nearly always: inside the space, and either all emulated or naturally aligned.
+        if at + buf.len() <= self.model.len() {
+            if let Ok(b) = <&mut [u8; 4]>::try_from(&mut *buf) {
+                if let Some(v) = self.read_n::<4>(at) {
+                    *b = v.to_le_bytes();
+                    return Ok(());
+                }
+            } else if let Ok(b) = <&mut [u8; 2]>::try_from(&mut *buf) {
+                if let Some(v) = self.read_n::<2>(at) {
+                    *b = (v as u16).to_le_bytes();
+                    return Ok(());
+                }
+            } else if let [b] = buf {
+                if let Some(v) = self.read_n::<1>(at) {
+                    *b = v as u8;
+                    return Ok(());
+                }
+            }
+        }
+        self.read_general(offset, buf)
+    }
+
+    /// The `N` bytes at `at` (checked to be in the space) as the guest sees them: the model's
+    /// emulated bits, the device's passthrough bits, the device read with one access of `N`
+    /// bytes; the device is not asked when every bit is emulated. `None` for an access that
+    /// is not naturally aligned and has passthrough bits (see
+    /// [`read_general`](Self::read_general)).
+    #[inline(always)]
+    fn read_n<const N: usize>(&self, at: usize) -> Option<u32> {
+        let emulated = get_le::<N>(&self.emulated[..], at).unwrap_or(0);
+        let model = self.model.registers().load_n::<N>(at);
+        if emulated == lanes(N) {
+            return Some(model);
+        }
+        if at & (N - 1) != 0 {
+            return None;
+        }
+        let mut dev = [0u8; N];
+        let device = match self.backend.read(at as u16, &mut dev) {
+            Ok(()) => load_le(&dev, 0, N),
+            Err(e) => {
+                self.backend_failed("read", at as u16, N, &e);
+                u32::MAX
+            }
+        };
+        Some((model & emulated) | (device & !emulated))
+    }
+
+    /// [`read`](Self::read) of the accesses [`read_n`](Self::read_n) does not take: refused
+    /// ones, and unaligned ones with passthrough bits, whose device bytes are read in naturally
+    /// aligned pieces (failed pieces read as all-ones).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn read_general(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
         self.model.read(offset, buf)?;
-        // One dispatch on the width (see `ConfigSpace::write_with`).
-        match buf.len() {
-            1 => self.merge_device(offset, buf, 1),
-            2 => self.merge_device(offset, buf, 2),
-            _ => self.merge_device(offset, buf, 4),
-        }
-        Ok(())
-    }
-
-    /// Replaces the passthrough bits of the model's `len` bytes in `buf` with the device's.
-    #[inline(always)]
-    fn merge_device(&self, offset: u16, buf: &mut [u8], len: usize) {
-        let emulated = load_le(&self.emulated, offset as usize, len);
+        let len = buf.len();
+        let emulated = load_le(&self.emulated[..], offset as usize, len);
         if emulated == lanes(len) {
-            return;
+            return Ok(());
         }
-        let device = self.read_device(offset, len);
         let model = load_le(buf, 0, len);
-        store_le(buf, 0, len, (model & emulated) | (device & !emulated));
-    }
-
-    /// Reads the `len` device bytes of an access; failed pieces read as all-ones.
-    ///
-    /// Inlined into the width-specialised read so that the common case (one naturally aligned
-    /// access: what a guest makes nearly always) is a backend call with a length known at compile
-    /// time, and the alignment test a mask rather than a division.
-    #[inline(always)]
-    fn read_device(&self, offset: u16, len: usize) -> u32 {
-        if offset as usize & (len - 1) != 0 {
-            return self.read_device_pieces(offset, len);
-        }
-        let mut dev = [0u8; 4];
-        if let Err(e) = self.backend.read(offset, &mut dev[..len]) {
-            self.backend_failed("read", offset, len, &e);
-            return u32::MAX;
-        }
-        load_le(&dev, 0, len)
+        let device = self.read_device_pieces(offset, len);
+        let value = (model & emulated) | (device & !emulated);
+        buf.copy_from_slice(&value.to_le_bytes()[..len]);
+        Ok(())
     }
 
     /// [`read_device`](Self::read_device) of an unaligned access, split into aligned pieces.
@@ -313,35 +344,74 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
 
     /// Guest write of 1, 2 or 4 bytes; calls `on_event` with each of the model's events, in
     /// order (see the [module docs](self) for how the write is split).
-    #[inline]
+    #[inline(always)]
     pub fn write_with(
         &mut self,
         offset: u16,
         data: &[u8],
-        on_event: impl FnMut(ConfigEvent),
+        mut on_event: impl FnMut(ConfigEvent),
     ) -> Result<(), AccessError> {
-        self.model.write_with(offset, data, on_event)?;
-        match data.len() {
-            1 => self.forward_passthrough(offset, data, 1),
-            2 => self.forward_passthrough(offset, data, 2),
-            _ => self.forward_passthrough(offset, data, 4),
+        let at = offset as usize;
+        // One dispatch on the width (see `ConfigSpace::write_with`).
+        if at + data.len() <= self.model.len() {
+            if let Ok(v) = <[u8; 4]>::try_from(data) {
+                self.write_n::<4>(at, u32::from_le_bytes(v), &mut on_event);
+                return Ok(());
+            }
+            if let Ok(v) = <[u8; 2]>::try_from(data) {
+                self.write_n::<2>(at, u16::from_le_bytes(v) as u32, &mut on_event);
+                return Ok(());
+            }
+            if let [v] = data {
+                self.write_n::<1>(at, *v as u32, &mut on_event);
+                return Ok(());
+            }
         }
-        Ok(())
+        Err(refused(offset, data.len(), self.model.len()))
     }
 
-    /// Forwards what the guest wrote, `len` bytes, unless every bit of it is emulated. An
-    /// aligned access with no emulated bit (Command, most device registers) is forwarded as it
-    /// is, inline; the others are split by [`forward`](Self::forward).
+    /// A guest write of the `N` bytes `val` at `at` (checked to be in the space): through the
+    /// model, then what holds passthrough bits to the device. The model's fast paths and an
+    /// aligned access with no emulated bit (Command, most device registers) or only emulated
+    /// ones (BARs) are inline; the rest is [`write_general`](Self::write_general).
     #[inline(always)]
-    fn forward_passthrough(&self, offset: u16, data: &[u8], len: usize) {
-        let emulated = load_le(&self.emulated, offset as usize, len);
-        if emulated == 0 && offset as usize & (len - 1) == 0 {
-            let value = load_le(data, 0, len).to_le_bytes();
-            if let Err(e) = self.backend.write(offset, &value[..len]) {
-                self.backend_failed("write", offset, len, &e);
+    fn write_n<const N: usize>(
+        &mut self,
+        at: usize,
+        val: u32,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        if !self.model.write_fast::<N>(at, val, on_event) {
+            self.write_general(at, val, N, on_event);
+            return;
+        }
+        let emulated = get_le::<N>(&self.emulated[..], at).unwrap_or(0);
+        if emulated == lanes(N) {
+            return;
+        }
+        let offset = at as u16;
+        if emulated == 0 && at & (N - 1) == 0 {
+            if let Err(e) = self.backend.write(offset, &val.to_le_bytes()[..N]) {
+                self.backend_failed("write", offset, N, &e);
             }
-        } else if emulated != lanes(len) {
-            self.forward(offset, load_le(data, 0, len), len, emulated);
+        } else {
+            self.forward(offset, val, N, emulated);
+        }
+    }
+
+    /// [`write_n`](Self::write_n) of a write the model's fast paths do not take, out of line.
+    #[inline(never)]
+    pub(crate) fn write_general(
+        &mut self,
+        at: usize,
+        val: u32,
+        len: usize,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        self.model.write_general(at, val, len, on_event);
+        let emulated = load_le(&self.emulated[..], at, len);
+        if emulated != lanes(len) {
+            self.forward(at as u16, val, len, emulated);
         }
     }
 

@@ -43,10 +43,7 @@ impl ConfigSpace {
                 .set_bits_u32(reg + 4, (mask >> 32) as u32, BitKind::ReadWrite);
             let _ = self.regs.set(reg + 4, &hi.to_le_bytes());
         }
-        self.bars[index] = Some(BarSlot {
-            def,
-            probing: [false; 2],
-        });
+        self.bars[index] = Some(BarSlot::new(def));
         self.rebuild_watches();
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::capability;
 use crate::error::{AccessError, ConfigError};
 use crate::events::{ConfigEvent, ConfigEvents};
 use crate::header::{Command, DeviceIds, HeaderType, Status, install_default_masks, offset};
-use crate::registers::{BitKind, ConfigSize, RegisterFile, check_access, load_le};
+use crate::registers::{BitKind, ConfigSize, RegisterFile, check_access};
 use side_effects::Written;
 
 /// A BAR as the VMM sees it.
@@ -50,7 +50,31 @@ pub struct RomInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BarSlot {
     def: BarDef,
+    /// A sizing probe is in progress in the lower / upper dword.
     probing: [bool; 2],
+    /// The address field of the lower and of the upper dword (what a sizing probe sets).
+    fields: [u32; 2],
+    /// The bits of the BAR's register(s), read as one little-endian `u64` from its lower dword,
+    /// that make up its address: the lower dword's address field, and the upper dword of a
+    /// 64-bit BAR. Precomputed so that a BAR write works out the new address with one load.
+    address_mask: u64,
+}
+
+impl BarSlot {
+    fn new(def: BarDef) -> Self {
+        let field = crate::bar::probe_field(Some(def.kind), false);
+        let upper = if def.kind == BarKind::Memory64 {
+            0xffff_ffff_0000_0000
+        } else {
+            0
+        };
+        BarSlot {
+            def,
+            probing: [false; 2],
+            fields: [field, u32::MAX],
+            address_mask: upper | field as u64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +259,7 @@ impl ConfigSpace {
 
     /// Guest read of 1, 2 or 4 bytes at any offset (see the [crate docs](crate) for the
     /// semantics of unaligned accesses). On error `buf` is filled with `0xff`.
-    #[inline]
+    #[inline(always)]
     pub fn read(&self, offset: u16, buf: &mut [u8]) -> Result<(), AccessError> {
         self.regs.read(offset, buf)
     }
@@ -272,72 +296,105 @@ impl ConfigSpace {
     /// Guest write of 1, 2 or 4 bytes at any offset, through the masks; calls `on_event` with
     /// each side effect, in order (see [Events](Self#events)). A refused access changes nothing
     /// and reports nothing.
-    #[inline]
+    #[inline(always)]
     pub fn write_with(
         &mut self,
         offset: u16,
         data: &[u8],
         mut on_event: impl FnMut(ConfigEvent),
     ) -> Result<(), AccessError> {
-        check_access(offset, data.len(), self.regs.len())?;
+        let at = offset as usize;
         // One dispatch on the width, so that the path below works on a width known at compile
         // time: single loads and stores, no run-time-length copies.
-        match data.len() {
-            1 => self.write_checked(offset, data, 1, &mut on_event),
-            2 => self.write_checked(offset, data, 2, &mut on_event),
-            _ => self.write_checked(offset, data, 4, &mut on_event),
+        if at + data.len() <= self.regs.len() {
+            if let Ok(v) = <[u8; 4]>::try_from(data) {
+                self.write_n::<4>(at, u32::from_le_bytes(v), &mut on_event);
+                return Ok(());
+            }
+            if let Ok(v) = <[u8; 2]>::try_from(data) {
+                self.write_n::<2>(at, u16::from_le_bytes(v) as u32, &mut on_event);
+                return Ok(());
+            }
+            if let [v] = data {
+                self.write_n::<1>(at, *v as u32, &mut on_event);
+                return Ok(());
+            }
         }
-        Ok(())
+        Err(refused(offset, data.len(), self.regs.len()))
     }
 
-    /// [`write_with`](Self::write_with) of `len` bytes, after the access check.
-    ///
-    /// The writes a guest makes most (a whole BAR dword, the Command word) take a path of their
-    /// own, inlined; every other write to a register with side effects goes through the general
-    /// rules, out of line so that they do not weigh on the rest.
+    /// A guest write of the `N` bytes `val` (little-endian) at `at`, checked to be inside the
+    /// space: [`write_fast`](Self::write_fast), else [`write_general`](Self::write_general).
     #[inline(always)]
-    fn write_checked(
+    fn write_n<const N: usize>(
         &mut self,
-        offset: u16,
-        data: &[u8],
+        at: usize,
+        val: u32,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) {
+        if !self.write_fast::<N>(at, val, on_event) {
+            self.write_general(at, val, N, on_event);
+        }
+    }
+
+    /// The writes a guest makes most, inlined: a write to no register with side effects, a
+    /// whole BAR dword, the Command word. Returns false, having done nothing, for any other
+    /// write (`N` bytes `val` at `at`, checked to be inside the space): those take
+    /// [`write_general`](Self::write_general), out of line, with the rule of every register.
+    /// Each fast path gives exactly what the general rules give (`tests/fast_paths.rs`).
+    #[inline(always)]
+    pub(crate) fn write_fast<const N: usize>(
+        &mut self,
+        at: usize,
+        val: u32,
+        on_event: &mut impl FnMut(ConfigEvent),
+    ) -> bool {
+        let watched = self.watches_n::<N>(at);
+        if watched == 0 {
+            self.regs.write_n::<N>(at, val);
+            return true;
+        }
+        if let Some(index) = side_effects::whole_bar_dword(watched, at, N) {
+            self.regs.write_n::<N>(at, val);
+            self.bar_dword_written(index, at, val, on_event);
+            return true;
+        }
+        if side_effects::is_command_word(watched, at, N) {
+            let (before, after) = self.regs.write_n::<N>(at, val);
+            Self::command_changed((before ^ after) as u16, Command(after as u16), on_event);
+            return true;
+        }
+        false
+    }
+
+    /// Any write of the `len` (1, 2 or 4) bytes `val` at `start`, checked to be inside the
+    /// space: through the masks, then the side-effect rules of each register it touched.
+    #[inline(never)]
+    pub(crate) fn write_general(
+        &mut self,
+        start: usize,
+        val: u32,
         len: usize,
         on_event: &mut impl FnMut(ConfigEvent),
     ) {
-        let start = offset as usize;
-        let watched = self.watches_at(start, len);
-        if watched == 0 {
-            self.regs.apply_write(offset, data);
-            return;
-        }
-        if let Some(index) = side_effects::whole_bar_dword(watched, start, len) {
-            let (_, now) = self.regs.apply_write(offset, data);
-            self.bar_dword_written(index, start, load_le(data, 0, 4), now, on_event);
-            return;
-        }
-        if side_effects::is_command_word(watched, start, len) {
-            let (before, after) = self.regs.apply_write(offset, data);
-            Self::command_changed((before ^ after) as u16, Command(after as u16), on_event);
-            return;
-        }
-        self.write_watched(offset, data, watched, on_event);
-    }
-
-    /// A write of 1, 2 or 4 bytes (`data`) touching registers with side effects (`watched`, see
-    /// [`write_checked`](Self::write_checked)).
-    #[inline(never)]
-    fn write_watched(
-        &mut self,
-        offset: u16,
-        data: &[u8],
-        watched: u32,
-        on_event: &mut impl FnMut(ConfigEvent),
-    ) {
-        let (start, len) = (offset as usize, data.len());
-        let (before, after) = self.regs.apply_write(offset, data);
+        let (watched, (before, after)) = match len {
+            1 => (
+                self.watches_n::<1>(start),
+                self.regs.write_n::<1>(start, val),
+            ),
+            2 => (
+                self.watches_n::<2>(start),
+                self.regs.write_n::<2>(start, val),
+            ),
+            _ => (
+                self.watches_n::<4>(start),
+                self.regs.write_n::<4>(start, val),
+            ),
+        };
         let write = Written {
             start,
             len,
-            data: load_le(data, 0, len),
+            data: val,
             changed: before ^ after,
         };
         self.react_all(watched, &write, on_event);
@@ -395,5 +452,16 @@ impl ConfigSpace {
     pub fn set_multifunction(&mut self, on: bool) {
         let v = self.header.register_value() | if on { 0x80 } else { 0 };
         let _ = self.regs.set(offset::HEADER_TYPE, &[v]);
+    }
+}
+
+/// The error of a guest access that is not 1, 2 or 4 bytes inside a space of `size` bytes.
+#[cold]
+#[inline(never)]
+pub(crate) fn refused(offset: u16, len: usize, size: usize) -> AccessError {
+    match check_access(offset, len, size) {
+        Err(e) => e,
+        // Unreachable: the access paths take every valid access. Keeps the error total.
+        Ok(()) => AccessError::OutOfRange { offset, len, size },
     }
 }

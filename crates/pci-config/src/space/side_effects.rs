@@ -11,7 +11,7 @@ use crate::bar::{BarKind, flags, probe_field};
 use crate::capability::{self, CapId, CapabilityId, MsixCapability};
 use crate::events::{BridgeWindow, ConfigEvent};
 use crate::header::{Command, HeaderType, offset};
-use crate::registers::{lanes, load_le};
+use crate::registers::{get_le, lanes};
 
 /// One guest write of 1, 2 or 4 bytes, as the side-effect rules see it. Values are the access's
 /// bytes as a little-endian number (byte `i` of the access in bits `8i..8i+8`).
@@ -96,11 +96,15 @@ pub(super) const INDEX_BYTES: usize = 256 + 3;
 
 /// The BAR whose dword the access covers exactly (`len` 4, dword-aligned, every lane that BAR's),
 /// given the access's index codes.
+///
+/// Only the first lane's code is looked at: BAR registers are whole dwords, dword-aligned, and
+/// the index gives every byte of them their BAR's code (only Command is listed before them, and
+/// it does not overlap them; [`ConfigSpace::rebuild_watches`] checks this in debug builds), so
+/// an aligned dword access whose first byte is a BAR's covers that BAR's dword exactly.
 #[inline(always)]
 pub(super) fn whole_bar_dword(watched: u32, start: usize, len: usize) -> Option<usize> {
     let code = watched as u8;
-    (len == 4 && start % 4 == 0 && (BAR0..=BAR5).contains(&code) && watched == splat(code))
-        .then(|| (code - BAR0) as usize)
+    (len == 4 && start % 4 == 0 && (BAR0..=BAR5).contains(&code)).then(|| (code - BAR0) as usize)
 }
 
 /// True when the access is the Command register exactly (2 bytes at its offset).
@@ -124,19 +128,19 @@ fn lanes_of(codes: u32, code: u8) -> u32 {
 }
 
 impl ConfigSpace {
-    /// The index codes of the `len` bytes at `start`, one per byte lane ([`UNWATCHED`] where no
+    /// The index codes of the `N` bytes at `start`, one per byte lane ([`UNWATCHED`] where no
     /// register with side effects lives).
     #[inline(always)]
-    pub(super) fn watches_at(&self, start: usize, len: usize) -> u32 {
+    pub(super) fn watches_n<const N: usize>(&self, start: usize) -> u32 {
         if start < 256 {
-            load_le(&self.watch_at[..], start, len)
+            get_le::<N>(&self.watch_at, start).unwrap_or(0)
         } else {
             0
         }
     }
 
     /// Runs the side-effect rules of each register the write touched (`watched`, from
-    /// [`watches_at`](Self::watches_at)), once each, in address order.
+    /// [`watches_n`](Self::watches_n)), once each, in address order.
     #[inline(always)]
     pub(super) fn react_all(
         &mut self,
@@ -146,7 +150,7 @@ impl ConfigSpace {
     ) {
         // Nearly every access is to one register, from its first byte: every lane has its code.
         let first = watched as u8;
-        if watched == splat(first) & lanes(write.len) {
+        if first != UNWATCHED && watched == splat(first) & lanes(write.len) {
             self.react(first, lanes(write.len), write, on_event);
             return;
         }
@@ -208,6 +212,12 @@ impl ConfigSpace {
                 }
             }
         }
+        // What `whole_bar_dword` relies on: a BAR code at a dword's first byte is in all four.
+        debug_assert!(
+            self.watch_at[..256]
+                .chunks(4)
+                .all(|d| { !(BAR0..=BAR5).contains(&d[0]) || d.iter().all(|&c| c == d[0]) })
+        );
     }
 
     /// Re-reads committed BAR/ROM addresses from the registers (after device-side stores).
@@ -264,7 +274,10 @@ impl ConfigSpace {
                 }
             }
             _ => {
-                let Some(&cap) = self.interrupt_caps.get((code - INTERRUPT_CAP0) as usize) else {
+                let Some(&cap) = code
+                    .checked_sub(INTERRUPT_CAP0)
+                    .and_then(|k| self.interrupt_caps.get(k as usize))
+                else {
                     return;
                 };
                 let control = self.regs.get(cap.control as usize, 2) as u16;
@@ -309,37 +322,35 @@ impl ConfigSpace {
     }
 
     /// [`react_bar`](Self::react_bar) for a write of the whole dword at `reg` (BAR `index`'s lower
-    /// dword, or the upper one of a 64-bit BAR) with `written`, leaving the register at `now`:
-    /// the same rule, without working out which bytes of which dword the access covered.
+    /// dword, or the upper one of a 64-bit BAR) with `written`, already applied to the register:
+    /// the same rule, without working out which bytes of which dword the access covered, and
+    /// without a branch on which dword it is.
     #[inline(always)]
     pub(super) fn bar_dword_written(
         &mut self,
         index: usize,
         reg: usize,
         written: u32,
-        now: u32,
         ev: &mut impl FnMut(ConfigEvent),
     ) {
         let Some(Some(slot)) = self.bars.get_mut(index) else {
             return;
         };
         let base = offset::BAR0 as usize + 4 * index;
-        let field = probe_field(Some(slot.def.kind), false);
-        if reg == base {
-            slot.probing[0] = written & field == field;
-        } else {
-            slot.probing[1] = written == u32::MAX;
-        }
-        if slot.probing[0] || slot.probing[1] {
+        // 0 for the lower dword, 1 for the upper one (`reg` is one of the two).
+        let half = (reg.wrapping_sub(base) >> 2) & 1;
+        let field = slot.fields[half];
+        let probing = written & field == field;
+        // The other dword's flag is read before this one's is stored: reading the pair back
+        // after a one-byte store would wait for the store (no store-to-load forwarding).
+        let other = slot.probing[half ^ 1];
+        slot.probing[half] = probing;
+        if probing || other {
             return;
         }
-        // The dword not written is read back; the written one is `now`.
-        let (lo, hi) = match (slot.def.kind == BarKind::Memory64, reg == base) {
-            (false, _) => (now, 0),
-            (true, true) => (now, self.regs.load(base + 4, 4)),
-            (true, false) => (self.regs.load(base, 4), now),
-        };
-        let new = (hi as u64) << 32 | (lo & field) as u64;
+        // Both dwords with one load (the written one was stored just before: the load waits
+        // for that store, which costs less here than working out which dword is which).
+        let new = self.regs.load_u64(base) & slot.address_mask;
         let old = slot.def.address;
         if new != old {
             slot.def.address = new;
