@@ -59,7 +59,16 @@ printf 'run-under-qemu: %s\n' "$(env "${qemu_env[@]}" "$qemu" --version | head -
 t=$EPOCHREALTIME
 mkdir -p "$work"
 mapfile -t elfs < <(GUEST_NVME_SERIAL=$serial GUEST_PATTERN_LBA=$pattern_lba bash "$here/build.sh" "$work/elf")
-[ "${#elfs[@]}" -eq 2 ] || fail "build.sh printed ${#elfs[@]} paths, expected 2"
+# build.sh builds every guest; these runs need two of them, found by name.
+pci_probe_elf="" nvme_e2e_elf=""
+for _elf in "${elfs[@]}"; do
+    case ${_elf##*/} in
+    pci_probe.elf) pci_probe_elf=$_elf ;;
+    nvme_e2e.elf) nvme_e2e_elf=$_elf ;;
+    esac
+done
+[ -n "$pci_probe_elf" ] && [ -n "$nvme_e2e_elf" ] ||
+    fail "build.sh printed no pci_probe.elf or no nvme_e2e.elf among: ${elfs[*]}"
 printf 'run-under-qemu: built %s in %ss\n' "${elfs[*]}" "$(since "$t")"
 
 # ---- one QEMU run ------------------------------------------------------------------------------------------
@@ -105,7 +114,7 @@ for k in $(seq 0 31); do printf 'E2E=%04d REC=%02d\n' "$write_lba" "$k"; done >"
 dd if="$work/written.bin" of="$work/expected.img" bs=512 seek="$write_lba" conv=notrunc status=none
 
 # shellcheck disable=SC2046
-run nvme-e2e pass "${elfs[1]}" "lba=$pattern_lba write-lba=$write_lba" $(nvme_args "$work/nvme.img")
+run nvme-e2e pass "$nvme_e2e_elf" "lba=$pattern_lba write-lba=$write_lba" $(nvme_args "$work/nvme.img")
 grep -q '^GUEST: STEP msix-interrupts PASS .* 0 found by polling' "$work/nvme-e2e.log" ||
     fail "nvme-e2e: completions were not all signalled by MSI-X (see $work/nvme-e2e.log)"
 cmp -s "$work/nvme.img" "$work/expected.img" || {
@@ -117,14 +126,14 @@ printf 'run-under-qemu: nvme-e2e: the image holds the written block at LBA %d (b
 
 make_disk "$work/nvme.img"
 # shellcheck disable=SC2046
-run nvme-e2e-wrong fail "${elfs[1]}" "serial=NOT-THE-SERIAL" $(nvme_args "$work/nvme.img")
+run nvme-e2e-wrong fail "$nvme_e2e_elf" "serial=NOT-THE-SERIAL" $(nvme_args "$work/nvme.img")
 grep -q '^GUEST: STEP identify-controller FAIL .*"REFVMM-TESTBED-0001" (want "NOT-THE-SERIAL")' "$work/nvme-e2e-wrong.log" ||
     fail "nvme-e2e-wrong: identify-controller did not report the serial mismatch"
 
 # ---- pci_probe ---------------------------------------------------------------------------------------------
 # e1000e (82574L): IVAR (0xE4) = 0x8 routes the RXQ0 cause to MSI-X entry 0, IMS (0xD0) enables that cause,
 # and the "trapped" write sets it in ICS (0xC8), so the device raises MSI-X entry 0.
-run pci-probe pass "${elfs[0]}" "poke=0:0xe4=0x8,0:0xd0=0x100000 trap=0:0xc8 trap-value=0x100000" \
+run pci-probe pass "$pci_probe_elf" "poke=0:0xe4=0x8,0:0xd0=0x100000 trap=0:0xc8 trap-value=0x100000" \
     -device e1000e,netdev=u0 -netdev user,id=u0
 grep -q '^GUEST: STEP msix-interrupt PASS' "$work/pci-probe.log" || fail "pci-probe: no MSI-X interrupt"
 
