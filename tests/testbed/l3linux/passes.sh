@@ -229,6 +229,47 @@ grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs none /sys/kernel/
 # cpu=0", then a hang). Both guests use the local APIC's one-shot timer instead, the same timer for both.
 CMDLINE_BASE="console=ttyS0 panic=-1 quiet lapic=notscdeadline${L3_APPEND:+ $L3_APPEND}"
 note "L3 Linux passes: $L3_PASSES; $(du -k "$KERNEL" | cut -f1) KiB kernel, $(du -k "$INITRD" | cut -f1) KiB initramfs, ${L3_MEM_MIB} MiB, $L3_CPUS vCPUs, $NVME_BDF passed through"
+
+# boot_pass VMM: one boot of L3 Linux under VMM with CMDLINE (run_vmm sets RC and the pass's log); 1 when the VMM
+# cannot run at all (its step already failed).
+boot_pass() {
+    case $1 in
+    qemu)
+        LD_LIBRARY_PATH=$L3/qemu/lib
+        export LD_LIBRARY_PATH
+        run_vmm qemu "$L3/qemu/bin/qemu-system-x86_64" -L "$L3/qemu/share" \
+            -machine q35 -accel kvm -cpu host -smp "$L3_CPUS" -m "${L3_MEM_MIB}M" \
+            -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE" \
+            -device "vfio-pci,host=$NVME_BDF" -nographic -nodefaults -serial stdio -no-reboot \
+            -D /tmp/l3linux-qemu.trace -trace vfio_msix_vector_do_use -trace vfio_msi_interrupt
+        unset LD_LIBRARY_PATH
+        ;;
+    refvmm)
+        if ! refvmm run --help 2>&1 | grep -q -- '--kernel'; then
+            step refvmm-boot FAIL "this refvmm cannot boot Linux: 'refvmm run --help' has no --kernel option (issue 10); TESTBED_L3_LINUX=qemu runs the QEMU pass alone"
+            echo "TESTBED: L3LINUX refvmm rc=none fails=1"
+            return 1
+        fi
+        run_vmm refvmm refvmm run --kernel "$KERNEL" --initramfs "$INITRD" --cmdline "$CMDLINE" \
+            --memory "${L3_MEM_MIB}M" --cpus "$L3_CPUS" --device "$NVME_BDF" --show-counters --timeout $((L3_TIMEOUT - 10))
+        ;;
+    *)
+        step "$1-boot" FAIL "unknown VMM '$1' in TESTBED_L3_LINUX (qemu, refvmm)"
+        return 1
+        ;;
+    esac
+    return 0
+}
+
+# timer_stalled VMM: the pass hit its time limit without finishing, and L3's kernel said why: its timers stopped
+# firing (an RCU stall, "timer wakeup didn't happen"). In this bed that is the emulator's (nested SVM under TCG: a
+# timer L3 arms sometimes never fires, under either VMM; README.md, "What it covers"), not the VMM's.
+timer_stalled() {
+    case $RC in 124 | 137) ;; *) return 1 ;; esac
+    ! grep -q "^[0-9.]* L3: DONE" "/tmp/l3linux-$1.log" &&
+        grep -qE "rcu: INFO: rcu_(preempt|sched) (self-)?detected stall|timer wakeup didn't happen" "/tmp/l3linux-$1.log"
+}
+
 PREV=""
 
 for VMM in $L3_PASSES; do
@@ -247,31 +288,12 @@ for VMM in $L3_PASSES; do
     CMDLINE="$CMDLINE_BASE l3.vmm=$VMM l3.wlba=$(wlba "$VMM")"
     # The later pass also reads the block the earlier one wrote: both VMMs' writes reached the same disk.
     [ -n "$PREV" ] && CMDLINE="$CMDLINE l3.check=$(wlba "$PREV"):$PREV"
-    case $VMM in
-    qemu)
-        LD_LIBRARY_PATH=$L3/qemu/lib
-        export LD_LIBRARY_PATH
-        run_vmm qemu "$L3/qemu/bin/qemu-system-x86_64" -L "$L3/qemu/share" \
-            -machine q35 -accel kvm -cpu host -smp "$L3_CPUS" -m "${L3_MEM_MIB}M" \
-            -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE" \
-            -device "vfio-pci,host=$NVME_BDF" -nographic -nodefaults -serial stdio -no-reboot \
-            -D /tmp/l3linux-qemu.trace -trace vfio_msix_vector_do_use -trace vfio_msi_interrupt
-        unset LD_LIBRARY_PATH
-        ;;
-    refvmm)
-        if ! refvmm run --help 2>&1 | grep -q -- '--kernel'; then
-            step refvmm-boot FAIL "this refvmm cannot boot Linux: 'refvmm run --help' has no --kernel option (issue 10); TESTBED_L3_LINUX=qemu runs the QEMU pass alone"
-            echo "TESTBED: L3LINUX refvmm rc=none fails=1"
-            continue
-        fi
-        run_vmm refvmm refvmm run --kernel "$KERNEL" --initramfs "$INITRD" --cmdline "$CMDLINE" \
-            --memory "${L3_MEM_MIB}M" --cpus "$L3_CPUS" --device "$NVME_BDF" --show-counters --timeout $((L3_TIMEOUT - 10))
-        ;;
-    *)
-        step "$VMM-boot" FAIL "unknown VMM '$VMM' in TESTBED_L3_LINUX (qemu, refvmm)"
-        continue
-        ;;
-    esac
+    boot_pass "$VMM" || continue
+    # A timer stall of the emulator's gets one more boot, said in a NOTE; a second stall fails the pass as usual.
+    if timer_stalled "$VMM"; then
+        note "$VMM pass: L3's timers stopped firing ($(grep -m 1 -oE "rcu: INFO: [^:]*|timer wakeup didn't happen" "/tmp/l3linux-$VMM.log")) and it hit its time limit: nested SVM under TCG (README.md, \"What it covers\"); booting it once more"
+        boot_pass "$VMM" || continue
+    fi
     check_pass "$VMM"
     grep -q "^[0-9.]* L3: STEP write-block OK" "/tmp/l3linux-$VMM.log" && PREV=$VMM
 done
