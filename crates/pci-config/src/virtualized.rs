@@ -45,7 +45,7 @@ use crate::error::AccessError;
 use crate::events::{ConfigEvent, ConfigEvents};
 use crate::header::{Status, offset};
 use crate::registers::{TABLE_BYTES, get_le, lanes, load_le};
-use crate::space::{ConfigSpace, refused};
+use crate::space::{ConfigSpace, WriteN, write_by_width};
 
 /// The device behind a [`VirtualizedConfig`]: its configuration space, e.g. the VFIO config
 /// region (`pread`/`pwrite` at the region offset plus `offset`).
@@ -351,25 +351,12 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
         data: &[u8],
         mut on_event: impl FnMut(ConfigEvent),
     ) -> Result<(), AccessError> {
-        let at = offset as usize;
-        // One dispatch on the width (see `ConfigSpace::write_with`).
-        if at + data.len() <= self.model.len() {
-            if let Ok(v) = <[u8; 4]>::try_from(data) {
-                self.write_n::<4>(at, u32::from_le_bytes(v), &mut on_event);
-                return Ok(());
-            }
-            if let Ok(v) = <[u8; 2]>::try_from(data) {
-                self.write_n::<2>(at, u16::from_le_bytes(v) as u32, &mut on_event);
-                return Ok(());
-            }
-            if let [v] = data {
-                self.write_n::<1>(at, *v as u32, &mut on_event);
-                return Ok(());
-            }
-        }
-        Err(refused(offset, data.len(), self.model.len()))
+        let size = self.model.len();
+        write_by_width(self, offset, data, size, &mut on_event)
     }
+}
 
+impl<B: ConfigBackend> WriteN for VirtualizedConfig<B> {
     /// A guest write of the `N` bytes `val` at `at` (checked to be in the space): through the
     /// model, then what holds passthrough bits to the device. The model's fast paths and an
     /// aligned access with no emulated bit (Command, most device registers) or only emulated
@@ -398,7 +385,9 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
             self.forward(offset, val, N, emulated);
         }
     }
+}
 
+impl<B: ConfigBackend> VirtualizedConfig<B> {
     /// [`write_n`](Self::write_n) of a write the model's fast paths do not take, out of line.
     #[inline(never)]
     pub(crate) fn write_general(

@@ -303,26 +303,12 @@ impl ConfigSpace {
         data: &[u8],
         mut on_event: impl FnMut(ConfigEvent),
     ) -> Result<(), AccessError> {
-        let at = offset as usize;
-        // One dispatch on the width, so that the path below works on a width known at compile
-        // time: single loads and stores, no run-time-length copies.
-        if at + data.len() <= self.regs.len() {
-            if let Ok(v) = <[u8; 4]>::try_from(data) {
-                self.write_n::<4>(at, u32::from_le_bytes(v), &mut on_event);
-                return Ok(());
-            }
-            if let Ok(v) = <[u8; 2]>::try_from(data) {
-                self.write_n::<2>(at, u16::from_le_bytes(v) as u32, &mut on_event);
-                return Ok(());
-            }
-            if let [v] = data {
-                self.write_n::<1>(at, *v as u32, &mut on_event);
-                return Ok(());
-            }
-        }
-        Err(refused(offset, data.len(), self.regs.len()))
+        let size = self.regs.len();
+        write_by_width(self, offset, data, size, &mut on_event)
     }
+}
 
+impl WriteN for ConfigSpace {
     /// A guest write of the `N` bytes `val` (little-endian) at `at`, checked to be inside the
     /// space: [`write_fast`](Self::write_fast), else [`write_general`](Self::write_general).
     #[inline(always)]
@@ -336,12 +322,14 @@ impl ConfigSpace {
             self.write_general(at, val, N, on_event);
         }
     }
+}
 
+impl ConfigSpace {
     /// The writes a guest makes most, inlined: a write to no register with side effects, a
     /// whole BAR dword, the Command word. Returns false, having done nothing, for any other
     /// write (`N` bytes `val` at `at`, checked to be inside the space): those take
     /// [`write_general`](Self::write_general), out of line, with the rule of every register.
-    /// Each fast path gives exactly what the general rules give (`tests/fast_paths.rs`).
+    /// Each fast path gives exactly what the general rules give (`fast_path_tests.rs`).
     #[inline(always)]
     pub(crate) fn write_fast<const N: usize>(
         &mut self,
@@ -453,6 +441,49 @@ impl ConfigSpace {
         let v = self.header.register_value() | if on { 0x80 } else { 0 };
         let _ = self.regs.set(offset::HEADER_TYPE, &[v]);
     }
+}
+
+/// A space that takes a guest write of `N` bytes (1, 2 or 4), already checked to be inside it,
+/// with `N` known at compile time: [`ConfigSpace`] and the view over it, which share
+/// [`write_by_width`].
+pub(crate) trait WriteN {
+    /// Writes the `N` bytes `val` (little-endian) at `at`, calling `on_event` with each event.
+    fn write_n<const N: usize>(
+        &mut self,
+        at: usize,
+        val: u32,
+        on_event: &mut impl FnMut(ConfigEvent),
+    );
+}
+
+/// A guest write of `data` (1, 2 or 4 bytes) at `offset` of a space of `size` bytes, handed to
+/// `target.write_n::<N>` after one dispatch on the width, so that every path below works on a
+/// width known at compile time: single loads and stores, no run-time-length copies. Anything
+/// else is refused, and nothing is written.
+#[inline(always)]
+pub(crate) fn write_by_width(
+    target: &mut impl WriteN,
+    offset: u16,
+    data: &[u8],
+    size: usize,
+    on_event: &mut impl FnMut(ConfigEvent),
+) -> Result<(), AccessError> {
+    let at = offset as usize;
+    if at + data.len() <= size {
+        if let Ok(v) = <[u8; 4]>::try_from(data) {
+            target.write_n::<4>(at, u32::from_le_bytes(v), on_event);
+            return Ok(());
+        }
+        if let Ok(v) = <[u8; 2]>::try_from(data) {
+            target.write_n::<2>(at, u16::from_le_bytes(v) as u32, on_event);
+            return Ok(());
+        }
+        if let [v] = data {
+            target.write_n::<1>(at, *v as u32, on_event);
+            return Ok(());
+        }
+    }
+    Err(refused(offset, data.len(), size))
 }
 
 /// The error of a guest access that is not 1, 2 or 4 bytes inside a space of `size` bytes.
