@@ -12,6 +12,7 @@ mod exit;
 mod host_pages;
 mod irq;
 mod kick;
+mod prefault;
 mod ram;
 mod slots;
 mod stats;
@@ -33,6 +34,7 @@ pub use host_pages::{HostPages, parse_smaps};
 pub use irq::{FIRST_MSI_GSI, Interrupts, MsiMessage, MsiRouteChange, Route};
 pub use kick::{KICK_SIGNAL_OFFSET, StopHandle};
 pub use kvm_ioctls::IoEventAddress;
+pub use prefault::{PrefaultDone, PrefaultJob};
 pub use ram::{
     GuestRamBacking, HUGEPAGES_SYSFS, HugePagePool, HugePageSize, RamBacking, RamBackingError,
 };

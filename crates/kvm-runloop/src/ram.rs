@@ -1,4 +1,4 @@
-//! What backs guest RAM, and prefaulting it before a device pins it.
+//! What backs guest RAM (prefaulting it is in `prefault.rs`).
 //!
 //! Passthrough pins all of guest RAM for the IOMMU when the first device attaches, and most of
 //! that time is the kernel zeroing pages on first touch (Linux 4d83de6da265, "vfio/type1: Batch
@@ -11,7 +11,9 @@
 //!   `MFD_HUGETLB`, reserved at `mmap`, so a shortage is an error at start, never a `SIGBUS`
 //!   later). Fewer, larger faults, and KVM and the IOMMU map 2 MiB or 1 GiB at a time.
 //! - **prefaulting in parallel**: `MADV_POPULATE_WRITE` (Linux 5.14) over one share of RAM per
-//!   thread, so the zeroing is spread over the host's cores before the single-threaded pin.
+//!   thread, so the zeroing is spread over the host's cores before the single-threaded pin,
+//!   either before the VM is returned or alongside the VMM's device set-up
+//!   ([`PrefaultJob`](crate::PrefaultJob)).
 
 use std::fmt;
 use std::fs;
@@ -142,7 +144,9 @@ pub struct GuestRamBacking {
     /// What backs it.
     pub backing: RamBacking,
     /// Threads that fault every page in before the VM is returned (0: none; the guest or a
-    /// DMA pin faults pages in on first use, one at a time).
+    /// DMA pin faults pages in on first use, one at a time). To fault pages in while the VMM
+    /// goes on with its start-up instead, leave this at 0 and start a
+    /// [`PrefaultJob`](crate::PrefaultJob) on [`Vm::memory`](crate::Vm::memory).
     pub prefault_threads: usize,
 }
 
@@ -310,12 +314,12 @@ pub(crate) fn create_guest_ram(
         }
     };
     if backing.prefault_threads > 0 {
-        prefault(&memory, backing.backing, backing.prefault_threads)?;
+        crate::prefault::prefault(&memory, backing.backing, backing.prefault_threads)?;
     }
     Ok(memory)
 }
 
-fn os_error(
+pub(crate) fn os_error(
     op: &'static str,
     base: u64,
     size: u64,
@@ -450,77 +454,6 @@ fn hugetlb_ram(
     })
 }
 
-/// Faults in every page of `memory` with `threads` threads, each over its share (cut at huge
-/// page boundaries, so no huge page is split between threads).
-fn prefault(
-    memory: &GuestMemoryMmap,
-    backing: RamBacking,
-    threads: usize,
-) -> Result<(), RamBackingError> {
-    let granule = match backing {
-        RamBacking::Hugetlb { page_size } => page_size.bytes() as usize,
-        RamBacking::Anonymous | RamBacking::Thp => 2 << 20,
-    };
-    // (host address, length, guest base) of every share.
-    let mut shares = Vec::new();
-    let total: usize = memory.iter().map(|r| r.len() as usize).sum();
-    let per_thread = total
-        .div_ceil(threads)
-        .next_multiple_of(granule)
-        .max(granule);
-    for region in memory.iter() {
-        let mmap = region.get_mmap();
-        let (host, len) = (mmap.as_ptr() as usize, mmap.size());
-        let mut at = 0;
-        while at < len {
-            let n = per_thread.min(len - at);
-            shares.push((host + at, n, region.start_addr().0 + at as u64));
-            at += n;
-        }
-    }
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = shares
-            .chunks(shares.len().div_ceil(threads).max(1))
-            .map(|mine| {
-                scope.spawn(move || {
-                    for &(host, len, gpa) in mine {
-                        populate_write(host, len).map_err(|e| {
-                            os_error("madvise(MADV_POPULATE_WRITE)", gpa, len as u64, backing, e)
-                        })?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().expect("a prefault thread does not panic"))
-    })
-}
-
-/// Faults `[host, host + len)` in for writing.
-fn populate_write(host: usize, len: usize) -> io::Result<()> {
-    // SAFETY: `[host, host + len)` lies inside a guest RAM mapping the VM owns and nothing runs
-    // in it yet; MADV_POPULATE_WRITE faults pages in as a write would, without changing any
-    // byte (Linux 5.14, mm/madvise.c).
-    let r = unsafe { libc::madvise(host as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EINVAL) {
-        return Err(e);
-    }
-    // Before 5.14: write each 4 KiB page's first byte back to itself.
-    for page in (host..host + len).step_by(4096) {
-        let p = page as *mut u8;
-        // SAFETY: `p` is inside the mapping (see above); a volatile read and write of the
-        // same value faults the page in writable and leaves the contents as they were.
-        unsafe { p.write_volatile(p.read_volatile()) };
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -612,43 +545,5 @@ mod tests {
             .to_string();
         assert!(e.contains("not a whole number of 2 MiB huge pages"), "{e}");
         let _ = fs::remove_dir_all(&root);
-    }
-
-    #[test]
-    fn thp_ram_is_prefaulted_by_several_threads() {
-        let memory = create_guest_ram(
-            &[(0, 8 << 20), (16 << 20, 6 << 20)],
-            &GuestRamBacking {
-                backing: RamBacking::Thp,
-                prefault_threads: 3,
-            },
-        )
-        .unwrap();
-        assert_eq!(memory.iter().count(), 2);
-        // Prefaulting leaves the contents as they were: zero.
-        let mut b = [1u8; 16];
-        vm_memory::Bytes::read_slice(&memory, &mut b, GuestAddress((16 << 20) + 4096)).unwrap();
-        assert_eq!(b, [0; 16]);
-        // And every page is resident (mincore), which it would not be without the prefault.
-        for region in memory.iter() {
-            let mmap = region.get_mmap();
-            let mut vec = vec![0u8; mmap.size() / 4096];
-            // SAFETY: mincore over a whole mapping this test owns, into a vector of one byte
-            // per page.
-            let r = unsafe { libc::mincore(mmap.as_ptr().cast(), mmap.size(), vec.as_mut_ptr()) };
-            assert_eq!(r, 0);
-            assert!(vec.iter().all(|v| v & 1 == 1), "every page resident");
-        }
-    }
-
-    #[test]
-    fn without_prefault_pages_stay_unfaulted() {
-        let memory = create_guest_ram(&[(0, 4 << 20)], &GuestRamBacking::default()).unwrap();
-        let mmap = memory.iter().next().unwrap().get_mmap();
-        let mut vec = vec![0u8; mmap.size() / 4096];
-        // SAFETY: as above.
-        let r = unsafe { libc::mincore(mmap.as_ptr().cast(), mmap.size(), vec.as_mut_ptr()) };
-        assert_eq!(r, 0);
-        assert!(vec.iter().all(|v| v & 1 == 0), "no page resident");
     }
 }

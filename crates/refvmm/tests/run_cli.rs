@@ -146,6 +146,16 @@ fn memory_backing_errors_name_the_missing_piece() {
     assert_eq!(r.code, 0, "{}", r.all());
     r.stderr_has("start-up: guest RAM 64 MiB (anon, 2 prefault threads)");
     r.stderr_has("(DMA map 0.000 s), first instruction at");
+    // The prefault threads ran alongside device set-up, and the guest started after them:
+    // RAM ready no later than the first instruction.
+    let line = r.stderr.lines().find(|l| l.contains("start-up:")).unwrap();
+    let secs = |after: &str| -> f64 {
+        let rest = &line[line.find(after).unwrap() + after.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let ram = secs("prefault threads) ");
+    let first = secs("first instruction at ");
+    assert!(ram > 0.0 && ram <= first, "{line}");
     // 64 MiB is no whole number of 1 GiB pages (checked before the pool is looked at).
     let r = refvmm_run(&["--memory-backing", "hugetlb:1G", "--memory", "64M"]);
     assert_eq!(r.code, 125, "{}", r.all());
