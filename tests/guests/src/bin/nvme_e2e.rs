@@ -118,6 +118,17 @@ fn options<'a>(c: &Cmdline<'a>, boot: &BootInfo, report: &mut Report) -> Option<
     } else {
         None
     };
+    if let Some(addr) = dma_fault {
+        // Page-aligned: the list must not be refused for its offset (an invalid PRP offset is
+        // not the IOMMU's doing), and the one-block read must not spill into a PRP2 of 0.
+        if addr % PAGE_SIZE as u64 != 0 {
+            report.fail(
+                "options",
+                format_args!("dma-fault={addr:#x} is not 4 KiB aligned"),
+            );
+            return None;
+        }
+    }
     if let (Some(addr), Some(ram)) = (dma_fault, boot.ram_bytes) {
         if addr < ram {
             report.fail(
@@ -319,12 +330,13 @@ fn main(boot: &BootInfo, report: &mut Report) {
             IDENTIFY.read(0, &mut raw);
             let ns = IdentifyNamespace::decode(&raw);
             let last = opt.pattern_lba.max(opt.write_lba);
-            let ok = ns.block_size == BLOCK as u64 && last < ns.size_blocks;
+            let ok =
+                ns.block_size == BLOCK as u64 && ns.metadata_bytes == 0 && last < ns.size_blocks;
             (
             ok,
             Detail(format_args!(
-                "namespace {NSID}: {} blocks of {} bytes (format {}); need 512-byte blocks and LBA {last} < size; {done}",
-                ns.size_blocks, ns.block_size, ns.lba_format
+                "namespace {NSID}: {} blocks of {} bytes + {} of metadata (format {}); need 512-byte blocks without metadata and LBA {last} < size; {done}",
+                ns.size_blocks, ns.block_size, ns.metadata_bytes, ns.lba_format
             ))
             .to_line(),
         )
@@ -469,14 +481,21 @@ fn main(boot: &BootInfo, report: &mut Report) {
             let list = Sqe::rw(false, NSID, opt.pattern_lba, blocks, READ_BUF.addr()).prp2(addr);
             match ctrl.io(list) {
                 Ok(done) => {
-                    let failed = !done.completion.status.is_success();
+                    // The controller's fetch of the list failed: a Data Transfer Error (what
+                    // QEMU's NVMe reports) or an Internal Error. Any other error (an invalid
+                    // field, a transfer over MDTS) is not the IOMMU's doing.
+                    let status = done.completion.status;
+                    let faulted = status.sct() == 0 && matches!(status.sc(), 0x04 | 0x06);
                     report.check(
                         "dma-fault",
-                        failed,
+                        faulted,
                         format_args!(
-                            "{blocks}-block read with its PRP list at {addr:#x} (outside RAM: the device must read it) completed with {}{}; {done}",
-                            done.completion.status,
-                            if failed { "" } else { " (want an error status)" }
+                            "{blocks}-block read with its PRP list at {addr:#x} (outside RAM: the device must read it) completed with {status}{}; {done}",
+                            if faulted {
+                                ""
+                            } else {
+                                " (want SCT=0 SC=0x04 data transfer error, or SC=0x06 internal error)"
+                            }
                         ),
                     );
                 }

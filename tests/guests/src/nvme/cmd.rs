@@ -64,9 +64,10 @@ impl Sqe {
         Sqe::new(opcode::IDENTIFY, nsid, buffer).cdw(10, cns as u32)
     }
 
-    /// Set Features, Number of Queues: ask for `count` submission and `count` completion queues.
+    /// Set Features, Number of Queues: ask for `count` submission and `count` completion queues
+    /// (at least 1: a count of 0 asks for 1).
     pub const fn set_number_of_queues(count: u16) -> Self {
-        let n = (count - 1) as u32;
+        let n = count.saturating_sub(1) as u32;
         Sqe::new(opcode::SET_FEATURES, 0, 0)
             .cdw(10, FEATURE_NUMBER_OF_QUEUES)
             .cdw(11, n << 16 | n)
@@ -76,14 +77,14 @@ impl Sqe {
     /// interrupts enabled on MSI-X entry `vector`.
     pub const fn create_io_cq(qid: u16, entries: u16, base: u64, vector: u16) -> Self {
         Sqe::new(opcode::CREATE_IO_CQ, 0, base)
-            .cdw(10, ((entries - 1) as u32) << 16 | qid as u32)
+            .cdw(10, (entries.saturating_sub(1) as u32) << 16 | qid as u32)
             .cdw(11, (vector as u32) << 16 | 0b11) // IEN | PC
     }
 
     /// Create I/O Submission Queue `qid` of `entries` at `base`, completing to queue `cqid`.
     pub const fn create_io_sq(qid: u16, entries: u16, base: u64, cqid: u16) -> Self {
         Sqe::new(opcode::CREATE_IO_SQ, 0, base)
-            .cdw(10, ((entries - 1) as u32) << 16 | qid as u32)
+            .cdw(10, (entries.saturating_sub(1) as u32) << 16 | qid as u32)
             .cdw(11, (cqid as u32) << 16 | 0b1) // PC, priority 0
     }
 
@@ -97,7 +98,8 @@ impl Sqe {
         Sqe::new(opcode::DELETE_IO_CQ, 0, 0).cdw(10, qid as u32)
     }
 
-    /// Read (`write` false) or Write `blocks` blocks at `lba` of namespace `nsid`, one page at `buffer`.
+    /// Read (`write` false) or Write `blocks` blocks at `lba` of namespace `nsid`, one page at
+    /// `buffer` (at least 1 block: a count of 0 moves 1).
     pub const fn rw(write: bool, nsid: u32, lba: u64, blocks: u16, buffer: u64) -> Self {
         Sqe::new(
             if write { opcode::WRITE } else { opcode::READ },
@@ -106,7 +108,7 @@ impl Sqe {
         )
         .cdw(10, lba as u32)
         .cdw(11, (lba >> 32) as u32)
-        .cdw(12, (blocks - 1) as u32)
+        .cdw(12, blocks.saturating_sub(1) as u32)
     }
 
     /// Sets PRP2 (dwords 8-9): the second page of a two-page transfer, or the address of a PRP

@@ -100,9 +100,18 @@ pub enum NvmeError {
         /// CSTS.
         csts: u32,
     },
-    /// CAP reads 0: no NVMe controller answers behind BAR0 (a simulated device that has only
-    /// the PCI side of an NVMe, such as refvmm's `--device sim`, or a BAR that is not decoded).
+    /// CAP reads 0 or all-ones: no NVMe controller answers behind BAR0 (a simulated device that
+    /// has only the PCI side of an NVMe, such as refvmm's `--device sim`, a BAR that is not
+    /// decoded, or a device that is gone).
     NoController,
+    /// [`Controller::enable`] found the controller enabled or not yet idle (CC.EN or CSTS.RDY
+    /// set): the admin queue registers may only be written while it is disabled.
+    NotDisabled {
+        /// CC.
+        cc: u32,
+        /// CSTS.
+        csts: u32,
+    },
     /// The controller cannot do what this driver needs.
     Unsupported {
         /// What is missing.
@@ -121,7 +130,9 @@ pub enum NvmeError {
         /// CSTS at the end.
         csts: u32,
     },
-    /// A completion for another command or queue arrived.
+    /// A completion for another command or queue arrived (or an earlier command's late one: a
+    /// queue whose command timed out is dropped, so this cannot follow a
+    /// [`NvmeError::NoCompletion`]).
     WrongCompletion {
         /// Queue.
         qid: u16,
@@ -168,9 +179,13 @@ impl fmt::Display for NvmeError {
             ),
             NvmeError::NoController => write!(
                 f,
-                "CAP reads 0: no NVMe controller answers behind BAR0 (refvmm's `--device sim` \
+                "CAP reads 0 or all-ones: no NVMe controller answers behind BAR0 (refvmm's `--device sim` \
                  simulates only the PCI side of an NVMe, its registers are plain memory; pass a \
                  real NVMe through)"
+            ),
+            NvmeError::NotDisabled { cc, csts } => write!(
+                f,
+                "controller not disabled (CC={cc:#x}, CSTS={csts:#x}): disable it before enabling"
             ),
             NvmeError::Unsupported { what } => write!(f, "controller does not support {what}"),
             NvmeError::NoCompletion {
@@ -290,6 +305,11 @@ impl Controller {
         self.io = None;
         let cc_now = self.regs.read32(reg::CC);
         if cc_now & cc::EN != 0 {
+            // EN set and RDY still clear: the controller is still coming up, and clearing EN
+            // then is undefined (NVMe 1.4, 7.6.1); let it get ready first (or time out).
+            if self.regs.read32(reg::CSTS) & csts::RDY == 0 {
+                let _ = self.wait_ready(true);
+            }
             self.regs.write32(reg::CC, cc_now & !cc::EN);
             self.stats.register_writes += 1;
         }
@@ -305,8 +325,15 @@ impl Controller {
         entries: u16,
         vector: u8,
     ) -> Result<u64, NvmeError> {
-        if self.cap.0 == 0 {
+        if self.cap.0 == 0 || self.cap.0 == u64::MAX {
             return Err(NvmeError::NoController);
+        }
+        let (cc_now, csts_now) = (self.regs.read32(reg::CC), self.regs.read32(reg::CSTS));
+        if cc_now & cc::EN != 0 || csts_now & csts::RDY != 0 {
+            return Err(NvmeError::NotDisabled {
+                cc: cc_now,
+                csts: csts_now,
+            });
         }
         if !self.cap.supports_nvm() {
             return Err(NvmeError::Unsupported {
@@ -329,14 +356,15 @@ impl Controller {
         self.regs.write32(reg::AQA, n << 16 | n);
         self.regs.write64(reg::ASQ, pair.sq.base());
         self.regs.write64(reg::ACQ, pair.cq.base());
-        self.admin = Some(pair);
         self.regs.write32(
             reg::CC,
             cc::EN | cc::CSS_NVM | cc::MPS_4K | cc::AMS_RR | cc::IOSQES_64 | cc::IOCQES_16,
         );
         // AQA, ASQ and ACQ (two dwords each), CC.
         self.stats.register_writes += 6;
-        self.wait_ready(true)
+        let waited = self.wait_ready(true)?;
+        self.admin = Some(pair);
+        Ok(waited)
     }
 
     /// Runs an admin command and waits for it. A completion with an error status is returned as
@@ -346,14 +374,20 @@ impl Controller {
         let pair = self.admin.as_mut().ok_or(NvmeError::Unsupported {
             what: "commands before enable",
         })?;
-        run(
+        let r = run(
             &self.regs,
             pair,
             &mut self.next_cid,
             &mut self.stats,
             timeouts,
             sqe,
-        )
+        );
+        if matches!(r, Err(NvmeError::NoCompletion { .. })) {
+            // Its completion may still come, and would be taken for the next command's.
+            self.admin = None;
+            self.io = None;
+        }
+        r
     }
 
     /// Runs an admin command and turns an error status into [`NvmeError::Failed`].
@@ -366,14 +400,19 @@ impl Controller {
     pub fn io(&mut self, sqe: Sqe) -> Result<Done, NvmeError> {
         let timeouts = self.timeouts;
         let pair = self.io.as_mut().ok_or(NvmeError::NoIoQueue)?;
-        run(
+        let r = run(
             &self.regs,
             pair,
             &mut self.next_cid,
             &mut self.stats,
             timeouts,
             sqe,
-        )
+        );
+        if matches!(r, Err(NvmeError::NoCompletion { .. })) {
+            // Its completion may still come, and would be taken for the next command's.
+            self.io = None;
+        }
+        r
     }
 
     /// Runs an I/O command and turns an error status into [`NvmeError::Failed`].
@@ -449,7 +488,11 @@ fn run(
     mut sqe: Sqe,
 ) -> Result<Done, NvmeError> {
     let cid = *next_cid;
-    *next_cid = next_cid.wrapping_add(1).max(1);
+    // 0xFFFF is reserved (NVMe 2.0, 4.2); 0 is skipped so that a zeroed entry never matches.
+    *next_cid = match next_cid.wrapping_add(1) {
+        0 | 0xffff => 1,
+        c => c,
+    };
     sqe.set_cid(cid);
     if pair.sq.is_full() {
         return Err(NvmeError::Unsupported {

@@ -36,17 +36,25 @@ impl IdentifyController {
 pub struct IdentifyNamespace {
     /// Namespace size in blocks.
     pub size_blocks: u64,
-    /// Formatted LBA size index (FLBAS bits 3:0).
+    /// Formatted LBA size index (FLBAS bits 3:0, and bits 6:5 above them: NVMe 2.0).
     pub lba_format: u8,
-    /// Block size in bytes of that format (2^LBADS).
+    /// Block size in bytes of that format (2^LBADS); 0 when the format is past the 16 that
+    /// these bytes describe, or its LBADS is out of range.
     pub block_size: u64,
+    /// Metadata bytes per block of that format (LBAF bits 15:0); this driver's commands carry
+    /// no metadata pointer, so it needs 0 (otherwise the controller would move metadata to and
+    /// from guest address 0).
+    pub metadata_bytes: u16,
 }
 
 impl IdentifyNamespace {
     /// Decodes the first 192 bytes (16 LBA formats at 128).
     pub fn decode(b: &[u8; 192]) -> Self {
-        let lba_format = b[26] & 0xf;
-        let lbads = b[128 + 4 * usize::from(lba_format) + 2];
+        let lba_format = (b[26] & 0xf) | ((b[26] >> 5) & 0b11) << 4;
+        let (metadata_bytes, lbads) = match b.get(128 + 4 * usize::from(lba_format)..) {
+            Some(&[ms0, ms1, lbads, ..]) => (u16::from_le_bytes([ms0, ms1]), lbads),
+            _ => (0, 0),
+        };
         IdentifyNamespace {
             size_blocks: u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8])),
             lba_format,
@@ -55,6 +63,7 @@ impl IdentifyNamespace {
             } else {
                 1 << lbads
             },
+            metadata_bytes,
         }
     }
 }
@@ -108,6 +117,14 @@ mod tests {
         assert_eq!(IdentifyNamespace::decode(&b).block_size, 512);
         b[130] = 0;
         assert_eq!(IdentifyNamespace::decode(&b).block_size, 0);
+        // 512 + 8 bytes of metadata.
+        b[130] = 9;
+        b[128] = 8;
+        assert_eq!(IdentifyNamespace::decode(&b).metadata_bytes, 8);
+        // Format 16 (FLBAS bits 6:5 = 01b) is past the 16 formats of these bytes.
+        b[26] = 0b0010_0000;
+        let n = IdentifyNamespace::decode(&b);
+        assert_eq!((n.lba_format, n.block_size), (16, 0));
     }
 
     #[test]
