@@ -1,33 +1,21 @@
 //! `refvmm demo` as a newcomer runs it: each mode on real KVM (skipped with a reason without
 //! /dev/kvm, failing instead when REQUIRE_KVM=1), and the errors a newcomer can hit.
 
-use std::process::Command;
+mod common;
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
+use common::{Run, refvmm};
 
 fn demo(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_refvmm"))
-        .arg("demo")
-        .args(args)
-        .output()
-        .expect("run refvmm");
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    refvmm(&[&["demo"], args].concat(), None, |_| {})
 }
 
 fn ok(args: &[&str]) -> String {
     let r = demo(args);
     assert!(
-        r.ok,
+        r.ok(),
         "refvmm demo {args:?} failed:\n{}{}",
-        r.stdout, r.stderr
+        r.stdout,
+        r.stderr
     );
     r.stdout
 }
@@ -113,7 +101,7 @@ fn ring_zero_guests_run_too() {
 #[test]
 fn missing_kvm_says_what_to_do() {
     let r = demo(&["--kvm-device", "/nonexistent/kvm"]);
-    assert!(!r.ok);
+    assert!(!r.ok());
     assert!(r.stderr.contains("needs KVM"), "{}", r.stderr);
     assert!(
         r.stderr.contains("cannot open /nonexistent/kvm"),
@@ -126,7 +114,7 @@ fn missing_kvm_says_what_to_do() {
 #[test]
 fn a_node_that_is_not_kvm_is_named() {
     let r = demo(&["--kvm-device", "/dev/null"]);
-    assert!(!r.ok);
+    assert!(!r.ok());
     assert!(
         r.stderr.contains(
             "KVM_CREATE_VM on /dev/null failed: it opened, but it is not a KVM device node"
@@ -149,7 +137,7 @@ fn bad_options_are_refused_with_a_reason() {
         (&["--stores", "5"][..], "--trap-vs-map"),
     ] {
         let r = demo(args);
-        assert!(!r.ok, "{args:?} succeeded");
+        assert!(!r.ok(), "{args:?} succeeded");
         assert!(r.stderr.contains(expect), "{args:?}: {}", r.stderr);
     }
 }

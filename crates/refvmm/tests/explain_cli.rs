@@ -2,9 +2,11 @@
 //! their own (golden outputs in tests/data/explain_*.txt; `UPDATE_GOLDEN=1` rewrites them), live
 //! on a fake host tree, and on bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{Run, refvmm};
 use vfio_pci::host::fake::{FakeDevice, FakeHost};
 
 fn data(name: &str) -> PathBuf {
@@ -13,32 +15,18 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `refvmm explain` from the crate directory, so the file names in the output are the
 /// relative ones the golden files hold.
 fn explain(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_refvmm"))
-        .arg("explain")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("REFVMM_HOST_ROOT")
-        .output()
-        .expect("run refvmm");
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    refvmm(&[&["explain"], args].concat(), None, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("REFVMM_HOST_ROOT");
+    })
 }
 
 fn golden(args: &[&str], file: &str) {
     let r = explain(args);
-    assert!(r.ok, "refvmm explain {args:?} failed:\n{}", r.stderr);
+    assert!(r.ok(), "refvmm explain {args:?} failed:\n{}", r.stderr);
     let path = data(file);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &r.stdout).unwrap();
@@ -82,7 +70,7 @@ fn nvme_config_command_register() {
 #[test]
 fn nvme_offset_past_the_bar() {
     let r = explain(&[NVME, "bar0+0x4000"]);
-    assert!(r.ok, "{}", r.stderr);
+    assert!(r.ok(), "{}", r.stderr);
     assert!(
         r.stdout
             .contains("offset 0x4000 is past the end of BAR 0 (16 KiB)"),
@@ -110,7 +98,7 @@ fn nic_pba_on_a_page_of_its_own() {
 #[test]
 fn bad_registers_are_named() {
     let r = explain(&[NVME, "nvme:SQ3TDBLX"]);
-    assert!(!r.ok);
+    assert!(!r.ok());
     assert!(
         r.stderr.contains("`nvme:SQ3TDBLX` is not REGION+OFFSET")
             && r.stderr.contains("no register called `SQ3TDBLX`"),
@@ -118,7 +106,7 @@ fn bad_registers_are_named() {
         r.stderr
     );
     let r = explain(&[NIC, "nvme:SQ3TDBL"]);
-    assert!(!r.ok);
+    assert!(!r.ok());
     assert!(
         r.stderr
             .contains("the nvme decoder does not describe this device (8086:10d3, class 020000)"),
@@ -133,7 +121,7 @@ fn bad_registers_are_named() {
         r.stderr
     );
     let r = explain(&["no-such-file", "bar0+0"]);
-    assert!(!r.ok);
+    assert!(!r.ok());
     assert!(
         r.stderr
             .contains("`no-such-file` is neither an lspci file nor a PCI address"),
@@ -179,7 +167,7 @@ fn explain_live(host: &FakeHost, args: &[&str]) -> Run {
 fn live_reads_cap_for_the_stride_and_the_vector_mask() {
     let host = live_nvme("explain-live", &nvme_config());
     let r = explain_live(&host, &["01:00.0", "nvme:SQ3TDBL"]);
-    assert!(r.ok, "{}", r.stderr);
+    assert!(r.ok(), "{}", r.stderr);
     let out = &r.stdout;
     assert!(
         out.contains("Register bar0+0x1030 (4 bytes): SQ3TDBL"),
@@ -209,7 +197,7 @@ fn live_without_memory_decode_reads_no_bar() {
     config[4] &= !0x2; // COMMAND: Mem-
     let host = live_nvme("explain-live-nodecode", &config);
     let r = explain_live(&host, &["0000:01:00.0", "bar0+0x1018"]);
-    assert!(r.ok, "{}", r.stderr);
+    assert!(r.ok(), "{}", r.stderr);
     let out = &r.stdout;
     assert!(out.contains("SQ3TDBL"), "{out}");
     assert!(out.contains("CAP.DSTRD=0 assumed"), "{out}");
@@ -227,7 +215,7 @@ fn live_without_memory_decode_reads_no_bar() {
 fn live_as_a_user_sees_64_bytes() {
     let host = live_nvme("explain-live-user", &nvme_config()[..64]);
     let r = explain_live(&host, &["01:00.0", "bar0+0x1018"]);
-    assert!(r.ok, "{}", r.stderr);
+    assert!(r.ok(), "{}", r.stderr);
     assert!(
         r.stdout.contains("capabilities (PM, MSI-X) need root"),
         "{}",
@@ -244,7 +232,7 @@ fn live_as_a_user_sees_64_bytes() {
 fn live_unknown_device() {
     let host = FakeHost::intel_with_iommu("explain-live-none").unwrap();
     let r = explain_live(&host, &["02:00.0", "bar0+0"]);
-    assert!(!r.ok);
+    assert!(!r.ok());
     assert!(r.stderr.contains("no PCI device at"), "{}", r.stderr);
 }
 
@@ -253,7 +241,7 @@ fn lspci_without_hex_uses_its_msix_and_pm_lines() {
     // plan_intel_82574l.lspci has no `-xxx` dump: MSI-X comes from `Vector table:`/`PBA:`, the
     // power state from the PM capability's `Status: D0` line.
     let r = explain(&["tests/data/plan_intel_82574l.lspci", "msix:MSIX[2].CTRL"]);
-    assert!(r.ok, "{}", r.stderr);
+    assert!(r.ok(), "{}", r.stderr);
     let out = &r.stdout;
     assert!(
         out.contains("Register bar3+0x2c (4 bytes): MSIX[2].CTRL"),

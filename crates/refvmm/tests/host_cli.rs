@@ -5,8 +5,11 @@
 //! first write; the full bind/unbind sequence with a simulated kernel is tested in the
 //! vfio-pci crate (`tests/host_fake_tree.rs`).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+
+use common::Run;
 
 use vfio_pci::host::PciAddress;
 use vfio_pci::host::fake::{FakeDevice, FakeHost};
@@ -17,18 +20,12 @@ fn addr(s: &str) -> PciAddress {
     s.parse().unwrap()
 }
 
-fn refvmm(host: &FakeHost, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_refvmm"))
-        .args(args)
-        .arg("--host-root")
-        .arg(host.root())
-        .env_remove("REFVMM_HOST_ROOT")
-        .output()
-        .expect("run refvmm")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn refvmm(host: &FakeHost, args: &[&str]) -> Run {
+    common::refvmm(args, None, |cmd| {
+        cmd.arg("--host-root")
+            .arg(host.root())
+            .env_remove("REFVMM_HOST_ROOT");
+    })
 }
 
 /// An Intel host with the IOMMU on, vfio-pci loaded, and an NVMe on `nvme` alone in group 7.
@@ -47,8 +44,8 @@ fn host_with_nvme(label: &str) -> FakeHost {
 fn check_not_bound_lists_the_fix_and_fails() {
     let host = host_with_nvme("cli-notbound");
     let out = refvmm(&host, &["check", "01:00.0"]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let stdout = out.stdout.clone();
+    assert_eq!(Some(out.code), Some(1), "{stdout}");
     assert!(
         stdout.starts_with(
             "Passthrough check for 0000:01:00.0\n  [ ok ] device      Red Hat, Inc. QEMU NVM Express \
@@ -66,9 +63,11 @@ fn check_not_bound_lists_the_fix_and_fails() {
     );
     assert!(stdout.contains("[ ok ] IOMMU       enabled: 1 IOMMU group (units: dmar0)"));
     assert!(
-        text(&out.stderr).contains("0000:01:00.0 is not ready for passthrough"),
+        out.stderr
+            .clone()
+            .contains("0000:01:00.0 is not ready for passthrough"),
         "{}",
-        text(&out.stderr)
+        out.stderr.clone()
     );
 }
 
@@ -79,8 +78,8 @@ fn check_ready_device_exits_zero() {
     host.add_vfio_nodes(7).unwrap();
     // The sysfs path form, as `ls -l /sys/bus/pci/devices` shows it.
     let out = refvmm(&host, &["check", "/sys/bus/pci/devices/0000:01:00.0"]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let stdout = out.stdout.clone();
+    assert!(out.ok(), "{stdout}{}", out.stderr.clone());
     assert!(
         stdout.contains("[ ok ] driver      bound to vfio-pci"),
         "{stdout}"
@@ -102,8 +101,8 @@ fn check_open_fails_cleanly_without_vfio() {
     host.set_driver(addr(NVME), Some("vfio-pci")).unwrap();
     host.add_vfio_nodes(7).unwrap();
     let out = refvmm(&host, &["check", "--open", NVME]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    assert_eq!(Some(out.code), Some(1));
+    let stderr = out.stderr.clone();
     assert!(
         stderr.contains("refvmm: error: 0000:01:00.0 (VFIO group 7): cannot set up the VFIO container /dev/vfio/vfio"),
         "{stderr}"
@@ -115,8 +114,8 @@ fn check_open_fails_cleanly_without_vfio() {
 fn check_unknown_and_malformed_devices() {
     let host = host_with_nvme("cli-unknown");
     let out = refvmm(&host, &["check", "0000:02:00.0"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    assert_eq!(Some(out.code), Some(1));
+    let stderr = out.stderr.clone();
     assert!(
         stderr.contains("no PCI device 0000:02:00.0 on this host"),
         "{stderr}"
@@ -125,29 +124,33 @@ fn check_unknown_and_malformed_devices() {
 
     // A blank pasted in front is not blamed on the bus number.
     let out = refvmm(&host, &["check", " 01:00.0"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(Some(out.code), Some(2));
     assert!(
-        text(&out.stderr).contains("\" 01:00.0\": remove the blanks around the PCI address"),
+        out.stderr
+            .clone()
+            .contains("\" 01:00.0\": remove the blanks around the PCI address"),
         "{}",
-        text(&out.stderr)
+        out.stderr.clone()
     );
 
     let out = refvmm(&host, &["check", "0000:01:00.8"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(Some(out.code), Some(2));
     assert!(
-        text(&out.stderr).contains("\"0000:01:00.8\": function must be 0-7"),
+        out.stderr
+            .clone()
+            .contains("\"0000:01:00.8\": function must be 0-7"),
         "{}",
-        text(&out.stderr)
+        out.stderr.clone()
     );
 
     let out = refvmm(&host, &["check", "--memory", "2X", NVME]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown unit"));
+    assert_eq!(Some(out.code), Some(2));
+    assert!(out.stderr.clone().contains("unknown unit"));
     // The same bounds as `run --memory`.
     for (size, why) in [("0", "too small"), ("999T", "too large")] {
         let out = refvmm(&host, &["check", "--memory", size, NVME]);
-        assert_eq!(out.status.code(), Some(2), "{size}");
-        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+        assert_eq!(Some(out.code), Some(2), "{size}");
+        assert!(out.stderr.clone().contains(why), "{}", out.stderr.clone());
     }
 }
 
@@ -162,8 +165,8 @@ fn check_non_viable_group_no_iommu_and_missing_node() {
     )
     .unwrap();
     let out = refvmm(&host, &["check", NVME]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let stdout = out.stdout.clone();
+    assert_eq!(Some(out.code), Some(1), "{stdout}");
     assert!(
         stdout.contains(
             "[FAIL] IOMMU group group 7 is not viable: these members are on host drivers:\n\
@@ -184,8 +187,8 @@ fn check_non_viable_group_no_iommu_and_missing_node() {
     bare.add_device(&FakeDevice::new(NVME, 0x1b36, 0x0010, 0x010802).driver("nvme"))
         .unwrap();
     let out = refvmm(&bare, &["check", NVME]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1));
+    let stdout = out.stdout.clone();
+    assert_eq!(Some(out.code), Some(1));
     assert!(
         stdout.contains("[FAIL] IOMMU       not enabled"),
         "{stdout}"
@@ -208,9 +211,9 @@ fn check_non_viable_group_no_iommu_and_missing_node() {
 fn bind_on_a_tree_without_a_kernel_reports_and_rolls_back() {
     let host = host_with_nvme("cli-bind");
     let out = refvmm(&host, &["bind", "01:00.0"]);
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let stdout = out.stdout.clone();
+    let stderr = out.stderr.clone();
+    assert_eq!(Some(out.code), Some(1), "{stdout}{stderr}");
     assert!(
         stdout.starts_with("bind 0000:01:00.0:\n  recorded the previous driver (nvme)"),
         "{stdout}"
@@ -238,22 +241,20 @@ fn bind_on_a_tree_without_a_kernel_reports_and_rolls_back() {
 fn bind_already_bound_and_unbind_on_host_driver_are_no_ops() {
     let host = host_with_nvme("cli-noop");
     let out = refvmm(&host, &["unbind", NVME]);
-    assert!(out.status.success());
+    assert!(out.ok());
     assert_eq!(
-        text(&out.stdout),
+        out.stdout.clone(),
         "unbind 0000:01:00.0:\n  0000:01:00.0 is bound to nvme, not vfio-pci: nothing to do\n"
     );
 
     host.set_driver(addr(NVME), Some("vfio-pci")).unwrap();
     // The environment variable works like --host-root.
-    let out = Command::new(env!("CARGO_BIN_EXE_refvmm"))
-        .args(["bind", NVME])
-        .env("REFVMM_HOST_ROOT", host.root())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = common::refvmm(&["bind", NVME], None, |cmd| {
+        cmd.env("REFVMM_HOST_ROOT", host.root());
+    });
+    assert!(out.ok(), "{}", out.stderr.clone());
     assert_eq!(
-        text(&out.stdout),
+        out.stdout.clone(),
         "bind 0000:01:00.0:\n  0000:01:00.0 is already bound to vfio-pci: nothing to do\n"
     );
 }
@@ -263,8 +264,12 @@ fn bind_without_vfio_pci_changes_nothing() {
     let host = host_with_nvme("cli-nomod");
     std::fs::remove_dir_all(host.paths().pci_driver("vfio-pci")).unwrap();
     let out = refvmm(&host, &["bind", NVME]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("run `modprobe vfio-pci` and retry; nothing was changed"));
+    assert_eq!(Some(out.code), Some(1));
+    assert!(
+        out.stderr
+            .clone()
+            .contains("run `modprobe vfio-pci` and retry; nothing was changed")
+    );
     assert_eq!(host.read("sys/bus/pci/drivers/nvme/unbind"), "");
 }
 
@@ -278,8 +283,8 @@ fn check_inside_a_virtual_machine_advises_a_virtual_iommu() {
     host.add_device(&FakeDevice::new(NVME, 0x1b36, 0x0010, 0x010802).driver("nvme"))
         .unwrap();
     let out = refvmm(&host, &["check", NVME]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let stdout = out.stdout.clone();
+    assert_eq!(Some(out.code), Some(1), "{stdout}");
     assert!(
         stdout.contains("fix: this is a virtual machine (QEMU Standard PC (i440FX + PIIX, 1996))"),
         "{stdout}"

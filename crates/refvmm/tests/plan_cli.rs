@@ -1,8 +1,10 @@
 //! `refvmm plan` on realistic `lspci -vv` samples (tests/data/plan_*), and on bad input.
 
-use std::io::Write;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
+use common::{Run, refvmm};
 
 fn data(name: &str) -> String {
     let mut p = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -11,50 +13,19 @@ fn data(name: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 fn plan(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_refvmm"))
-        .arg("plan")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run refvmm");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    refvmm(&[&["plan"], args].concat(), stdin, |_| {})
 }
 
 fn ok(args: &[&str]) -> String {
     let r = plan(args, None);
-    assert!(r.ok, "refvmm plan {args:?} failed:\n{}", r.stderr);
+    assert!(r.ok(), "refvmm plan {args:?} failed:\n{}", r.stderr);
     r.stdout
 }
 
 fn fails(args: &[&str], stdin: Option<&str>, expect: &str) {
     let r = plan(args, stdin);
-    assert!(!r.ok, "refvmm plan {args:?} succeeded:\n{}", r.stdout);
+    assert!(!r.ok(), "refvmm plan {args:?} succeeded:\n{}", r.stdout);
     assert!(
         r.stderr.contains(expect),
         "stderr of {args:?} lacks {expect:?}:\n{}",
@@ -102,7 +73,7 @@ fn stdin_gives_the_same_plan_as_a_file() {
     let file = ok(&[&data("plan_qemu_nvme.lspci")]);
     for args in [&["-"][..], &[][..]] {
         let r = plan(args, Some(&text));
-        assert!(r.ok, "{}", r.stderr);
+        assert!(r.ok(), "{}", r.stderr);
         assert_eq!(r.stdout, file);
     }
 }
@@ -319,9 +290,9 @@ fn a_device_listed_twice_is_flagged() {
     let twice = format!("{one}\n{one}");
     let expect = "the input lists 0000:00:04.0 2 times (devices 1, 2 of the input";
     let r = plan(&[], Some(&twice));
-    assert!(!r.ok && r.stderr.contains(expect), "{}", r.stderr);
+    assert!(!r.ok() && r.stderr.contains(expect), "{}", r.stderr);
     let r = plan(&["--device", "00:04.0"], Some(&twice));
-    assert!(!r.ok && r.stderr.contains(expect), "{}", r.stderr);
+    assert!(!r.ok() && r.stderr.contains(expect), "{}", r.stderr);
 }
 
 #[test]
@@ -337,7 +308,7 @@ fn many_devices_are_listed_briefly() {
         })
         .collect();
     let r = plan(&[], Some(&many));
-    assert!(!r.ok, "{}", r.stdout);
+    assert!(!r.ok(), "{}", r.stdout);
     assert!(
         r.stderr.contains("the input lists 20000 devices (") && r.stderr.contains("and 19992 more"),
         "{}",
@@ -355,7 +326,7 @@ fn an_msix_pba_outside_its_bar_suggests_the_option() {
         .unwrap()
         .replace("PBA: BAR=0 offset=00003000", "PBA: BAR=0 offset=00005000");
     let r = plan(&[], Some(&text));
-    assert!(!r.ok, "{}", r.stdout);
+    assert!(!r.ok(), "{}", r.stdout);
     assert!(
         r.stderr.contains(
             "pass --msix-relocation barN with N a BAR the device does not use (it uses: 0)"
@@ -365,7 +336,7 @@ fn an_msix_pba_outside_its_bar_suggests_the_option() {
     );
     assert!(!r.stderr.contains("MsixRelocation"), "{}", r.stderr);
     let r = plan(&["--msix-relocation", "bar2"], Some(&text));
-    assert!(r.ok, "{}", r.stderr);
+    assert!(r.ok(), "{}", r.stderr);
 }
 
 #[test]
@@ -398,7 +369,7 @@ fn numbers_only_input_gets_names_from_the_pci_id_database() {
         1,
     );
     let r = plan(&[], Some(&text));
-    assert!(r.ok, "{}", r.stderr);
+    assert!(r.ok(), "{}", r.stderr);
     assert!(
         r.stdout.starts_with(
             "Device 0000:00:04.0: Non-Volatile memory controller: Red Hat, Inc. QEMU NVM Express Controller [1b36:0010]\n"

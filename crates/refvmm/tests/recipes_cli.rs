@@ -2,25 +2,22 @@
 //! `refvmm check` says each hypervisor needs, and `--print-cmdline` of `plan` and `check`.
 //! (The bind sequences with a simulated kernel are tested in vfio-pci's `tests/host_pciback.rs`.)
 
-use std::process::{Command, Output};
+mod common;
+
+use common::Run;
 
 use vfio_pci::host::fake::{FakeDevice, FakeHost};
 
 const NIC: &str = "0000:03:00.0";
 
-fn refvmm(host: Option<&FakeHost>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_refvmm"));
-    cmd.args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("REFVMM_HOST_ROOT");
-    if let Some(host) = host {
-        cmd.arg("--host-root").arg(host.root());
-    }
-    cmd.output().expect("run refvmm")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn refvmm(host: Option<&FakeHost>, args: &[&str]) -> Run {
+    common::refvmm(args, None, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("REFVMM_HOST_ROOT");
+        if let Some(host) = host {
+            cmd.arg("--host-root").arg(host.root());
+        }
+    })
 }
 
 fn host_with_nic(label: &str) -> FakeHost {
@@ -38,8 +35,8 @@ fn host_with_nic(label: &str) -> FakeHost {
 fn bind_to_pciback_needs_pciback_loaded() {
     let host = host_with_nic("cli-pciback-missing");
     let out = refvmm(Some(&host), &["bind", "03:00.0", "--driver", "xen-pciback"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    assert_eq!(Some(out.code), Some(1));
+    let stderr = out.stderr.clone();
     assert!(
         stderr.contains("Xen's PCI backend is not loaded")
             && stderr.contains("modprobe xen-pciback"),
@@ -58,8 +55,8 @@ fn bind_to_pciback_writes_xens_sequence() {
     // A plain tree has no kernel: the unbind write lands, the driver link stays, and the bind
     // stops there and says so, after putting back what it changed.
     let out = refvmm(Some(&host), &["bind", "03:00.0", "--driver", "xen-pciback"]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let stdout = out.stdout.clone();
+    assert_eq!(Some(out.code), Some(1), "{stdout}");
     assert!(
         stdout.contains("unbind from e1000e: wrote \"0000:03:00.0\""),
         "{stdout}"
@@ -70,11 +67,13 @@ fn bind_to_pciback_writes_xens_sequence() {
 #[test]
 fn bad_driver_is_named() {
     let out = refvmm(None, &["bind", "03:00.0", "--driver", "pci-stub"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(Some(out.code), Some(2));
     assert!(
-        text(&out.stderr).contains("use vfio-pci (KVM) or xen-pciback (Xen)"),
+        out.stderr
+            .clone()
+            .contains("use vfio-pci (KVM) or xen-pciback (Xen)"),
         "{}",
-        text(&out.stderr)
+        out.stderr.clone()
     );
 }
 
@@ -82,7 +81,7 @@ fn bad_driver_is_named() {
 fn check_says_what_each_hypervisor_needs_and_prints_the_lines() {
     let host = host_with_nic("cli-check-recipes");
     let out = refvmm(Some(&host), &["check", "03:00.0", "--print-cmdline"]);
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout.clone();
     assert!(stdout.contains("What each hypervisor needs:\n"), "{stdout}");
     assert!(
         stdout.contains("KVM (QEMU, cloud-hypervisor, refvmm): the device on vfio-pci")
@@ -108,11 +107,11 @@ fn check_says_what_each_hypervisor_needs_and_prints_the_lines() {
 #[test]
 fn plan_prints_the_lines_on_request() {
     let args = ["plan", "tests/data/plan_qemu_nvme.lspci"];
-    let plain = text(&refvmm(None, &args).stdout);
+    let plain = refvmm(None, &args).stdout;
     assert!(!plain.contains("-device vfio-pci"), "{plain}");
     let out = refvmm(None, &[args[0], args[1], "--print-cmdline"]);
-    assert!(out.status.success());
-    let stdout = text(&out.stdout);
+    assert!(out.ok());
+    let stdout = out.stdout.clone();
     assert!(
         stdout.ends_with(
             "To pass it through:\n\

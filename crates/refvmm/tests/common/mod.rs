@@ -1,10 +1,11 @@
-//! Shared by the `run_*` tests: building the bare-metal test guests once per test binary, and
-//! running `refvmm run` with them.
+//! Shared by the CLI tests: running `refvmm` and reading what it printed, and, for the `run_*`
+//! tests, building the bare-metal test guests once per test binary.
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// Builds `tests/guests` (its own workspace, so no lock on ours) into this test target's tmp dir
@@ -30,7 +31,7 @@ pub fn guests() -> &'static Path {
     })
 }
 
-/// What `refvmm run` did.
+/// What a `refvmm` command did.
 pub struct Run {
     /// Exit status.
     pub code: i32,
@@ -41,6 +42,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// True when refvmm exited with status 0.
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+
     /// Both streams, for assertion messages.
     pub fn all(&self) -> String {
         format!(
@@ -170,18 +176,36 @@ impl Run {
     }
 }
 
-/// Runs `refvmm run` with `args`.
-pub fn refvmm_run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_refvmm"))
-        .arg("run")
-        .args(args)
-        .output()
-        .expect("run refvmm");
+/// Runs `refvmm` with `args` (its subcommand first), `stdin` as its standard input (none: an
+/// empty one), once `setup` has set the command up further (working directory, environment).
+pub fn refvmm(args: &[&str], stdin: Option<&str>, setup: impl FnOnce(&mut Command)) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_refvmm"));
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    setup(&mut cmd);
+    let mut child = cmd.spawn().expect("run refvmm");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("refvmm's standard input");
+        pipe.write_all(text.as_bytes())
+            .expect("write refvmm's standard input");
+    }
+    let out = child.wait_with_output().expect("wait for refvmm");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Runs `refvmm run` with `args`.
+pub fn refvmm_run(args: &[&str]) -> Run {
+    refvmm(&[&["run"], args].concat(), None, |_| {})
 }
 
 /// Runs the `pci_probe` guest with `--device device`, then `extra`, under a 30 s limit.
