@@ -771,6 +771,28 @@ fn print_reports(vm: &Vm, pci: &PciBus, attached: &[Attached], mtree: bool, coun
 mod tests {
     use super::*;
 
+    /// `refvmm run` as the command line would give it.
+    fn run_args(args: &[&str]) -> RunArgs {
+        #[derive(clap::Parser)]
+        struct Line {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let line: Line = clap::Parser::try_parse_from([&["refvmm"], args].concat()).unwrap();
+        line.run
+    }
+
+    /// No prefault threads unless asked, with a host device too: VFIO's pin faults RAM in, and
+    /// threads beside it were slower in the test bed (README.md, "Start-up and large BARs").
+    #[test]
+    fn prefault_threads_default_to_none_with_or_without_a_device() {
+        for args in [&[][..], &["--device", "0000:01:00.0"][..]] {
+            assert_eq!(ram_backing(&run_args(args)).prefault_threads, 0, "{args:?}");
+        }
+        let asked = run_args(&["--device", "0000:01:00.0", "--prefault-threads", "3"]);
+        assert_eq!(ram_backing(&asked).prefault_threads, 3);
+    }
+
     #[test]
     fn sizes_parse_and_are_checked() {
         assert_eq!(parse_size("64M"), Ok(64 << 20));

@@ -247,6 +247,10 @@ mod tests {
             (1, 1, 0x65, 1, 0)
         );
         assert_eq!(Sqe::rw(false, 1, 100, 8, 0).0[12], 7);
+        // A count of 0 is taken as 1 (0-based fields), not wrapped to 65,536.
+        assert_eq!(Sqe::rw(false, 1, 100, 0, 0).0[12], 0);
+        assert_eq!(Sqe::set_number_of_queues(0).0[11], 0);
+        assert_eq!(Sqe::create_io_cq(3, 0, 0x5000, 1).0[10], 3);
         assert_eq!(Sqe::flush(1).0[..2], [0, 1]);
         assert_eq!(Sqe::delete_io_sq(3).0[10], 3);
         assert_eq!(Sqe::delete_io_cq(3).opcode(), 4);

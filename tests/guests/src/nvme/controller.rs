@@ -476,6 +476,15 @@ fn check(qid: u16, opcode: u8, done: Done) -> Result<Done, NvmeError> {
     }
 }
 
+/// The command identifier after `cid`: 0xFFFF is reserved (NVMe 2.0, 4.2), and 0 is skipped so
+/// that a zeroed completion entry never matches a command.
+fn cid_after(cid: u16) -> u16 {
+    match cid.wrapping_add(1) {
+        0 | 0xffff => 1,
+        c => c,
+    }
+}
+
 /// Submits `sqe` on `pair`, rings the doorbell, and waits for its completion: first for the
 /// completion and its interrupt together; a completion whose interrupt does not follow within
 /// the grace time counts as polled.
@@ -488,11 +497,7 @@ fn run(
     mut sqe: Sqe,
 ) -> Result<Done, NvmeError> {
     let cid = *next_cid;
-    // 0xFFFF is reserved (NVMe 2.0, 4.2); 0 is skipped so that a zeroed entry never matches.
-    *next_cid = match next_cid.wrapping_add(1) {
-        0 | 0xffff => 1,
-        c => c,
-    };
+    *next_cid = cid_after(cid);
     sqe.set_cid(cid);
     if pair.sq.is_full() {
         return Err(NvmeError::Unsupported {
@@ -556,4 +561,17 @@ fn run(
         delivery,
         micros,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_identifiers_skip_0_and_the_reserved_0xffff() {
+        assert_eq!(cid_after(1), 2);
+        assert_eq!(cid_after(0xfffd), 0xfffe);
+        assert_eq!(cid_after(0xfffe), 1);
+        assert_eq!(cid_after(0xffff), 1);
+    }
 }
