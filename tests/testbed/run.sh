@@ -674,6 +674,7 @@ stage_initramfs() {
     # refvmm, the expected pattern block, the payload
     cp "$REFVMM" "$st/bin/refvmm"
     cp "$RUN/pattern.bin" "$st/etc/testbed/pattern.bin"
+    cp "$HERE/steps.sh" "$st/etc/testbed/steps.sh" # the step reporting the L2 scripts source
     cp -a "$PAYLOAD_OUT"/. "$st/payload/"
     [ ! -d "$SPEED_OUT" ] || cp -a "$SPEED_OUT" "$st/speed"
     # The L3 Linux passes; QEMU's dynamic loader where its binary looks for it (TESTBED.md).

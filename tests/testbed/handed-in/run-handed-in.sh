@@ -22,15 +22,8 @@ L3_TIMEOUT=${L3_TIMEOUT:-40}
 USER_ID=${HANDED_IN_UID:-65534}
 KVM_GID=${KVM_GID:-78}
 GUEST_CMDLINE="bars=keep serial=$NVME_SERIAL lba=$PATTERN_LBA"
-FAILS=0
 
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
-step() {
-    _name=$1 _status=$2
-    shift 2
-    [ "$_status" = FAIL ] && FAILS=$((FAILS + 1))
-    echo "TESTBED: STEP $_name $_status (t=$(uptime_s)s) $*"
-}
+. /etc/testbed/steps.sh # step, note, uptime_s, driver_of; FAILS
 # show LOG COMMAND...: runs COMMAND with its output in LOG and indented on the console; sets RC.
 show() {
     _log=$1

@@ -26,18 +26,9 @@ L3=/l3
 KERNEL=$L3/vmlinuz
 INITRD=$L3/initramfs.cpio.gz
 KVMDBG=/sys/kernel/debug/kvm
-FAILS=0
 CR=$(printf '\r') # the guest's console ends its lines with CR LF
 
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
-step() {
-    _name=$1 _status=$2
-    shift 2
-    [ "$_status" = FAIL ] && FAILS=$((FAILS + 1))
-    echo "TESTBED: STEP $_name $_status (t=$(uptime_s)s) $*"
-}
-note() { echo "TESTBED: NOTE $*"; }
-driver_of() { [ -e "/sys/bus/pci/devices/$1/driver" ] && basename "$(readlink "/sys/bus/pci/devices/$1/driver")"; }
+. /etc/testbed/steps.sh # step, note, uptime_s, driver_of; FAILS
 # wlba VMM: the block each pass writes (the payload's nvme_e2e writes PATTERN_LBA + 1).
 wlba() { case $1 in qemu) echo $((PATTERN_LBA + 10)) ;; *) echo $((PATTERN_LBA + 11)) ;; esac; }
 

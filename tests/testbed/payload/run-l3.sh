@@ -34,17 +34,7 @@ BACKENDS=${L3_IOMMU:-type1}
 # Where refvmm puts the (only) passed-through device on the guest's bus: the first slot after the host bridge.
 # It prints it at start ("refvmm: BDF at 00:01.0"); the trace check names it when they differ.
 GUEST_BDF=00:01.0
-FAILS=0
-
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
-# step NAME STATUS DETAIL: NAME gets the back end the run used as a suffix (l3-default-type1).
-step() {
-    _name=$1${IOMMU:+-$IOMMU} _status=$2
-    shift 2
-    [ "$_status" = FAIL ] && FAILS=$((FAILS + 1))
-    echo "TESTBED: STEP $_name $_status (t=$(uptime_s)s) $*"
-}
-note() { echo "TESTBED: NOTE $*"; }
+. /etc/testbed/steps.sh # step, note, uptime_s, driver_of; FAILS; STEP_SUFFIX names the pass's back end
 # check NAME CONDITION-RESULT(0/1) DETAIL
 check() {
     if [ "$2" -eq 0 ]; then step "$1" OK "$3"; else step "$1" FAIL "$3"; fi
@@ -251,7 +241,7 @@ term_pass() {
     again after-term
 }
 
-IOMMU=""
+IOMMU="" STEP_SUFFIX=""
 [ -f "$ELF" ] || { step l3-default FAIL "no $ELF in the payload"; exit 1; }
 echo "  refvmm $(refvmm --version 2>&1); guest $ELF ($(wc -c <"$ELF") bytes); L3 timeout ${L3_TIMEOUT}s"
 
@@ -364,6 +354,7 @@ passes() {
 }
 
 for IOMMU in $BACKENDS; do
+    STEP_SUFFIX=-$IOMMU
     echo "  ==== L3 nvme_e2e runs over --iommu $IOMMU ===="
     passes
     kill_pass
@@ -374,7 +365,7 @@ done
 # vfio-pci's example `reattach` (built by run.sh like refvmm): attach the NVMe to a VM, detach it, attach it again,
 # in one process. A teardown that leaves the group in its container makes the second attach fail, or vfio-ioctls
 # log "Could not unbind VFIO group" / "VFIO_GROUP_UNSET_CONTAINER ... busy": the example exits 1 on either.
-IOMMU=""
+IOMMU="" STEP_SUFFIX=""
 if [ -x /payload/reattach ]; then
     echo "  \$ /payload/reattach $NVME_BDF"
     { /payload/reattach "$NVME_BDF" 2>&1; echo $? >/tmp/l3-rc; } | tee /tmp/reattach.log | sed 's/^/  | /'

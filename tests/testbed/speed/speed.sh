@@ -33,17 +33,8 @@ KVMDBG=/sys/kernel/debug/kvm
 # Seconds per VMM run (the meter kills it): a start-up takes 1-8 s under TCG. Below run.sh's
 # TESTBED_QUIET_TIMEOUT (60 s), so a stuck run is this step's failure, not a silent L2.
 RUN_TIMEOUT=45
-FAILS=0
 
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
-step() {
-    _name=$1 _status=$2
-    shift 2
-    [ "$_status" = FAIL ] && FAILS=$((FAILS + 1))
-    echo "TESTBED: STEP $_name $_status (t=$(uptime_s)s) $*"
-}
-note() { echo "TESTBED: NOTE $*"; }
-driver_of() { [ -e "/sys/bus/pci/devices/$1/driver" ] && basename "$(readlink "/sys/bus/pci/devices/$1/driver")"; }
+. /etc/testbed/steps.sh # step, note, uptime_s, driver_of; FAILS
 # bind_vfio BDF: onto vfio-pci through driver_override, as /init's sysfs tool does; 0 when it is there.
 bind_vfio() {
     [ "$(driver_of "$1")" = vfio-pci ] && return 0
