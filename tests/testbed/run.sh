@@ -189,7 +189,11 @@ die() { # die MESSAGE: a failure with a reason (the ERR trap adds the stage and 
 # stage log, or the file a stage names in $RUN/.progress, e.g. L2's serial log), so a long stage is never silent.
 heartbeat() {
     local t0=$1 log=$2 src line
-    while sleep "$HEARTBEAT"; do
+    # Not the bed's lock (fd 9): a run must not hold it after its last stage. And when stop_heartbeat ends this
+    # subshell, its `sleep` goes with it rather than holding the terminal open until it wakes.
+    exec 9>&-
+    trap 'kill "$!" 2>/dev/null; exit 0' TERM
+    while sleep "$HEARTBEAT" & wait "$!"; do
         src=$log
         [ -s "$RUN/.progress" ] && src=$(cat "$RUN/.progress")
         line=$(tr -d '\r' <"$src" 2>/dev/null | grep -av '^ *$' | tail -n 1 | cut -c1-110) || true
