@@ -48,6 +48,7 @@ L3_CPUS=${TESTBED_L3_CPUS:-2}
 L3_IOS=${TESTBED_L3_IOS:-2048}             # 4 KiB direct reads of the L3 workload
 L3_TIMEOUT=${TESTBED_L3_TIMEOUT:-120}      # seconds per L3 Linux pass (busybox timeout in L2)
 L3_APPEND=${TESTBED_L3_APPEND:-}           # extra words for L3's kernel command line
+L3_REFVMM_ARGS=${TESTBED_L3_REFVMM_ARGS:-} # extra arguments for refvmm's L3 Linux pass (e.g. --prefault-threads 0)
 HEARTBEAT=${TESTBED_HEARTBEAT:-15}         # seconds between progress lines of a long stage (0: none)
 SPEED=${TESTBED_SPEED:-}                   # on | off: the speed pass (issue 15, speed/); default: on with Debian's L2 kernel
 SPEED_SIZES=${TESTBED_SPEED_SIZES:-256M 512M 1G} # guest RAM sizes of the start-up comparison
@@ -122,6 +123,11 @@ esac
 [[ $TIMEOUT =~ ^[0-9]+$ && $RETRIES =~ ^[0-9]+$ && $QUIET =~ ^[0-9]+$ && $PATTERN_LBA =~ ^[0-9]+$ && $DISK_MIB =~ ^[0-9]+$ &&
     $L3_MEM_MIB =~ ^[0-9]+$ && $L3_CPUS =~ ^[1-9][0-9]*$ && $L3_IOS =~ ^[1-9][0-9]*$ && $L3_TIMEOUT =~ ^[0-9]+$ && $HEARTBEAT =~ ^[0-9]+$ ]] || {
     echo "testbed: TESTBED_TIMEOUT, TESTBED_RETRIES, TESTBED_QUIET_TIMEOUT, TESTBED_PATTERN_LBA, TESTBED_DISK_MIB, TESTBED_L3_MEM_MIB, TESTBED_L3_CPUS, TESTBED_L3_IOS, TESTBED_L3_TIMEOUT and TESTBED_HEARTBEAT take whole numbers" >&2
+    exit 2
+}
+# L3_REFVMM_ARGS goes into /init inside single quotes through sed: no quotes, '|' or shell syntax.
+[[ $L3_REFVMM_ARGS =~ ^[-A-Za-z0-9_=.,:/\ ]*$ ]] || {
+    echo "testbed: TESTBED_L3_REFVMM_ARGS takes plain refvmm arguments (letters, digits, - _ = . , : / and spaces), not '$L3_REFVMM_ARGS'" >&2
     exit 2
 }
 [ "$L3_LINUX" != off ] || L3_LINUX=""
@@ -695,7 +701,8 @@ stage_initramfs() {
         -e "s|@BUILTIN@|${BUILTIN_MODS% }|" -e "s|@HOST_TOOL@|$HOST_TOOL|" -e "s|@INTERACTIVE@|$INTERACTIVE|" \
         -e "s|@RUST_LOG@|$RUST_LOG_L2|" -e "s|@KVM_AMD_OPTS@|$KVM_AMD_OPTS|" -e "s|@L3_PASSES@|$L3_LINUX|" \
         -e "s|@L3_MEM_MIB@|$L3_MEM_MIB|" -e "s|@L3_CPUS@|$L3_CPUS|" -e "s|@L3_IOS@|$L3_IOS|" \
-        -e "s|@L3_TIMEOUT@|$L3_TIMEOUT|" -e "s|@L3_APPEND@|$L3_APPEND|" -e "s|@L3_IOMMU@|$IOMMU_BACKENDS|" \
+        -e "s|@L3_TIMEOUT@|$L3_TIMEOUT|" -e "s|@L3_APPEND@|$L3_APPEND|" -e "s|@L3_REFVMM_ARGS@|$L3_REFVMM_ARGS|" \
+        -e "s|@L3_IOMMU@|$IOMMU_BACKENDS|" \
         -e "s|@SPEED_SIZES@|$SPEED_SIZES|" -e "s|@SPEED_STORE_MIB@|$SPEED_STORE_MIB|" \
         -e "s|@SPEED_PREFAULT@|$SPEED_PREFAULT|" "$HERE/init.sh.in" >"$st/init"
     chmod 755 "$st/init"

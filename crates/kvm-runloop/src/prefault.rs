@@ -4,7 +4,8 @@
 //!
 //! Each thread takes one share of RAM, cut at huge page boundaries so that no huge page is
 //! split between threads, and faults it in with `MADV_POPULATE_WRITE` (Linux 5.14), which
-//! changes no byte.
+//! changes no byte. A [`PrefaultJob`]'s threads walk their shares from the top down, because
+//! the DMA pin they run alongside walks RAM from the bottom up (see [`top_down`]).
 
 use std::io;
 use std::thread::JoinHandle;
@@ -22,14 +23,19 @@ struct Share {
     gpa: u64,
 }
 
+/// The page size no share or step may cut: the hugetlb page, or a transparent huge page.
+fn huge_page_bytes(backing: RamBacking) -> usize {
+    match backing {
+        RamBacking::Hugetlb { page_size } => page_size.bytes() as usize,
+        RamBacking::Anonymous | RamBacking::Thp => 2 << 20,
+    }
+}
+
 /// `memory` cut into at most `threads` lists of shares, each about the same size and made of
 /// whole huge pages.
 fn split(memory: &GuestMemoryMmap, backing: RamBacking, threads: usize) -> Vec<Vec<Share>> {
     let threads = threads.max(1);
-    let granule = match backing {
-        RamBacking::Hugetlb { page_size } => page_size.bytes() as usize,
-        RamBacking::Anonymous | RamBacking::Thp => 2 << 20,
-    };
+    let granule = huge_page_bytes(backing);
     let total: usize = memory.iter().map(|r| r.len() as usize).sum();
     let per_thread = total
         .div_ceil(threads)
@@ -54,6 +60,33 @@ fn split(memory: &GuestMemoryMmap, backing: RamBacking, threads: usize) -> Vec<V
         .chunks(shares.len().div_ceil(threads).max(1))
         .map(<[Share]>::to_vec)
         .collect()
+}
+
+/// How much one `MADV_POPULATE_WRITE` call of a [`PrefaultJob`] covers (at least one huge
+/// page): small enough that a pin walking up meets the thread walking down within a few
+/// milliseconds of work, large enough that the calls cost nothing next to zeroing the pages.
+const TOP_DOWN_STEP: usize = 16 << 20;
+
+/// `shares` cut into steps of `step` bytes (a multiple of the huge page size, so no huge page
+/// is cut), highest guest address first.
+///
+/// A device's DMA map (VFIO type1, iommufd) pins and faults in RAM from the lowest address up
+/// while the job runs. A thread walking its share upwards would have the pin trail it over the
+/// same pages, both waiting on the same page-table locks; walking down, the thread and the pin
+/// each fault in pages the other has not reached, and meet in the middle.
+fn top_down(shares: &[Share], step: usize) -> Vec<Share> {
+    let mut steps: Vec<Share> = shares
+        .iter()
+        .flat_map(|s| {
+            (0..s.len).step_by(step).map(move |at| Share {
+                host: s.host + at,
+                len: step.min(s.len - at),
+                gpa: s.gpa + at as u64,
+            })
+        })
+        .collect();
+    steps.sort_by_key(|s| std::cmp::Reverse(s.gpa));
+    steps
 }
 
 /// Faults in every page of `memory` with `threads` threads and returns when all are in.
@@ -191,9 +224,11 @@ impl PrefaultJob {
     /// `backing` says (its huge page size decides where the shares are cut).
     pub fn start(memory: &GuestMemoryMmap, backing: RamBacking, threads: usize) -> PrefaultJob {
         let started = Instant::now();
+        let step = TOP_DOWN_STEP.max(huge_page_bytes(backing));
         let workers = split(memory, backing, threads)
             .into_iter()
             .map(|mine| {
+                let mine = top_down(&mine, step);
                 // The thread's own handle keeps the mappings alive while it works.
                 let memory = memory.clone();
                 std::thread::spawn(move || {
@@ -291,6 +326,32 @@ mod tests {
             }
             for s in &shares {
                 assert_eq!(s.gpa % (2 << 20), 0, "a share starts on a huge page");
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_walks_each_share_top_down_in_whole_huge_pages() {
+        let memory = two_regions(0);
+        for threads in [1, 2, 3] {
+            for list in split(&memory, RamBacking::Thp, threads) {
+                let steps = top_down(&list, 4 << 20);
+                let bytes = |v: &[Share]| v.iter().map(|s| s.len).sum::<usize>();
+                assert_eq!(bytes(&steps), bytes(&list), "{threads} threads: same bytes");
+                for pair in steps.windows(2) {
+                    assert!(
+                        pair[1].gpa + pair[1].len as u64 <= pair[0].gpa,
+                        "{threads} threads: each step below the one before"
+                    );
+                }
+                for s in &steps {
+                    assert!(s.len <= 4 << 20 && s.gpa % (2 << 20) == 0 && s.len % (2 << 20) == 0);
+                    let share = list
+                        .iter()
+                        .find(|l| l.gpa <= s.gpa && s.gpa < l.gpa + l.len as u64)
+                        .expect("a step lies in one of the thread's shares");
+                    assert_eq!(s.host - share.host, (s.gpa - share.gpa) as usize);
+                }
             }
         }
     }

@@ -443,7 +443,7 @@ fn run(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
     let vm_created = run_start.elapsed();
     // The kernel zeroes guest RAM's pages while the devices open, reset (an FLR alone waits
     // 100 ms) and map their BARs; their DMA map then pins pages already in, and faults in
-    // itself whatever the threads have not reached yet.
+    // itself whatever the threads have not reached yet (they work top down, the pin bottom up).
     let prefault = (backing.prefault_threads > 0).then(|| {
         kvm_runloop::PrefaultJob::start(vm.memory(), backing.backing, backing.prefault_threads)
     });

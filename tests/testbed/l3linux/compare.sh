@@ -68,6 +68,7 @@ for v in qemu refvmm; do
     V[$v.irqs]=$(num $v io-irqs)
     V[$v.rss]=$(num $v rss-kib)
     V[$v.hwm]=$(num $v hwm-kib)
+    V[$v.thp]=$(calc '"%.0f MiB", a / b' "$(num $v thp-kib)" 1024)
     V[$v.ram]=$(num $v ram-mib)
     V[$v.mibps]=$(calc '"%.1f", a * 4 / 1024 / b' "${V[$v.ios]}" "${V[$v.l2sec]}")
     V[$v.pre]=$(calc '"%.2f", a - b' "${V[$v.init]}" "${V[$v.up]}")
@@ -116,6 +117,7 @@ row "guest interrupts on the nvme I/O queues per I/O" "$(calc '"%.2f", a / b' "$
 row "KVM exits, VM creation to the workload's end" "${V[qemu.total]}" "${V[refvmm.total]}"
 row "resident memory beyond guest RAM (VmRSS - RAM)" "${V[qemu.rssx]}" "${V[refvmm.rssx]}"
 row "  peak (VmHWM - RAM)" "${V[qemu.hwmx]}" "${V[refvmm.hwmx]}"
+row "memory in transparent huge pages (AnonHugePages)" "${V[qemu.thp]}" "${V[refvmm.thp]}"
 cat <<'EOF'
   (window: KVM's counters from the guest's "ready" mark to its "end" mark, one second of sleep then the reads;
    idle: the second of sleep just before, measured the same way; every per-I/O figure is window - idle.
