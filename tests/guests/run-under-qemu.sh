@@ -10,6 +10,8 @@
 #                   plus exactly the block the guest wrote.
 #   nvme-e2e-wrong  the same with a wrong expected serial: must FAIL at identify-controller (the guest tells
 #                   the truth, and the status reaches the exit code).
+#   nvme-e2e-keep-high  the nvme-e2e run with bars=keep and BAR0 where SeaBIOS put it: above 4 GiB, past the
+#                   boot page tables, because a 2 GiB ivshmem BAR fills the 32-bit window. Must PASS.
 #   pci-probe       pci_probe against an e1000e: BARs, MSI-X, a store read back, and an MSI-X interrupt the
 #                   e1000e raises when the guest writes its Interrupt Cause Set register.
 #
@@ -129,6 +131,17 @@ make_disk "$work/nvme.img"
 run nvme-e2e-wrong fail "$nvme_e2e_elf" "serial=NOT-THE-SERIAL" $(nvme_args "$work/nvme.img")
 grep -q '^GUEST: STEP identify-controller FAIL .*"REFVMM-TESTBED-0001" (want "NOT-THE-SERIAL")' "$work/nvme-e2e-wrong.log" ||
     fail "nvme-e2e-wrong: identify-controller did not report the serial mismatch"
+
+# bars=keep with BAR0 above 4 GiB: the 2 GiB ivshmem BAR does not fit SeaBIOS's 32-bit window, so SeaBIOS moves
+# every 64-bit BAR above 4 GiB, the NVMe's BAR0 too. The guest must map it (src/paging.rs) rather than fault.
+make_disk "$work/nvme.img"
+# shellcheck disable=SC2046
+run nvme-e2e-keep-high pass "$nvme_e2e_elf" "bars=keep lba=$pattern_lba write-lba=$write_lba" $(nvme_args "$work/nvme.img") \
+    -object memory-backend-ram,id=big,size=2G -device ivshmem-plain,memdev=big
+grep -q '^GUEST: NOTE bars=keep: .* BAR0 mem64 .* is above 4 GiB: mapped it uncached' "$work/nvme-e2e-keep-high.log" ||
+    fail "nvme-e2e-keep-high: no note that BAR0 was above 4 GiB and got mapped (did SeaBIOS place it low?); see $work/nvme-e2e-keep-high.log"
+cmp -s "$work/nvme.img" "$work/expected.img" ||
+    fail "nvme-e2e-keep-high: the image is not the prepared one plus the E2E block at LBA $write_lba"
 
 # ---- pci_probe ---------------------------------------------------------------------------------------------
 # e1000e (82574L): IVAR (0xE4) = 0x8 routes the RXQ0 cause to MSI-X entry 0, IMS (0xD0) enables that cause,

@@ -92,6 +92,40 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
     }
 }
 
+/// 32-bit access to a block of device registers, by offset: what drivers are written against, so
+/// that host tests can put a model of the device behind them. [`Mmio`] is the real one.
+pub trait Registers {
+    /// A 32-bit register read at `offset` (4-byte aligned).
+    fn read32(&self, offset: u64) -> u32;
+
+    /// A 32-bit register write at `offset` (4-byte aligned).
+    fn write32(&self, offset: u64, value: u32);
+
+    /// A 64-bit register read as two 32-bit reads, low half first (NVMe and MSI-X allow either;
+    /// two dword accesses are what every VMM and trap handler decodes).
+    fn read64(&self, offset: u64) -> u64 {
+        let lo = self.read32(offset);
+        let hi = self.read32(offset + 4);
+        u64::from(hi) << 32 | u64::from(lo)
+    }
+
+    /// A 64-bit register write as two 32-bit writes, low half first.
+    fn write64(&self, offset: u64, value: u64) {
+        self.write32(offset, value as u32);
+        self.write32(offset + 4, (value >> 32) as u32);
+    }
+}
+
+impl<R: Registers + ?Sized> Registers for &R {
+    fn read32(&self, offset: u64) -> u32 {
+        (**self).read32(offset)
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        (**self).write32(offset, value)
+    }
+}
+
 /// A window of memory-mapped registers at a guest-physical address (identity-mapped, so the
 /// address is also the pointer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,37 +147,21 @@ impl Mmio {
     pub fn base(&self) -> u64 {
         self.base
     }
+}
 
-    /// A 32-bit register read at `offset` (must be 4-byte aligned).
+impl Registers for Mmio {
     #[inline]
-    pub fn read32(&self, offset: u64) -> u32 {
+    fn read32(&self, offset: u64) -> u32 {
         debug_assert!(offset % 4 == 0);
         // SAFETY: `new`'s contract: the window is mapped device memory or RAM.
         unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
     }
 
-    /// A 32-bit register write at `offset` (must be 4-byte aligned).
     #[inline]
-    pub fn write32(&self, offset: u64, value: u32) {
+    fn write32(&self, offset: u64, value: u32) {
         debug_assert!(offset % 4 == 0);
         // SAFETY: `new`'s contract.
         unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
-    }
-
-    /// A 64-bit register read as two 32-bit reads, low half first (NVMe allows either; two
-    /// dword accesses are what every VMM and trap handler decodes).
-    #[inline]
-    pub fn read64(&self, offset: u64) -> u64 {
-        let lo = self.read32(offset);
-        let hi = self.read32(offset + 4);
-        u64::from(hi) << 32 | u64::from(lo)
-    }
-
-    /// A 64-bit register write as two 32-bit writes, low half first.
-    #[inline]
-    pub fn write64(&self, offset: u64, value: u64) {
-        self.write32(offset, value as u32);
-        self.write32(offset + 4, (value >> 32) as u32);
     }
 }
 

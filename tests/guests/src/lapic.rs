@@ -8,7 +8,7 @@
 use crate::idt::{SPURIOUS_VECTOR, TIMER_VECTOR};
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::io::{Mmio, rdmsr, rdtsc, wrmsr};
+use crate::io::{Mmio, Registers, rdmsr, rdtsc, wrmsr};
 
 /// Architectural default base of the local APIC registers (the interrupt stubs assume it).
 pub const BASE: u64 = 0xfee0_0000;

@@ -16,6 +16,7 @@ pub mod idt;
 pub mod io;
 pub mod lapic;
 pub mod nvme;
+pub mod paging;
 pub mod pattern;
 pub mod pci;
 pub mod report;

@@ -16,7 +16,7 @@ use guests::nvme::{
 };
 use guests::pattern::{self, BLOCK};
 use guests::pci::{self, Bars, Bdf, ClassCode, Conf1, MmioWindow, MsixCapability, MsixTable, reg};
-use guests::{BootInfo, Cmdline, Report, note, println, time};
+use guests::{BootInfo, Cmdline, Report, note, paging, println, time};
 
 guests::guest_main!(main);
 
@@ -255,8 +255,9 @@ fn main(boot: &BootInfo, report: &mut Report) {
     };
 
     // 4. Controller reset and enable with the admin queues in guest RAM.
-    // SAFETY: BAR0 of an NVMe controller, programmed above with memory decode on.
-    let mut ctrl = unsafe { Controller::new(bar0.address, opt.timeouts) };
+    // SAFETY: BAR0 of an NVMe controller, programmed (or kept, and then mapped) above with memory
+    // decode on.
+    let mut ctrl = unsafe { Controller::new(bar0.address, bar0.size, opt.timeouts) };
     let vs = ctrl.version();
     note!(
         "{} VS={}.{}.{} CC={:#x} CSTS={:#x}",
@@ -293,6 +294,7 @@ fn main(boot: &BootInfo, report: &mut Report) {
     }
 
     // 5. Identify Controller: the serial number the VMM's host was given.
+    let mut rtd3e_us = 0;
     let ok = step(
         report,
         "identify-controller",
@@ -301,18 +303,20 @@ fn main(boot: &BootInfo, report: &mut Report) {
             let mut raw = [0u8; 520];
             IDENTIFY.read(0, &mut raw);
             let id = IdentifyController::decode(&raw);
+            rtd3e_us = id.rtd3e_us;
             let serial = ascii_field(&id.serial);
             let ok = serial == opt.serial && id.vid == dev.vendor;
             (
             ok,
             Detail(format_args!(
-                "serial \"{serial}\" (want \"{}\") model \"{}\" fw \"{}\" vid {:04x} namespaces {} mdts {}; {done}",
+                "serial \"{serial}\" (want \"{}\") model \"{}\" fw \"{}\" vid {:04x} namespaces {} mdts {} rtd3e {}us; {done}",
                 opt.serial,
                 ascii_field(&id.model),
                 ascii_field(&id.firmware),
                 id.vid,
                 id.namespaces,
-                id.mdts
+                id.mdts,
+                id.rtd3e_us
             ))
             .to_line(),
         )
@@ -542,12 +546,9 @@ fn main(boot: &BootInfo, report: &mut Report) {
         io_end.commands - io_start.commands
     );
 
-    match ctrl.shutdown() {
-        Ok(us) => report.pass(
-            "shutdown",
-            format_args!("CSTS.SHST=complete in {us}us (CSTS={:#x})", ctrl.csts()),
-        ),
-        Err(e) => report.fail("shutdown", format_args!("{e}")),
+    match ctrl.shutdown(rtd3e_us) {
+        Ok(done) => report.pass("shutdown", format_args!("{done} (CSTS={:#x})", ctrl.csts())),
+        Err(e) => report.fail("shutdown", format_args!("{e} (CSTS={:#x})", ctrl.csts())),
     }
     // Every write this driver made to BAR0's register and doorbell pages (MSI-X table writes
     // are not in it): what a VMM that traps every BAR access should count as write exits there.
@@ -636,6 +637,21 @@ fn program_bars(
     }
     if keep && pci::memory_bars_placed(&bars) {
         note!("bars=keep: using the addresses found");
+        // The boot page tables map 0-4 GiB; a 64-bit BAR may have been placed above.
+        let mapped = paging::map_bars_above_4g(&bars, |b, pages| {
+            note!(
+                "bars=keep: {bdf} {b} is above 4 GiB: mapped it uncached ({pages} new 2 MiB pages)"
+            )
+        });
+        if let Err((b, e)) = mapped {
+            report.fail(
+                "bar0",
+                format_args!(
+                    "bars=keep: {bdf} {b} is above 4 GiB and cannot be mapped: {e}; use bars=assign"
+                ),
+            );
+            return None;
+        }
         return Some(bars);
     }
     let mut window = MmioWindow::new(mmio.0, mmio.1);

@@ -8,9 +8,9 @@
 #![no_main]
 
 use guests::idt::{MSIX_VECTOR_BASE, irq_count};
-use guests::io::Mmio;
+use guests::io::{Mmio, Registers};
 use guests::pci::{self, Bars, Bdf, Conf1, MmioWindow, MsixCapability, MsixTable, reg};
-use guests::{BootInfo, Cmdline, Report, note, println, time};
+use guests::{BootInfo, Cmdline, Report, note, paging, println, time};
 
 guests::guest_main!(main);
 
@@ -187,7 +187,21 @@ fn main(boot: &BootInfo, report: &mut Report) {
     let mut bars: Bars = pci::probe_bars(&mut cfg, bdf);
     let keep = opt.keep_bars && pci::memory_bars_placed(&bars);
     let mut window = MmioWindow::new(opt.mmio.0, opt.mmio.1);
-    if !keep {
+    if keep {
+        // The boot page tables map 0-4 GiB; a 64-bit BAR may have been placed above.
+        let mapped = paging::map_bars_above_4g(&bars, |b, pages| {
+            note!("bars=keep: {b} is above 4 GiB: mapped it uncached ({pages} new 2 MiB pages)")
+        });
+        if let Err((b, e)) = mapped {
+            report.fail(
+                "bars",
+                format_args!(
+                    "bars=keep: {b} is above 4 GiB and cannot be mapped: {e}; use bars=assign"
+                ),
+            );
+            return;
+        }
+    } else {
         if let Err(e) = pci::assign_memory_bars(&mut cfg, bdf, &mut bars, &mut window) {
             report.fail("bars", format_args!("{e}"));
             return;

@@ -22,6 +22,19 @@ pub mod opcode {
     pub const WRITE: u8 = 0x01;
     /// NVM: Read.
     pub const READ: u8 = 0x02;
+
+    /// The name of admin command `opcode` (of those used here).
+    pub fn admin_name(opcode: u8) -> &'static str {
+        match opcode {
+            DELETE_IO_SQ => "Delete I/O Submission Queue",
+            CREATE_IO_SQ => "Create I/O Submission Queue",
+            DELETE_IO_CQ => "Delete I/O Completion Queue",
+            CREATE_IO_CQ => "Create I/O Completion Queue",
+            IDENTIFY => "Identify",
+            SET_FEATURES => "Set Features",
+            _ => "?",
+        }
+    }
 }
 
 /// Feature ID of Number of Queues.

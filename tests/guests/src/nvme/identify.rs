@@ -13,6 +13,9 @@ pub struct IdentifyController {
     pub firmware: [u8; 8],
     /// Maximum data transfer size (2^MDTS minimum pages, 0 = no limit).
     pub mdts: u8,
+    /// RTD3 Entry Latency (bytes 91:88), microseconds: the typical time from CC.SHN to
+    /// CSTS.SHST = complete (0: not reported). What [`Controller::shutdown`](super::Controller::shutdown) waits for.
+    pub rtd3e_us: u32,
     /// Number of namespaces.
     pub namespaces: u32,
 }
@@ -26,6 +29,7 @@ impl IdentifyController {
             model: b[24..64].try_into().unwrap_or([0; 40]),
             firmware: b[64..72].try_into().unwrap_or([0; 8]),
             mdts: b[77],
+            rtd3e_us: u32::from_le_bytes([b[88], b[89], b[90], b[91]]),
             namespaces: u32::from_le_bytes([b[516], b[517], b[518], b[519]]),
         }
     }
@@ -92,13 +96,14 @@ mod tests {
         b[24..64].copy_from_slice(b"QEMU NVMe Ctrl                          ");
         b[64..72].copy_from_slice(b"7.2.0   ");
         b[77] = 7;
+        b[88..92].copy_from_slice(&8_000_000u32.to_le_bytes());
         b[516] = 1;
         let c = IdentifyController::decode(&b);
         assert_eq!(c.vid, 0x1b36);
         assert_eq!(ascii_field(&c.serial), "REFVMM-TESTBED-0001");
         assert_eq!(ascii_field(&c.model), "QEMU NVMe Ctrl");
         assert_eq!(ascii_field(&c.firmware), "7.2.0");
-        assert_eq!((c.mdts, c.namespaces), (7, 1));
+        assert_eq!((c.mdts, c.namespaces, c.rtd3e_us), (7, 1, 8_000_000));
     }
 
     #[test]

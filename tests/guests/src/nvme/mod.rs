@@ -7,12 +7,17 @@
 
 mod cmd;
 mod controller;
+mod error;
 mod identify;
 mod queue;
 mod regs;
 
+#[cfg(test)]
+mod fake;
+
 pub use cmd::{Completion, Sqe, StatusField, opcode};
-pub use controller::{Controller, Delivery, Done, NvmeError, Stats, Timeouts};
+pub use controller::{Controller, Delivery, Done, ShutdownDone, Stats, Timeouts};
+pub use error::NvmeError;
 pub use identify::{IdentifyController, IdentifyNamespace, ascii_field};
 pub use queue::{CompletionQueue, SubmissionQueue};
 pub use regs::{Cap, cc, csts, doorbell_offset, reg};

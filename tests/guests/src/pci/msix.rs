@@ -4,7 +4,7 @@
 use core::fmt;
 
 use super::{Bar, Bars, Bdf, ConfigSpace};
-use crate::io::Mmio;
+use crate::io::{Mmio, Registers};
 use crate::lapic;
 
 /// Capability ID of MSI-X.
