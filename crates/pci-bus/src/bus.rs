@@ -149,14 +149,20 @@ impl PciBus {
     }
 
     /// A configuration read. An address with no function reads all-ones, which is how software
-    /// learns the slot is empty (vendor ID 0xFFFF).
+    /// learns the slot is empty (vendor ID 0xFFFF). Dword and word reads go to the function's
+    /// by-value reads ([`PciFunction::config_read_u32`], [`PciFunction::config_read_u16`]).
     pub fn config_read(&self, bus: u8, device: u8, function: u8, offset: u16, data: &mut [u8]) {
-        match self.lookup(bus, device, function) {
-            Some(f) => f
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .config_read(offset, data),
-            None => data.fill(0xff),
+        let Some(f) = self.lookup(bus, device, function) else {
+            data.fill(0xff);
+            return;
+        };
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(d) = <&mut [u8; 4]>::try_from(&mut *data) {
+            *d = f.config_read_u32(offset).to_le_bytes();
+        } else if let Ok(d) = <&mut [u8; 2]>::try_from(&mut *data) {
+            *d = f.config_read_u16(offset).to_le_bytes();
+        } else {
+            f.config_read(offset, data);
         }
     }
 
@@ -192,6 +198,34 @@ mod tests {
             bus.config_read(b, d, f, 0, &mut id);
             assert_eq!(id, [0xff; 4], "{b:02x}:{d:02x}.{f}");
         }
+    }
+
+    /// Says which of its read methods the bus called, by answering each with its own value.
+    struct ReadMethods;
+
+    impl PciFunction for ReadMethods {
+        fn config_read(&mut self, _: u16, data: &mut [u8]) {
+            data.fill(0xb1);
+        }
+        fn config_read_u32(&mut self, _: u16) -> u32 {
+            0xd4d4_d4d4
+        }
+        fn config_read_u16(&mut self, _: u16) -> u16 {
+            0xd2d2
+        }
+        fn config_write(&mut self, _: u16, _: &[u8]) {}
+    }
+
+    #[test]
+    fn dword_and_word_reads_go_to_the_reads_by_value() {
+        let bus = PciBus::new();
+        bus.insert(Bdf::new(0, 1, 0), "probe", Box::new(ReadMethods))
+            .unwrap();
+        let (mut d, mut w, mut b) = ([0u8; 4], [0u8; 2], [0u8; 1]);
+        bus.config_read(0, 1, 0, 0x10, &mut d);
+        bus.config_read(0, 1, 0, 0x06, &mut w);
+        bus.config_read(0, 1, 0, 0x3d, &mut b);
+        assert_eq!((d, w, b), ([0xd4; 4], [0xd2; 2], [0xb1]));
     }
 
     fn add(bus: &PciBus, name: &str) -> Bdf {

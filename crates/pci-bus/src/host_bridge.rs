@@ -51,6 +51,14 @@ impl PciFunction for HostBridge {
         }
     }
 
+    fn config_read_u32(&mut self, offset: u16) -> u32 {
+        self.space.read_u32(offset).unwrap_or(u32::MAX)
+    }
+
+    fn config_read_u16(&mut self, offset: u16) -> u16 {
+        self.space.read_u16(offset).unwrap_or(u16::MAX)
+    }
+
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         if let Err(e) = self.space.write(offset, data) {
             log::debug!("host bridge: config write at {offset:#x} dropped: {e}");

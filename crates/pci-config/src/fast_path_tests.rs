@@ -202,6 +202,18 @@ proptest! {
             if fits {
                 prop_assert_eq!(&buf[..w], &general.bytes()[at..at + w]);
             }
+            // The by-value reads give the same bytes, and refuse the same accesses.
+            let by_value = match w {
+                4 => Some(fast.read_u32(o).map(u32::to_le_bytes)),
+                2 => Some(fast.read_u16(o).map(|v| [v as u8, (v >> 8) as u8, 0, 0])),
+                _ => None,
+            };
+            if let Some(v) = by_value {
+                prop_assert_eq!(v.is_ok(), fits);
+                if let Ok(v) = v {
+                    prop_assert_eq!(&v[..w], &buf[..w]);
+                }
+            }
             let mut seen = Vec::new();
             let wrote = fast.write_with(o, data, |e| seen.push(e));
             prop_assert_eq!(wrote.is_ok(), fits);
@@ -243,6 +255,21 @@ proptest! {
             prop_assert_eq!(read.is_ok(), fits);
             prop_assert_eq!(read_general.is_ok(), fits);
             prop_assert_eq!(a, b, "read of {} bytes at {:#x}", w, o);
+            // The by-value reads: the same bytes, refusals and device accesses (the general
+            // copy reads again to keep the two logs in step).
+            let by_value = match w {
+                4 => Some(fast.read_u32(o).map(u32::to_le_bytes)),
+                2 => Some(fast.read_u16(o).map(|v| [v as u8, (v >> 8) as u8, 0, 0])),
+                _ => None,
+            };
+            if let Some(v) = by_value {
+                let _ = general.read_general(o, &mut b[..w]);
+                prop_assert_eq!(v.is_ok(), fits);
+                if let Ok(v) = v {
+                    prop_assert_eq!(&v[..w], &a[..w], "by-value read of {} bytes at {:#x}", w, o);
+                }
+                prop_assert_eq!(&*dev_fast.log.borrow(), &*dev_general.log.borrow());
+            }
             let mut seen = Vec::new();
             let wrote = fast.write_with(o, data, |e| seen.push(e));
             prop_assert_eq!(wrote.is_ok(), fits);

@@ -235,6 +235,18 @@ impl RegisterFile {
         Self::read_byte_or_refuse(offset, buf, self)
     }
 
+    /// Guest read of `N` (2 or 4) bytes at `offset`, by value; `None` past the end of the
+    /// space.
+    #[inline(always)]
+    pub fn read_n<const N: usize>(&self, offset: u16) -> Option<u32> {
+        let at = offset as usize;
+        if at + N <= self.len {
+            get_le::<N>(&self.tables[DATA], at)
+        } else {
+            None
+        }
+    }
+
     /// What [`read`](Self::read) does not inline: byte reads (rare: a guest reads header
     /// bytes and capability pointers while it enumerates) and refused accesses. `regs` comes
     /// last so that `offset` and `buf` stay in the argument registers `read` got them in: the

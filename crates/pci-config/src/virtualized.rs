@@ -320,16 +320,40 @@ impl<B: ConfigBackend> VirtualizedConfig<B> {
         load_le(&dev, 0, len)
     }
 
-    /// Guest dword read.
+    /// Guest dword read, by value (the same as [`read`](Self::read) of 4 bytes).
+    #[inline]
     pub fn read_u32(&self, offset: u16) -> Result<u32, AccessError> {
-        let mut b = [0u8; 4];
-        self.read(offset, &mut b).map(|_| u32::from_le_bytes(b))
+        let at = offset as usize;
+        // In range first: `read_n` may ask the device.
+        if at + 4 <= self.model.len() {
+            if let Some(v) = self.read_n::<4>(at) {
+                return Ok(v);
+            }
+        }
+        self.read_by_bytes::<4>(offset)
     }
 
-    /// Guest word read.
+    /// Guest word read, by value (the same as [`read`](Self::read) of 2 bytes).
+    #[inline]
     pub fn read_u16(&self, offset: u16) -> Result<u16, AccessError> {
-        let mut b = [0u8; 2];
-        self.read(offset, &mut b).map(|_| u16::from_le_bytes(b))
+        let at = offset as usize;
+        // In range first: `read_n` may ask the device.
+        if at + 2 <= self.model.len() {
+            if let Some(v) = self.read_n::<2>(at) {
+                return Ok(v as u16);
+            }
+        }
+        self.read_by_bytes::<2>(offset).map(|v| v as u16)
+    }
+
+    /// What [`read_u32`](Self::read_u32) and [`read_u16`](Self::read_u16) do not inline:
+    /// [`read_general`](Self::read_general) into a buffer.
+    #[cold]
+    #[inline(never)]
+    fn read_by_bytes<const N: usize>(&self, offset: u16) -> Result<u32, AccessError> {
+        let mut b = [0u8; 4];
+        self.read_general(offset, &mut b[..N])?;
+        Ok(u32::from_le_bytes(b))
     }
 
     /// Guest write of 1, 2 or 4 bytes; returns the model's events (see the

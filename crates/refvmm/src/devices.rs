@@ -223,6 +223,14 @@ impl PciFunction for SharedPassthrough {
         lock(&self.0).config_read(offset, data)
     }
 
+    fn config_read_u32(&mut self, offset: u16) -> u32 {
+        lock(&self.0).config_read_u32(offset)
+    }
+
+    fn config_read_u16(&mut self, offset: u16) -> u16 {
+        lock(&self.0).config_read_u16(offset)
+    }
+
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         lock(&self.0).config_write(offset, data)
     }

@@ -356,6 +356,14 @@ impl PciFunction for TestFunction {
         }
     }
 
+    fn config_read_u32(&mut self, offset: u16) -> u32 {
+        lock(&self.state).space.read_u32(offset).unwrap_or(u32::MAX)
+    }
+
+    fn config_read_u16(&mut self, offset: u16) -> u16 {
+        lock(&self.state).space.read_u16(offset).unwrap_or(u16::MAX)
+    }
+
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         let me = self.state.clone();
         let mut s = lock(&self.state);

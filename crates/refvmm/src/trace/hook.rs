@@ -174,6 +174,32 @@ impl PciFunction for TracedFunction {
         record(&self.tracer, self.device, at, AccessKind::Read, data);
     }
 
+    fn config_read_u32(&mut self, offset: u16) -> u32 {
+        let value = self.inner.config_read_u32(offset);
+        let at = Location::new(Region::Config, u64::from(offset));
+        record(
+            &self.tracer,
+            self.device,
+            at,
+            AccessKind::Read,
+            &value.to_le_bytes(),
+        );
+        value
+    }
+
+    fn config_read_u16(&mut self, offset: u16) -> u16 {
+        let value = self.inner.config_read_u16(offset);
+        let at = Location::new(Region::Config, u64::from(offset));
+        record(
+            &self.tracer,
+            self.device,
+            at,
+            AccessKind::Read,
+            &value.to_le_bytes(),
+        );
+        value
+    }
+
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         let at = Location::new(Region::Config, u64::from(offset));
         record(&self.tracer, self.device, at, AccessKind::Write, data);
@@ -247,5 +273,41 @@ mod tests {
             text.ends_with("vcpu0 0000:00:01.0 bar0+0x1018 4 W 0x00000008 SQ3TDBL (tail 8)\n"),
             "{text}"
         );
+    }
+
+    /// A config space whose reads give their offset, so the trace shows which read it was.
+    struct OffsetEcho;
+
+    impl PciFunction for OffsetEcho {
+        fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+            data.copy_from_slice(&u32::from(offset).to_le_bytes()[..data.len()]);
+        }
+        fn config_write(&mut self, _: u16, _: &[u8]) {}
+    }
+
+    /// The bus reads dwords and words by value (`config_read_u32`, `config_read_u16`): those
+    /// reads are traced like buffer reads, with their width and value.
+    #[test]
+    fn reads_by_value_are_traced_with_their_width() {
+        let out = Shared::default();
+        let filter = TraceFilter::new(vec!["config".parse().unwrap()]);
+        let tracer: SharedTracer = Arc::new(Mutex::new(Tracer::new(
+            filter,
+            TraceSink::new(Box::new(out.clone()), 100),
+        )));
+        let dev: Bdf = "00:02.0".parse().unwrap();
+        tracer.lock().unwrap().add_device(dev, DeviceFacts::new());
+        tracer.lock().unwrap().start();
+        let mut f = TracedFunction::new(Box::new(OffsetEcho), dev, tracer);
+        assert_eq!(f.config_read_u32(0x10), 0x10);
+        assert_eq!(f.config_read_u16(0x06), 0x06);
+        let mut byte = [0u8];
+        f.config_read(0x3d, &mut byte);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("config+0x10 4 R 0x00000010"), "{text}");
+        assert!(lines[1].contains("config+0x6 2 R 0x0006"), "{text}");
+        assert!(lines[2].contains("config+0x3d 1 R 0x3d"), "{text}");
     }
 }

@@ -814,6 +814,20 @@ impl PciFunction for PassthroughDevice {
         }
     }
 
+    fn config_read_u32(&mut self, offset: u16) -> u32 {
+        self.config.read_u32(offset).unwrap_or_else(|e| {
+            debug!("{}: config read: {e}", self.name);
+            u32::MAX
+        })
+    }
+
+    fn config_read_u16(&mut self, offset: u16) -> u16 {
+        self.config.read_u16(offset).unwrap_or_else(|e| {
+            debug!("{}: config read: {e}", self.name);
+            u16::MAX
+        })
+    }
+
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         // The events are taken as the write hands them over (`write_with`: no `ConfigEvents`
         // built and copied on every access); what they ask for is done once the write is over.
