@@ -167,42 +167,34 @@ impl TracedFunction {
     }
 }
 
+impl TracedFunction {
+    /// Records one config access of `data` at `offset`.
+    fn record_config(&self, offset: u16, kind: AccessKind, data: &[u8]) {
+        let at = Location::new(Region::Config, u64::from(offset));
+        record(&self.tracer, self.device, at, kind, data);
+    }
+}
+
 impl PciFunction for TracedFunction {
     fn config_read(&mut self, offset: u16, data: &mut [u8]) {
         self.inner.config_read(offset, data);
-        let at = Location::new(Region::Config, u64::from(offset));
-        record(&self.tracer, self.device, at, AccessKind::Read, data);
+        self.record_config(offset, AccessKind::Read, data);
     }
 
     fn config_read_u32(&mut self, offset: u16) -> u32 {
         let value = self.inner.config_read_u32(offset);
-        let at = Location::new(Region::Config, u64::from(offset));
-        record(
-            &self.tracer,
-            self.device,
-            at,
-            AccessKind::Read,
-            &value.to_le_bytes(),
-        );
+        self.record_config(offset, AccessKind::Read, &value.to_le_bytes());
         value
     }
 
     fn config_read_u16(&mut self, offset: u16) -> u16 {
         let value = self.inner.config_read_u16(offset);
-        let at = Location::new(Region::Config, u64::from(offset));
-        record(
-            &self.tracer,
-            self.device,
-            at,
-            AccessKind::Read,
-            &value.to_le_bytes(),
-        );
+        self.record_config(offset, AccessKind::Read, &value.to_le_bytes());
         value
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) {
-        let at = Location::new(Region::Config, u64::from(offset));
-        record(&self.tracer, self.device, at, AccessKind::Write, data);
+        self.record_config(offset, AccessKind::Write, data);
         self.inner.config_write(offset, data);
     }
 }
