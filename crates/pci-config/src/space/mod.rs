@@ -288,9 +288,8 @@ impl ConfigSpace {
         }
     }
 
-    /// The error of a refused `len`-byte read at `offset`. `offset` comes first so that it
-    /// stays in the register the caller got it in, and the inlined reads move nothing before
-    /// their range check (as `RegisterFile::read`'s out-of-line part).
+    /// The error of a refused `len`-byte read at `offset`: cold and out of line, so that the
+    /// inlined reads above stay a range check, one load and a return.
     #[cold]
     #[inline(never)]
     fn refused(offset: u16, len: usize, space: &Self) -> AccessError {
