@@ -16,8 +16,8 @@
 //!
 //! Run: `cargo bench -p passthrough-benches --bench config_access`
 //! (briefly: add `-- --warm-up-time 1 --measurement-time 2`). Where a function falls against
-//! 64-byte lines moves a row by 0.3-1 ns between builds on the development machine; the
-//! README's figures pin it with `RUSTFLAGS="-C llvm-args=-align-all-functions=6"` (and a
+//! 64-byte lines moves a row by 0.3-1 ns between builds on the development machine;
+//! pci-config's README figures pin it with `RUSTFLAGS="-C llvm-args=-align-all-functions=6"` (and a
 //! `CARGO_TARGET_DIR` of their own, so the default build is not redone).
 
 use std::cell::Cell;
