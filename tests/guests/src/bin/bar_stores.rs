@@ -7,21 +7,24 @@
 //! the 3-4 GiB window (largest first), the part of the address space the boot page tables map,
 //! so a BAR the VMM put above 4 GiB is moved there.
 //!
-//! Three passes, each timed by the TSC: `cold` (one store per 4 KiB page: the first touch, which
+//! Four passes, each timed by the TSC: `cold` (one store per 4 KiB page: the first touch, which
 //! makes KVM map each page), `warm` (`bytes` of 8-byte stores over the BAR, or over its first
-//! `bytes` when it is larger) and `hot` (as many stores over its first [`HOT_WINDOW`] bytes only:
-//! few pages, so few TLB misses, neither the CPU's nor, in the test bed, TCG's software TLB).
-//! Warm and hot run the same four-instruction loop as L2's helper.
+//! `bytes` when it is larger), `hot` (as many stores over its first [`HOT_WINDOW`] bytes only:
+//! few pages, so few TLB misses, neither the CPU's nor, in the test bed, TCG's software TLB) and
+//! `ram` (the hot pass over [`HOT_WINDOW`] bytes of the guest's own RAM instead of the BAR: the
+//! control, what a store costs this guest where no device is involved). Warm, hot and ram run
+//! the same four-instruction loop as L2's helper.
 //!
-//! Output: `MARK cold`, `MARK warm`, `MARK hot`, `MARK end` (the bed's meter reads KVM's
-//! counters at each), each followed by a 300 ms pause so the meter reads them before the next
-//! pass starts, then `GUEST: NOTE bar-stores bar-bytes=N cold-pages=N cold-tsc=T warm-bytes=N
-//! warm-tsc=T hot-bytes=N hot-tsc=T`.
+//! Output: `MARK cold`, `MARK warm`, `MARK hot`, `MARK ram`, `MARK end` (the bed's meter reads
+//! KVM's counters at each), each followed by a 300 ms pause so the meter reads them before the
+//! next pass starts, then `GUEST: NOTE bar-stores bar-bytes=N cold-pages=N cold-tsc=T
+//! warm-bytes=N warm-tsc=T hot-bytes=N hot-tsc=T ram-bytes=N ram-tsc=T`.
 
 #![no_std]
 #![no_main]
 
 use core::arch::asm;
+use core::cell::UnsafeCell;
 
 use guests::pci::{self, Bars, Conf1, MmioWindow, reg};
 use guests::{BootInfo, Report, io::rdtsc, note, println, time};
@@ -35,6 +38,15 @@ const WINDOW: (u64, u64) = (0xc000_0000, 0xfec0_0000);
 const HOT_WINDOW: u64 = 1 << 20;
 /// How long to wait after each mark for the meter to read KVM's counters.
 const MARK_PAUSE_MS: u64 = 300;
+
+/// The `ram` pass's [`HOT_WINDOW`] bytes of guest RAM (in `.bss`, identity-mapped).
+#[repr(C, align(4096))]
+struct RamWindow(UnsafeCell<[u64; HOT_WINDOW as usize / 8]>);
+
+// SAFETY: the guest runs on one vCPU and only `main` touches the window (through `store_pass`).
+unsafe impl Sync for RamWindow {}
+
+static RAM_WINDOW: RamWindow = RamWindow(UnsafeCell::new([0; HOT_WINDOW as usize / 8]));
 
 fn mark(name: &str) {
     println!("MARK {name}");
@@ -137,6 +149,14 @@ fn main(boot: &BootInfo, report: &mut Report) {
     let t = rdtsc();
     store_pass(b.address, hot_len, hot_reps);
     let hot = rdtsc().wrapping_sub(t);
+    // Ram: the hot pass again, over the guest's own RAM. One untimed round first, so that the
+    // timed ones, like the hot pass's, find every page mapped.
+    let ram_addr = RAM_WINDOW.0.get() as u64;
+    store_pass(ram_addr, HOT_WINDOW, 1);
+    mark("ram");
+    let t = rdtsc();
+    store_pass(ram_addr, HOT_WINDOW, hot_reps);
+    let ram = rdtsc().wrapping_sub(t);
     mark("end");
 
     // A read back: the hot pass's last round stored its number to the BAR's first quadword.
@@ -152,10 +172,11 @@ fn main(boot: &BootInfo, report: &mut Report) {
     );
     note!(
         "bar-stores bar-bytes={} cold-pages={pages} cold-tsc={cold} warm-bytes={} warm-tsc={warm} \
-         hot-bytes={} hot-tsc={hot}",
+         hot-bytes={} hot-tsc={hot} ram-bytes={} ram-tsc={ram}",
         b.size,
         warm_len * warm_reps,
-        hot_len * hot_reps
+        hot_len * hot_reps,
+        HOT_WINDOW * hot_reps
     );
 }
 
@@ -165,8 +186,9 @@ fn main(boot: &BootInfo, report: &mut Report) {
 /// is emulated, and compiled loops differ).
 fn store_pass(addr: u64, len: u64, reps: u64) {
     for round in 0..reps {
-        // SAFETY: `[addr, addr + len)` is inside a memory BAR this guest placed and enabled, which
-        // nothing else in the guest uses; `len` is a non-zero multiple of 8.
+        // SAFETY: `[addr, addr + len)` is inside a memory BAR this guest placed and enabled, or
+        // is `RAM_WINDOW`; nothing else in the guest uses either; `len` is a non-zero multiple
+        // of 8.
         unsafe {
             asm!(
                 "2:",
