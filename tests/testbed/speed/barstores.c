@@ -15,8 +15,9 @@
  *         the steady store rate;
  *   hot:  as many stores over the first 1 MiB of the BAR only (few pages: few TLB misses, neither the CPU's nor,
  *         in the test bed, TCG's software TLB);
- *   ram:  the hot pass over 1 MiB of this process's own memory instead of the BAR: the control, what a store
- *         costs here where no device is involved.
+ *   ram:  the hot pass's stores into 1 MiB of this process's own memory instead: the control, what a store
+ *         costs here where no device is involved. Hot and ram alternate in SLICES slices, so that both sample
+ *         the same stretch of time (the emulator's speed drifts between passes by more than they differ).
  * Warm, hot and ram run the same four-instruction loop as the guest's (store_pass): in the test bed every
  * instruction is emulated, so both sides must execute the same ones per store.
  *
@@ -39,6 +40,8 @@
 
 /* The hot pass's window, as the guest's HOT_WINDOW. */
 #define HOT_WINDOW (1u << 20)
+/* How many alternating slices the hot and ram passes are cut into, as the guest's SLICES. */
+#define SLICES 16
 
 static uint64_t rdtsc(void)
 {
@@ -47,10 +50,11 @@ static uint64_t rdtsc(void)
     return ((uint64_t)hi << 32) | lo;
 }
 
-/* `reps` rounds of one 8-byte store (of the round's number) to every quadword of [p, p + len): the guest's loop. */
-static void store_pass(volatile uint64_t *p, uint64_t len, uint64_t reps)
+/* Rounds first..first + reps of one 8-byte store (of the round's number) to every quadword of [p, p + len): the
+ * guest's loop. */
+static void store_pass(volatile uint64_t *p, uint64_t len, uint64_t first, uint64_t reps)
 {
-    for (uint64_t round = 0; round < reps; round++) {
+    for (uint64_t round = first; round < first + reps; round++) {
         uintptr_t cur = (uintptr_t)p, end = (uintptr_t)p + len;
         __asm__ volatile("2: movq %2, (%0)\n\t"
                          "addq $8, %0\n\t"
@@ -149,23 +153,26 @@ int main(int argc, char **argv)
     uint64_t cold = rdtsc() - c0;
     uint64_t warm_len = reg.size < bytes ? reg.size : bytes, warm_reps = bytes / warm_len;
     c0 = rdtsc();
-    store_pass(p, warm_len, warm_reps);
+    store_pass(p, warm_len, 0, warm_reps);
     uint64_t warm = rdtsc() - c0;
     uint64_t hot_len = reg.size < HOT_WINDOW ? reg.size : HOT_WINDOW, hot_reps = bytes / hot_len;
     if (hot_reps == 0)
         hot_reps = 1;
-    c0 = rdtsc();
-    store_pass(p, hot_len, hot_reps);
-    uint64_t hot = rdtsc() - c0;
-    /* The control: the same rounds over memory of our own, touched by one untimed round first (as the hot
-     * pass's pages were by the warm pass). */
+    /* The control's memory, touched by one untimed round first (as the hot pass's pages were by the warm pass). */
     volatile uint64_t *ram = aligned_alloc(4096, HOT_WINDOW);
     if (!ram)
         return fail("aligned_alloc", "the ram pass's 1 MiB");
-    store_pass(ram, HOT_WINDOW, 1);
-    c0 = rdtsc();
-    store_pass(ram, HOT_WINDOW, hot_reps);
-    uint64_t ram_tsc = rdtsc() - c0;
+    store_pass(ram, HOT_WINDOW, 0, 1);
+    uint64_t hot = 0, ram_tsc = 0;
+    for (uint64_t slice = 0; slice < SLICES; slice++) {
+        uint64_t first = hot_reps * slice / SLICES, end = hot_reps * (slice + 1) / SLICES;
+        c0 = rdtsc();
+        store_pass(p, hot_len, first, end - first);
+        uint64_t m = rdtsc();
+        store_pass(ram, HOT_WINDOW, first, end - first);
+        hot += m - c0;
+        ram_tsc += rdtsc() - m;
+    }
     printf("BARSTORES bar-bytes=%llu mmap-us=%.0f cold-pages=%llu cold-tsc=%llu warm-bytes=%llu warm-tsc=%llu "
            "hot-bytes=%llu hot-tsc=%llu ram-bytes=%llu ram-tsc=%llu\n",
            (unsigned long long)reg.size, mmap_s * 1e6, (unsigned long long)pages, (unsigned long long)cold,

@@ -164,15 +164,24 @@ if isnum "$(get side=l2 warm-tsc)" || isnum "$(get side=guest warm-tsc)"; then
     printf '  %-62s %-12s %-12s\n' "cold: TSC cycles per first store to a 4 KiB page" "$(percold "$(get side=l2 cold-tsc)" "$(get side=l2 cold-pages)")" \
         "$(percold "$(get side=guest cold-tsc)" "$(get side=guest cold-pages)")"
     printf '  %-62s %-12s %-12s\n' "KVM pf_fixed during the cold pass (pages KVM mapped)" "" "$(get side=guest cold-pf-fixed) of $(get side=guest cold-pages)"
-    printf '  %-62s %-12s %-12s\n' "KVM exits during the warm / hot pass (all kinds)" "" "$(get side=guest warm-exits) / $(get side=guest hot-exits)"
+    printf '  %-62s %-12s %-12s\n' "KVM exits during the warm / hot and ram passes (all kinds)" "" "$(get side=guest warm-exits) / $(get side=guest hot-exits)"
     printf '  %-62s %-12s %-12s\n' "MMIO exits to refvmm, first to last mark (KVM mmio_exits)" "" "$(get side=guest all-mmio-exits)"
     r=$(ratio warm) h=$(ratio hot) mm=$(get side=guest all-mmio-exits)
     if [ -n "$r" ]; then
         verdict="NOT MET"
         awk -v r="$r" 'BEGIN { exit !(r >= 0.95) }' && [ "$mm" = 0 ] && verdict=MET
         echo "goal (issue 15) guest stores into the mapped BAR at >= 0.95 of L2's rate, with zero MMIO exits: $verdict (whole BAR: ratio $r; first 1 MiB: ratio ${h:--}; MMIO exits $mm)"
-        # What the ratio is made of: under TCG the guest's stores into its own RAM run slower than L2's too.
-        echo "  the control: the guest's stores into its own RAM ran at $(ratio ram || true) of L2's into L2's; its stores into the BAR at $(bar_over_ram guest) of its own RAM rate (L2: $(bar_over_ram l2))"
+        # Under TCG the guest's stores into its own RAM run slower than L2's too (guest mode is emulated); the
+        # hot ratio over the ram ratio takes that out and leaves what the mapping costs (on hardware the ram
+        # ratio is about 1 and the two lines agree).
+        rr=$(ratio ram)
+        echo "  the control: the guest's stores into its own RAM ran at ${rr:--} of L2's into L2's; its stores into the BAR at $(bar_over_ram guest) of its own RAM rate (L2: $(bar_over_ram l2))"
+        if isnum "$rr" && isnum "$h"; then
+            n=$(awk -v h="$h" -v r="$rr" 'BEGIN { printf "%.3f", h / r }')
+            verdict="NOT MET"
+            awk -v n="$n" 'BEGIN { exit !(n >= 0.95) }' && [ "$mm" = 0 ] && verdict=MET
+            echo "goal (issue 15), guest mode's own cost taken out (first 1 MiB ratio over the RAM ratio, zero MMIO exits): $verdict ($n)"
+        fi
     fi
 fi
 exit 0

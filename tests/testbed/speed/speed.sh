@@ -286,7 +286,7 @@ GUEST=$(sed -n 's/.*NOTE bar-stores //p' "$OUT" | head -n 1)
 # KVM's counters at the guest's marks: the warm pass's exits (all kinds) and MMIO exits to refvmm.
 mark() { sed -n "s/^METER mark=$1 .* $2=\([0-9-]*\).*/\1/p" "$OUT" | head -n 1; }
 d() { _a=$(mark "$1" "$3") _b=$(mark "$2" "$3"); if [ -n "$_a" ] && [ -n "$_b" ]; then echo $((_b - _a)); else echo "?"; fi; }
-echo "TESTBED: SPEED stores side=guest status=$STATUS $GUEST cold-exits=$(d cold warm exits) cold-pf-fixed=$(d cold warm pf_fixed) warm-exits=$(d warm hot exits) warm-mmio-exits=$(d warm hot mmio_exits) warm-pf-fixed=$(d warm hot pf_fixed) hot-exits=$(d hot ram exits) ram-exits=$(d ram end exits) all-mmio-exits=$(d cold end mmio_exits)"
+echo "TESTBED: SPEED stores side=guest status=$STATUS $GUEST cold-exits=$(d cold warm exits) cold-pf-fixed=$(d cold warm pf_fixed) warm-exits=$(d warm hot exits) warm-mmio-exits=$(d warm hot mmio_exits) warm-pf-fixed=$(d warm hot pf_fixed) hot-exits=$(d hot end exits) all-mmio-exits=$(d cold end mmio_exits)"
 if [ "$STATUS" = 0 ] && [ -n "$GUEST" ] && [ "$(d cold end mmio_exits)" = 0 ]; then
     step speed-stores-guest OK "the guest stored into BAR2 (a memory slot over the VFIO mmap) with 0 MMIO exits (KVM's mmio_exits from its first to its last mark): $GUEST"
 else

@@ -7,15 +7,17 @@
 //! the 3-4 GiB window (largest first), the part of the address space the boot page tables map,
 //! so a BAR the VMM put above 4 GiB is moved there.
 //!
-//! Four passes, each timed by the TSC: `cold` (one store per 4 KiB page: the first touch, which
-//! makes KVM map each page), `warm` (`bytes` of 8-byte stores over the BAR, or over its first
-//! `bytes` when it is larger), `hot` (as many stores over its first [`HOT_WINDOW`] bytes only:
-//! few pages, so few TLB misses, neither the CPU's nor, in the test bed, TCG's software TLB) and
-//! `ram` (the hot pass over [`HOT_WINDOW`] bytes of the guest's own RAM instead of the BAR: the
-//! control, what a store costs this guest where no device is involved). Warm, hot and ram run
-//! the same four-instruction loop as L2's helper.
+//! Passes timed by the TSC: `cold` (one store per 4 KiB page: the first touch, which makes KVM
+//! map each page), `warm` (`bytes` of 8-byte stores over the BAR, or over its first `bytes` when
+//! it is larger), `hot` (as many stores over its first [`HOT_WINDOW`] bytes only: few pages, so
+//! few TLB misses, neither the CPU's nor, in the test bed, TCG's software TLB) and `ram` (the hot
+//! pass's stores into [`HOT_WINDOW`] bytes of the guest's own RAM instead: the control, what a
+//! store costs this guest where no device is involved). Hot and ram alternate in [`SLICES`]
+//! slices, so that both sample the same stretch of time: in the test bed the emulator's speed
+//! drifts between passes by more than the difference measured. Warm, hot and ram run the same
+//! four-instruction loop as L2's helper.
 //!
-//! Output: `MARK cold`, `MARK warm`, `MARK hot`, `MARK ram`, `MARK end` (the bed's meter reads
+//! Output: `MARK cold`, `MARK warm`, `MARK hot` (hot and ram), `MARK end` (the bed's meter reads
 //! KVM's counters at each), each followed by a 300 ms pause so the meter reads them before the
 //! next pass starts, then `GUEST: NOTE bar-stores bar-bytes=N cold-pages=N cold-tsc=T
 //! warm-bytes=N warm-tsc=T hot-bytes=N hot-tsc=T ram-bytes=N ram-tsc=T`.
@@ -36,6 +38,8 @@ const KNOWN_OPTIONS: &[&str] = &["device", "bar", "bytes"];
 const WINDOW: (u64, u64) = (0xc000_0000, 0xfec0_0000);
 /// The `hot` pass's window: 1 MiB.
 const HOT_WINDOW: u64 = 1 << 20;
+/// How many alternating slices the hot and ram passes are cut into.
+const SLICES: u64 = 16;
 /// How long to wait after each mark for the meter to read KVM's counters.
 const MARK_PAUSE_MS: u64 = 300;
 
@@ -141,22 +145,25 @@ fn main(boot: &BootInfo, report: &mut Report) {
     let warm_reps = bytes / warm_len;
     mark("warm");
     let t = rdtsc();
-    store_pass(b.address, warm_len, warm_reps);
+    store_pass(b.address, warm_len, 0, warm_reps);
     let warm = rdtsc().wrapping_sub(t);
     let hot_len = b.size.min(HOT_WINDOW);
     let hot_reps = (bytes / hot_len).max(1);
-    mark("hot");
-    let t = rdtsc();
-    store_pass(b.address, hot_len, hot_reps);
-    let hot = rdtsc().wrapping_sub(t);
-    // Ram: the hot pass again, over the guest's own RAM. One untimed round first, so that the
-    // timed ones, like the hot pass's, find every page mapped.
+    // The RAM window takes one untimed round first, so that its timed ones, like the hot pass's
+    // (after the warm pass), find every page mapped.
     let ram_addr = RAM_WINDOW.0.get() as u64;
-    store_pass(ram_addr, HOT_WINDOW, 1);
-    mark("ram");
-    let t = rdtsc();
-    store_pass(ram_addr, HOT_WINDOW, hot_reps);
-    let ram = rdtsc().wrapping_sub(t);
+    store_pass(ram_addr, HOT_WINDOW, 0, 1);
+    mark("hot");
+    let (mut hot, mut ram) = (0u64, 0u64);
+    for slice in 0..SLICES {
+        let (first, end) = (hot_reps * slice / SLICES, hot_reps * (slice + 1) / SLICES);
+        let t = rdtsc();
+        store_pass(b.address, hot_len, first, end - first);
+        let m = rdtsc();
+        store_pass(ram_addr, HOT_WINDOW, first, end - first);
+        hot += m.wrapping_sub(t);
+        ram += rdtsc().wrapping_sub(m);
+    }
     mark("end");
 
     // A read back: the hot pass's last round stored its number to the BAR's first quadword.
@@ -180,12 +187,12 @@ fn main(boot: &BootInfo, report: &mut Report) {
     );
 }
 
-/// `reps` rounds of one 8-byte store (of the round's number) to every quadword of
+/// Rounds `first..first + reps` of one 8-byte store (of the round's number) to every quadword of
 /// `[addr, addr + len)`: the same four-instruction loop as tests/testbed/speed/barstores.c runs in
 /// L2, so both sides execute the same instructions per store (in the test bed every instruction
 /// is emulated, and compiled loops differ).
-fn store_pass(addr: u64, len: u64, reps: u64) {
-    for round in 0..reps {
+fn store_pass(addr: u64, len: u64, first: u64, reps: u64) {
+    for round in first..first + reps {
         // SAFETY: `[addr, addr + len)` is inside a memory BAR this guest placed and enabled, or
         // is `RAM_WINDOW`; nothing else in the guest uses either; `len` is a non-zero multiple
         // of 8.
