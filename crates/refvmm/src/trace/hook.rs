@@ -222,20 +222,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_wrapped_handler_records_and_passes_on() {
+    /// A started tracer with one device, filtered to `filter`, writing into the returned buffer.
+    fn started_tracer(filter: &str, dev: Bdf, facts: DeviceFacts) -> (Shared, SharedTracer) {
         let out = Shared::default();
-        let filter = TraceFilter::new(vec!["bar0".parse().unwrap()]);
+        let filter = TraceFilter::new(vec![filter.parse().unwrap()]);
         let tracer: SharedTracer = Arc::new(Mutex::new(Tracer::new(
             filter,
             TraceSink::new(Box::new(out.clone()), 100),
         )));
-        let nvme: Bdf = "00:01.0".parse().unwrap();
-        tracer
-            .lock()
-            .unwrap()
-            .add_device(nvme, DeviceFacts::new().with_class(0x010802));
+        tracer.lock().unwrap().add_device(dev, facts);
         tracer.lock().unwrap().start();
+        (out, tracer)
+    }
+
+    #[test]
+    fn a_wrapped_handler_records_and_passes_on() {
+        let nvme: Bdf = "00:01.0".parse().unwrap();
+        let (out, tracer) = started_tracer("bar0", nvme, DeviceFacts::new().with_class(0x010802));
         let ports = Arc::new(InMemoryPorts::new());
         let traps = TracingTraps::new(ports.clone(), tracer.clone());
         let range = BarRange {
@@ -281,15 +284,8 @@ mod tests {
     /// reads are traced like buffer reads, with their width and value.
     #[test]
     fn reads_by_value_are_traced_with_their_width() {
-        let out = Shared::default();
-        let filter = TraceFilter::new(vec!["config".parse().unwrap()]);
-        let tracer: SharedTracer = Arc::new(Mutex::new(Tracer::new(
-            filter,
-            TraceSink::new(Box::new(out.clone()), 100),
-        )));
         let dev: Bdf = "00:02.0".parse().unwrap();
-        tracer.lock().unwrap().add_device(dev, DeviceFacts::new());
-        tracer.lock().unwrap().start();
+        let (out, tracer) = started_tracer("config", dev, DeviceFacts::new());
         let mut f = TracedFunction::new(Box::new(OffsetEcho), dev, tracer);
         assert_eq!(f.config_read_u32(0x10), 0x10);
         assert_eq!(f.config_read_u16(0x06), 0x06);
