@@ -715,12 +715,9 @@ stage_initramfs() {
 }
 
 # ---- 7. boot L2 ---------------------------------------------------------------------------------------------
-# A frozen L2 vCPU shows as an RCU stall or a soft lockup; a soft lockup repeats every ~28 s, which keeps the
-# silence detector quiet, so it must be caught here or it costs the whole TESTBED_TIMEOUT.
-# Only L2's own console lines count: they start at column 0, while everything L2 relays (an L3 guest's console,
-# command output) is indented, so an L3 kernel's stall or panic is that pass's failure, not a frozen L2.
-STALL_RE='^([^ ].*)?(rcu: INFO: rcu_(sched|preempt) (self-)?detected stall|detected stalls on CPUs|watchdog: BUG: soft lockup|Watchdog detected hard LOCKUP)'
-PANIC_RE='^([^ ].*)?Kernel panic'
+# The log classifiers (STALL_RE, PANIC_RE, switch_panic) are in l2log.sh, with a self-test (l2log-selftest.sh).
+# shellcheck source-path=SCRIPTDIR source=l2log.sh
+source "$HERE/l2log.sh"
 qemu_cmd() { # the command line from TESTBED.md, with the unpacked firmware
     # no_timer_check: Linux's boot-time check that the timer interrupt arrives through the IOAPIC waits a
     # calibrated delay, which TCG on a loaded host can exceed ("Kernel panic - not syncing: timer doesn't work
@@ -740,7 +737,8 @@ qemu_cmd() { # the command line from TESTBED.md, with the unpacked firmware
     # shellcheck disable=SC2054 # the commas are QEMU's option syntax
     [ "$SPEED" = off ] || QEMU_CMD+=(-object "memory-backend-ram,id=hm,size=${SPEED_BAR_MIB}M" -device ivshmem-plain,memdev=hm)
 }
-# boot_once N: one L2 boot; sets BOOT_OUTCOME to exited|timeout|stall|quiet|reset|nopoweroff, and BOOT_LOG.
+# boot_once N: one L2 boot; sets BOOT_OUTCOME to exited|timeout|stall|quiet|reset|switchpanic|nopoweroff, and
+# BOOT_LOG.
 boot_once() {
     local n=$1 pid rc=0 t0 t_init="" t_result="" size=-1 t_size
     BOOT_LOG=$RUN/serial-$n.log
@@ -790,6 +788,9 @@ boot_once() {
         ! grep -aqE "$PANIC_RE" "$BOOT_LOG"; then
         BOOT_OUTCOME=reset
     fi
+    if [ "$BOOT_OUTCOME" = exited ] && grep -aqE "$PANIC_RE" "$BOOT_LOG" && switch_panic "$BOOT_LOG"; then
+        BOOT_OUTCOME=switchpanic
+    fi
     say "attempt $n: QEMU ended ($BOOT_OUTCOME, exit $rc) after $(since "$t0")s; serial log $BOOT_LOG"
 }
 stage_boot() {
@@ -809,13 +810,14 @@ stage_boot() {
     while :; do
         boot_once "$n"
         case $BOOT_OUTCOME in
-        timeout | stall | quiet | reset)
+        timeout | stall | quiet | reset | switchpanic)
             if [ "$n" -le "$RETRIES" ]; then
                 local why=$BOOT_OUTCOME
                 [ "$why" = stall ] && why="RCU stall in L2: $(grep -aE -m 1 "$STALL_RE" "$BOOT_LOG" | tr -d '\r')"
                 [ "$why" = reset ] && why="L2 reset itself before its RESULT line, no kernel panic; last: $(grep -av '^ *$' "$BOOT_LOG" | tail -n 1 | tr -d '\r' | cut -c1-120)"
+                [ "$why" = switchpanic ] && why="L2's kernel panicked on an interrupt taken inside KVM's world switch (the emulator's SVM; see switch_panic): $(grep -aE -m 1 "$PANIC_RE" "$BOOT_LOG" | tr -d '\r')"
                 [ "$why" = quiet ] && why="no serial output for ${QUIET}s, last: $(grep -av '^ *$' "$BOOT_LOG" | tail -n 1 | tr -d '\r' | cut -c1-120)"
-                say "attempt $n hung ($why): booting again"
+                say "attempt $n broke ($why): booting again"
                 n=$((n + 1))
                 continue
             fi
@@ -858,6 +860,7 @@ stage_verify() {
     stall) die "L2 hit an RCU stall or soft lockup on every attempt (see $BOOT_LOG)" ;;
     quiet) die "L2 went silent for TESTBED_QUIET_TIMEOUT=${QUIET}s on every attempt (see $BOOT_LOG)" ;;
     reset) die "L2 reset itself before its RESULT line on every attempt (see $BOOT_LOG)" ;;
+    switchpanic) die "L2's kernel panicked on an interrupt inside KVM's world switch on every attempt (see $BOOT_LOG)" ;;
     esac
     grep -aqE "$PANIC_RE" "$BOOT_LOG" && die "L2 kernel panic: $(grep -aE -m 1 "$PANIC_RE" "$BOOT_LOG" | tr -d '\r')"
     [ -n "$result" ] || die "L2 printed no RESULT line (see $BOOT_LOG)"
